@@ -1,0 +1,63 @@
+"""Counter-based random numbers keyed by (seed, epoch, sample key, op, draw), on any device.
+
+No global RNG: a sample's draws are a pure function of its key and the counters, so they
+do not depend on the batch it arrived in, its position, the actor, node or device
+(design invariant 2). Keys are strings, hashed once on the host (BLAKE2b, 63 bits) into
+``key_id``; everything after that is integer arithmetic on tensors, exact on CPU and CUDA.
+
+The mixer is murmur3's 32-bit finaliser applied to a running combination of the words.
+Multiplications are split into 16-bit halves so every intermediate fits in int64 without
+overflow, which keeps results identical on every backend.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+import torch
+
+_M32 = 0xFFFFFFFF
+
+
+def key_id(key: str) -> int:
+    """63-bit non-negative id of a sample key (stable across processes and machines)."""
+    d = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(d, "little") & 0x7FFFFFFFFFFFFFFF
+
+
+def key_ids(keys: Iterable[str]) -> np.ndarray:
+    return np.fromiter((key_id(k) for k in keys), dtype=np.int64)
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for x in [0, 2**32), exact in int64."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def hash32(words: Sequence[Union[int, torch.Tensor]], device=None) -> torch.Tensor:
+    """Mix a sequence of integer words (ints or int64 tensors, broadcast) into uint32 values
+    held in int64 tensors."""
+    h = None
+    for w in words:
+        w = torch.as_tensor(w, dtype=torch.int64, device=device) & _M32
+        h = _fmix32(w ^ 0x9E3779B9) if h is None else _fmix32(_mul32(h ^ w, 0x27D4EB2F) ^ (h >> 15))
+    return h
+
+
+def uniform(seed: int, epoch: int, ids: torch.Tensor, op: int, n: int = 1) -> torch.Tensor:
+    """[B, n] float32 uniforms in [0, 1) for sample ids [B] (int64) at op slot ``op``."""
+    ids = ids.to(torch.int64)
+    draw = torch.arange(n, device=ids.device, dtype=torch.int64)
+    h = hash32([seed, epoch, (ids & _M32)[:, None], (ids >> 32)[:, None], op, draw], device=ids.device)
+    # 24 random bits -> exactly representable float32 in [0, 1)
+    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))

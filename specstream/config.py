@@ -1,0 +1,185 @@
+"""Pipeline configuration: dataclasses built from a dict or a YAML file (``yaml.safe_load``).
+
+Unknown keys and wrong types are errors that name the key (``decode.sample_rate: expected
+int, got str``), raised when the config is loaded, not inside a Ray worker.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from .features import MelConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class SourceConfig:
+    shards: Union[str, List[str]] = ""
+    endpoint_url: Optional[str] = None  # S3-compatible endpoint, e.g. http://127.0.0.1:9000
+    region: Optional[str] = None
+    buffer_mb: int = 8
+    max_member_mb: float = 256.0  # members larger than this are quarantined unread
+    block_rows: int = 256  # samples per Arrow block emitted by the reader
+    shuffle_shards: bool = False  # seeded per-epoch permutation of the shard order
+
+
+@dataclass
+class DecodeConfig:
+    sample_rate: int = 16000
+    mode: str = "fixed"  # fixed: crop/pad to clip_seconds; full: keep the whole clip
+    clip_seconds: float = 1.0
+    crop: str = "start"  # start | center | random (random is seeded by sample key)
+    max_seconds: float = 600.0  # clips longer than this are quarantined before decoding
+    num_cpus: float = 1.0
+
+
+@dataclass
+class LabelsConfig:
+    field: str = "cls"  # cls | txt | json:<name>
+    vocab: Optional[List[str]] = None
+    vocab_file: Optional[str] = None
+    num_classes: Optional[int] = None
+    multi_label: bool = False
+    required: bool = True  # a sample without a usable label is quarantined
+
+
+@dataclass
+class ActorsConfig:
+    count: int = 1  # featurize actors (an int, or min and max for autoscaling)
+    max_count: Optional[int] = None
+    num_gpus: float = 0.0  # per actor; fractional shares a GPU
+    num_cpus: float = 1.0
+    batch_size: int = 64
+    device: Optional[str] = None  # default: cuda when the actor holds a GPU, else cpu
+
+
+@dataclass
+class DeliverConfig:
+    batch_size: int = 64
+    prefetch_batches: int = 2
+    drop_last: bool = False
+
+
+@dataclass
+class PipelineConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    features: MelConfig = field(default_factory=MelConfig)
+    augment: Optional[Any] = None  # policy spec for specstream.augment (None: no augmentation)
+    actors: ActorsConfig = field(default_factory=ActorsConfig)
+    deliver: DeliverConfig = field(default_factory=DeliverConfig)
+    seed: int = 0
+    epoch: int = 0
+
+    def validate(self) -> "PipelineConfig":
+        s, d, lab, a = self.source, self.decode, self.labels, self.actors
+        if not s.shards:
+            raise ConfigError("source.shards: required (a path, glob, brace pattern or s3:// URL)")
+        if d.mode not in ("fixed", "full"):
+            raise ConfigError("decode.mode: must be 'fixed' or 'full'")
+        if d.crop not in ("start", "center", "random"):
+            raise ConfigError("decode.crop: must be 'start', 'center' or 'random'")
+        if d.sample_rate <= 0 or d.clip_seconds <= 0 or d.max_seconds <= 0:
+            raise ConfigError("decode: sample_rate, clip_seconds and max_seconds must be positive")
+        if sum(x is not None for x in (lab.vocab, lab.vocab_file, lab.num_classes)) != 1:
+            raise ConfigError("labels: give exactly one of vocab, vocab_file or num_classes")
+        if lab.vocab_file is not None and not os.path.exists(lab.vocab_file):
+            raise ConfigError(f"labels.vocab_file: {lab.vocab_file!r} does not exist")
+        if not (lab.field in ("cls", "txt") or lab.field.startswith("json:")):
+            raise ConfigError("labels.field: must be cls, txt or json:<name>")
+        if a.count < 1 or (a.max_count is not None and a.max_count < a.count):
+            raise ConfigError("actors: count must be >= 1 and max_count >= count")
+        if a.num_gpus < 0 or a.batch_size < 1 or self.deliver.batch_size < 1:
+            raise ConfigError("actors/deliver: num_gpus >= 0 and batch sizes >= 1")
+        if self.features.sample_rate != d.sample_rate:
+            raise ConfigError(f"features.sample_rate ({self.features.sample_rate}) must equal "
+                              f"decode.sample_rate ({d.sample_rate}); leave it out to inherit")
+        try:
+            self.features.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(t) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def _coerce(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, "
+                          f"got {type(value).__name__}")
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+
+
+def _build(cls, data, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(config: Union[str, os.PathLike, Dict[str, Any], PipelineConfig]) -> PipelineConfig:
+    """A validated PipelineConfig from a dict, a YAML path, or a PipelineConfig."""
+    if isinstance(config, PipelineConfig):
+        return config.validate()
+    if isinstance(config, (str, os.PathLike)):
+        with open(config, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    else:
+        data = dict(config)
+    data = dict(data or {})
+    feats = dict(data.get("features") or {})
+    decode = data.get("decode") or {}
+    if isinstance(decode, dict) and "sample_rate" in decode:
+        feats.setdefault("sample_rate", decode["sample_rate"])
+    data["features"] = feats
+    return _build(PipelineConfig, data, "").validate()

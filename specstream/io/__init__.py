@@ -1,0 +1,1 @@
+"""Shards, tar streaming, audio decoding, object storage. No Ray, no model code."""

@@ -1,0 +1,64 @@
+"""Delivery: rows from a Ray Train dataset shard or a ``streaming_split`` piece -> padded torch
+batches on the trainer's device, with delivered counts reported to the run's ledger."""
+from __future__ import annotations
+
+from typing import Dict, Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from .ledger import DeliveryCounter
+from .stages import pad_stack
+
+
+def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
+    """numpy batch -> torch batch: ``features`` [B, n_mels, T_max] zero-padded, ``length`` [B],
+    ``target`` ([B] int64 or [B, C] float32), ``key`` and ``shard`` as lists of str."""
+    feats = pad_stack(batch["features"], length_axis=-1)
+    out = {
+        "features": torch.from_numpy(np.array(feats, dtype=np.float32)),
+        "length": torch.from_numpy(np.array(batch["length"], dtype=np.int64)),
+        "key": [str(k) for k in batch["key"]],
+        "shard": [str(s) for s in batch["shard"]],
+    }
+    target = batch.get("target")
+    if target is not None:
+        t = np.asarray(target) if getattr(target, "dtype", None) != object else np.stack(list(target))
+        out["target"] = torch.from_numpy(np.array(t))
+    return out
+
+
+def default_device() -> torch.device:
+    """The Ray Train worker's device inside a training function, else CUDA if present, else CPU."""
+    try:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    except Exception:  # noqa: BLE001 - not inside a Ray Train worker
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_batches(source, batch_size: int = 64, device: Union[str, torch.device, None] = None,
+                  drop_last: bool = False, prefetch_batches: int = 2, ledger=None,
+                  ) -> Iterator[Dict[str, object]]:
+    """Iterate padded torch batches from a Dataset, a DataIterator (Ray Train's
+    ``get_dataset_shard``) or a ``streaming_split`` piece.
+
+    ``ledger`` (the pipeline's ledger actor, ``Pipeline.ledger``) receives per-shard delivered
+    counts, so ``Pipeline.report()`` can reconcile read = delivered + quarantined.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    counter = DeliveryCounter(ledger)
+    pin = device.type == "cuda"
+    try:
+        for batch in source.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                         prefetch_batches=prefetch_batches, drop_last=drop_last):
+            out = collate(batch)
+            for name in ("features", "length", "target"):
+                if name in out:
+                    t = out[name].pin_memory() if pin else out[name]
+                    out[name] = t.to(device, non_blocking=pin)
+            counter.add(out["shard"])
+            yield out
+    finally:
+        counter.flush()

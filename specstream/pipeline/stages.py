@@ -1,0 +1,222 @@
+"""Pipeline stages as plain callables on dict-of-arrays batches.
+
+They know nothing of Ray: the pipeline hands them to ``map_batches``; tests (and a GPU box
+without Ray) call them directly. A stage never raises on bad data: it passes each bad
+sample to its quarantine ``sink`` (a callable taking a list of entries) with a reason, and
+returns the good ones.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torchaudio
+
+from ..augment import build_policy
+from ..augment.random import key_ids as make_key_ids
+from ..augment.random import uniform
+from ..config import PipelineConfig, load_config
+from ..features import LogMel
+from ..io.audio import AudioError, decode_audio
+from ..io.samples import quarantine_entry
+from ..labels import LabelError, LabelVocab, encode_target, label_of
+
+Sink = Callable[[List[dict]], None]
+Batch = Dict[str, np.ndarray]
+
+# op slots of the counter-based RNG used outside the augmentation policy
+CROP_OP = 1_000_001
+
+
+def _column(batch, name) -> list:
+    """A column of a pyarrow Table or a dict-of-arrays batch, as a Python list."""
+    col = batch[name]
+    if hasattr(col, "to_pylist"):
+        return col.to_pylist()
+    return list(col)
+
+
+def vocab_from_config(cfg: PipelineConfig) -> LabelVocab:
+    lab = cfg.labels
+    if lab.vocab is not None:
+        return LabelVocab(lab.vocab)
+    if lab.vocab_file is not None:
+        return LabelVocab.from_file(lab.vocab_file)
+    return LabelVocab(num_classes=lab.num_classes)
+
+
+class DecodeStage:
+    """Arrow rows of audio bytes -> mono float32 waveforms at the target rate + targets.
+
+    Output columns: ``key``, ``shard``, ``key_id`` (int64), ``audio`` ([B, N] float32 in
+    fixed mode; one 1-D array per row in full mode), ``num_samples`` (int64, samples of
+    signal before padding), ``target`` (int64 class, or [B, C] float32 multi-hot).
+    """
+
+    def __init__(self, config, sink: Optional[Sink] = None):
+        self.cfg = load_config(config)
+        self.sink = sink
+        self.vocab = vocab_from_config(self.cfg)
+        self._resamplers: Dict[int, torchaudio.transforms.Resample] = {}
+
+    def _resample(self, x: np.ndarray, sr: int) -> np.ndarray:
+        target = self.cfg.decode.sample_rate
+        if sr == target:
+            return x
+        rs = self._resamplers.get(sr)
+        if rs is None:
+            rs = self._resamplers[sr] = torchaudio.transforms.Resample(sr, target)
+        with torch.no_grad():
+            return rs(torch.from_numpy(x)).numpy()
+
+    def _crop_window(self, u: float):
+        """(sr, frames) -> (start, n): a clip_seconds window placed by the crop policy
+        (``u`` in [0, 1) is the sample's own uniform draw for ``random``)."""
+        d = self.cfg.decode
+
+        def window(sr: int, frames: int):
+            n = int(round(d.clip_seconds * sr))
+            spare = max(0, frames - n)
+            start = {"start": 0, "center": spare // 2, "random": int(spare * u)}[d.crop]
+            return start, n
+
+        return window
+
+    def __call__(self, batch) -> Batch:
+        d, lab = self.cfg.decode, self.cfg.labels
+        keys = _column(batch, "key")
+        shards = _column(batch, "shard")
+        audio = _column(batch, "audio")
+        cls = _column(batch, "cls")
+        jsn = _column(batch, "json")
+        txt = _column(batch, "txt")
+        ids = make_key_ids(keys)
+        clip_n = int(round(d.clip_seconds * d.sample_rate))
+        crop_u = None
+        if d.mode == "fixed" and d.crop == "random":
+            crop_u = uniform(self.cfg.seed, self.cfg.epoch, torch.from_numpy(ids), CROP_OP)[:, 0].numpy()
+
+        good, waves, lengths, targets, bad = [], [], [], [], []
+        for i, key in enumerate(keys):
+            try:
+                target = None
+                try:
+                    target = encode_target(self.vocab, label_of(lab.field, cls[i], jsn[i], txt[i]),
+                                           lab.multi_label)
+                except LabelError:
+                    if lab.required:
+                        raise
+                    target = np.zeros(len(self.vocab), np.float32) if lab.multi_label else -1
+                if d.mode == "fixed":
+                    x, sr = decode_audio(audio[i], d.max_seconds,
+                                         window=self._crop_window(crop_u[i] if crop_u is not None else 0.0))
+                else:
+                    x, sr = decode_audio(audio[i], max_seconds=d.max_seconds)
+                x = self._resample(x, sr)
+            except (AudioError, LabelError) as e:
+                bad.append(quarantine_entry(shards[i], key, "decode", str(e)))
+                continue
+            good.append(i)
+            waves.append(x)
+            lengths.append(min(len(x), clip_n) if d.mode == "fixed" else len(x))
+            targets.append(target)
+        if bad and self.sink is not None:
+            self.sink(bad)
+
+        out: Batch = {
+            "key": np.array([keys[i] for i in good], dtype=object),
+            "shard": np.array([shards[i] for i in good], dtype=object),
+            "key_id": ids[good],
+            "num_samples": np.asarray(lengths, dtype=np.int64),
+        }
+        if d.mode == "fixed":
+            arr = np.zeros((len(good), clip_n), dtype=np.float32)
+            for j, x in enumerate(waves):
+                n = min(len(x), clip_n)
+                arr[j, :n] = x[:n]
+            out["audio"] = arr
+        else:
+            arr = np.empty(len(good), dtype=object)
+            arr[:] = waves
+            out["audio"] = arr
+        if lab.multi_label:
+            out["target"] = (np.stack(targets) if targets
+                             else np.zeros((0, len(self.vocab)), np.float32))
+        else:
+            out["target"] = np.asarray(targets, dtype=np.int64)
+        return out
+
+
+def pad_stack(rows, length_axis: int = -1, dtype=np.float32) -> np.ndarray:
+    """Stack arrays that differ only along ``length_axis`` into one zero-padded array."""
+    if isinstance(rows, np.ndarray) and rows.dtype != object:
+        return rows
+    rows = list(rows)
+    if not rows:
+        return np.zeros((0,), dtype=dtype)
+    longest = max(r.shape[length_axis] for r in rows)
+    shape = list(rows[0].shape)
+    shape[length_axis] = longest
+    out = np.zeros((len(rows), *shape), dtype=dtype)
+    for i, r in enumerate(rows):
+        idx = [i] + [slice(None)] * r.ndim
+        idx[length_axis if length_axis >= 0 else r.ndim + 1 + length_axis] = slice(0, r.shape[length_axis])
+        out[tuple(idx)] = r
+    return out
+
+
+def _tensor(a, device, dtype=None) -> torch.Tensor:
+    """numpy (possibly read-only, as Ray hands it out) -> tensor on ``device``."""
+    a = np.asarray(a, dtype=dtype)
+    if not a.flags.writeable:
+        a = a.copy()
+    return torch.from_numpy(a).to(device, non_blocking=True)
+
+
+def resolve_device(requested: Optional[str] = None) -> torch.device:
+    """The requested device, else CUDA when this process can see a GPU, else CPU.
+
+    Under Ray, an actor started with ``num_gpus`` sees exactly its GPU(s) through
+    CUDA_VISIBLE_DEVICES, so ``cuda`` is that GPU.
+    """
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class FeaturizeStage:
+    """Waveforms -> log-mel on the actor's device -> augmentation policy -> rows.
+
+    For ``map_batches(FeaturizeStage, compute=ActorPoolStrategy(...), num_gpus=...)``. Output
+    columns: ``key``, ``shard``, ``features`` ([B, n_mels, T] float32; in full mode one
+    [n_mels, T_i] array per row, trimmed to its length), ``length`` (frames), ``target``.
+    """
+
+    def __init__(self, config, sink: Optional[Sink] = None, device: Optional[str] = None):
+        self.cfg = load_config(config)
+        self.sink = sink
+        self.device = resolve_device(device or self.cfg.actors.device)
+        self.logmel = LogMel(self.cfg.features).to(self.device)
+        self.policy = build_policy(self.cfg.augment)
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch) -> Batch:
+        wave = _tensor(pad_stack(batch["audio"]), self.device)
+        nsamp = _tensor(batch["num_samples"], self.device, np.int64)
+        ids = _tensor(batch["key_id"], self.device, np.int64)
+        targets = _tensor(batch["target"], self.device)
+        feats, frames = self.logmel(wave, nsamp)
+        out = self.policy(feats, frames, keys=list(batch["key"]), key_ids=ids, targets=targets,
+                          seed=self.cfg.seed, epoch=self.cfg.epoch)
+        feats = out.features.float().cpu().numpy()
+        lengths = out.lengths.cpu().numpy().astype(np.int64)
+        result: Batch = {"key": batch["key"], "shard": batch["shard"], "length": lengths,
+                         "target": out.targets.cpu().numpy()}
+        if self.cfg.decode.mode == "full":
+            rows = np.empty(len(lengths), dtype=object)
+            rows[:] = [feats[i, :, : lengths[i]] for i in range(len(lengths))]
+            result["features"] = rows
+        else:
+            result["features"] = feats
+        return result

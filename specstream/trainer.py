@@ -1,0 +1,123 @@
+"""A small CNN trained through Ray Train on the stream (the demo's and pipelines/train.py's).
+
+``train_loop`` runs on every TorchTrainer worker: it takes its dataset shard with
+``ray.train.get_dataset_shard``, turns it into padded torch batches with
+:func:`specstream.pipeline.torch_batches` and reports loss and samples/s each epoch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+class SmallCNN(torch.nn.Module):
+    """log-mel [B, n_mels, T] + lengths -> logits [B, classes]; masked mean pooling over time."""
+
+    def __init__(self, num_classes: int, width: int = 16):
+        super().__init__()
+        layers, c_in = [], 1
+        for c_out in (width, 2 * width, 4 * width):  # three stride-2 blocks: time / 8
+            layers += [torch.nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                       torch.nn.BatchNorm2d(c_out), torch.nn.ReLU()]
+            c_in = c_out
+        self.conv = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(c_in, num_classes)
+        self.stride = 8
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        T = feats.shape[-1]
+        valid = (torch.arange(T, device=feats.device)[None, :] < lengths[:, None]).to(feats.dtype)
+        n = valid.sum(-1).clamp(min=1)[:, None]
+        mean = (feats * valid[:, None]).sum(-1, keepdim=True) / n[..., None]
+        var = (((feats - mean) * valid[:, None]) ** 2).sum(-1, keepdim=True) / n[..., None]
+        x = ((feats - mean) / (var + 1e-5).sqrt() * valid[:, None]).unsqueeze(1)
+        h = self.conv(x).mean(dim=2)  # [B, C, T']
+        t_valid = (torch.arange(h.shape[-1], device=h.device)[None, :] * self.stride
+                   < lengths[:, None]).to(h.dtype)
+        h = (h * t_valid[:, None]).sum(-1) / t_valid.sum(-1).clamp(min=1)[:, None]
+        return self.head(h)
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+    if target.dtype.is_floating_point:  # soft targets (mixup)
+        return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    return F.cross_entropy(logits, target)
+
+
+def train_loop(config: Dict[str, Any]) -> None:
+    """Ray Train worker function. config: num_classes, epochs, lr, batch_size, ledger,
+    multi_label."""
+    import ray.train
+    import ray.train.torch
+
+    from .pipeline import torch_batches
+
+    torch.manual_seed(config.get("seed", 0))
+    model = ray.train.torch.prepare_model(SmallCNN(config["num_classes"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=config.get("lr", 3e-3))
+    shard = ray.train.get_dataset_shard("train")
+    ctx = ray.train.get_context()
+    history = []
+    for epoch in range(config.get("epochs", 1)):
+        t0, seen, losses, correct = time.perf_counter(), 0, [], 0
+        for batch in torch_batches(shard, batch_size=config.get("batch_size", 64),
+                                   ledger=config.get("ledger")):
+            logits = model(batch["features"], batch["length"])
+            loss = loss_fn(logits, batch["target"], config.get("multi_label", False))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            seen += len(batch["key"])
+            if not batch["target"].dtype.is_floating_point:
+                correct += (logits.argmax(-1) == batch["target"]).sum().item()
+        dt = time.perf_counter() - t0
+        quarter = max(1, len(losses) // 4)
+        history.append({
+            "epoch": epoch, "samples": seen, "seconds": round(dt, 3),
+            "loss_first_quarter": sum(losses[:quarter]) / quarter if losses else float("nan"),
+            "loss_last_quarter": sum(losses[-quarter:]) / quarter if losses else float("nan"),
+            "accuracy": correct / max(seen, 1),
+        })
+        metrics = {"epoch": epoch, "rank": ctx.get_world_rank(), "samples": seen,
+                   "samples_per_s": seen / dt if dt else 0.0,
+                   "loss": history[-1]["loss_last_quarter"], "history": json.dumps(history)}
+        # Ray Train 2.x keeps only metrics that come with a checkpoint: rank 0 attaches one
+        # (model weights + history) each epoch.
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if ctx.get_world_rank() == 0:
+                state = model.module.state_dict() if hasattr(model, "module") else model.state_dict()
+                torch.save(state, os.path.join(tmp, "model.pt"))
+                with open(os.path.join(tmp, "history.json"), "w") as f:
+                    json.dump(history, f)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, epochs: int = 1,
+                 batch_size: int = 64, lr: float = 3e-3, use_gpu: bool = False,
+                 cpus_per_worker: float = 1.0, multi_label: bool = False,
+                 storage_path: Optional[str] = None):
+    """Fit SmallCNN with a TorchTrainer over ``dataset``; returns Ray Train's Result."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"num_classes": num_classes, "epochs": epochs, "lr": lr,
+                           "batch_size": batch_size, "ledger": ledger, "multi_label": multi_label},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        datasets={"train": dataset},
+        run_config=RunConfig(storage_path=storage_path, name="specstream"),
+    )
+    return trainer.fit()

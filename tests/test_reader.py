@@ -1,0 +1,156 @@
+"""Shard -> samples + quarantine (no Ray): grouping, whitelist, damage, shard expansion."""
+import io
+import json
+import os
+import pickle
+
+import pytest
+
+from conftest import good_sample, write_shard
+from specstream.io.samples import ReaderOptions, ShardStats, iter_samples, read_shard
+from specstream.io.shards import expand_shards
+
+
+class _Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (self.path,))
+
+
+def _collect(path, **opts):
+    rows, bad = [], []
+    stats = None
+    for table, q, stats in read_shard(path, options=ReaderOptions(**opts)):
+        if table is not None:
+            rows.extend(table.to_pylist())
+        bad.extend(q)
+    return rows, bad, stats
+
+
+def test_rows_hold_whitelisted_fields_only_and_never_unpickle(tmp_path):
+    marker = tmp_path / "pwned"
+    s = good_sample("k0", 3)
+    s["pyd"] = pickle.dumps(_Exploit(str(marker)))
+    s["pth"] = b"not a tensor"
+    s["txt"] = "hello".encode()
+    path = str(tmp_path / "a.tar")
+    write_shard(path, [s, good_sample("k1", 4)])
+    rows, bad, stats = _collect(path)
+    assert not marker.exists()
+    assert bad == []
+    assert [r["key"] for r in rows] == ["k0", "k1"]
+    assert set(rows[0]) == {"key", "shard", "audio", "audio_format", "cls", "txt", "json"}
+    assert rows[0]["audio_format"] == "flac" and rows[0]["audio"] == s["flac"]
+    assert rows[0]["cls"] == "3" and rows[0]["txt"] == "hello" and json.loads(rows[0]["json"]) == {"label": 3}
+    assert rows[1]["txt"] is None
+    assert stats.ignored_fields == {"pyd": 1, "pth": 1}
+    assert stats.samples == 2 and stats.rows == 2 and stats.quarantined == 0
+
+
+def test_bad_json_no_audio_bad_utf8_and_duplicate_key_are_quarantined_alone(tmp_path):
+    samples = [good_sample(f"k{i}", i % 10) for i in range(8)]
+    samples[1]["json"] = b'{"label": 1,'  # invalid JSON
+    del samples[3]["flac"]  # no audio
+    samples[5]["cls"] = b"\xff\xfe"  # not UTF-8
+    samples[7]["__key__"] = "k0"  # a second sample with key k0
+    samples[6]["json"] = b"[1, 2]"  # JSON, but not an object
+    path = str(tmp_path / "b.tar")
+    write_shard(path, samples)
+    rows, bad, stats = _collect(path)
+    assert [r["key"] for r in rows] == ["k0", "k2", "k4"]
+    reasons = {e["key"]: e["reason"] for e in bad}
+    assert set(reasons) == {"k1", "k3", "k5", "k6", "k0"} and len(bad) == 5
+    assert "invalid JSON" in reasons["k1"]
+    assert "no audio member" in reasons["k3"]
+    assert "UTF-8" in reasons["k5"]
+    assert "expected an object" in reasons["k6"]
+    assert "duplicate key" in reasons["k0"]
+    assert all(e["shard"] == path and e["stage"] == "read" for e in bad)
+    assert stats.samples == 8 == len(rows) + len(bad)
+
+
+def test_truncated_shard_keeps_every_complete_sample(tmp_path):
+    samples = [good_sample(f"k{i}", i) for i in range(6)]
+    path = str(tmp_path / "c.tar")
+    write_shard(path, samples)
+    raw = open(path, "rb").read()
+    # cut in the middle of k4's audio member
+    cut = raw.index(b"k4.flac") + 512 + 2000
+    open(path, "wb").write(raw[:cut])
+    rows, bad, stats = _collect(path)
+    assert [r["key"] for r in rows] == ["k0", "k1", "k2", "k3"]
+    assert [e["key"] for e in bad] == ["k4"] and "truncated" in bad[0]["reason"]
+    assert stats.samples == 5  # k5 was never reached: it is not in the shard any more
+
+
+def test_corrupt_region_is_one_entry_and_samples_after_it_flow(tmp_path):
+    samples = [good_sample(f"k{i}", i) for i in range(6)]
+    path = str(tmp_path / "d.tar")
+    write_shard(path, samples)
+    raw = bytearray(open(path, "rb").read())
+    h = raw.index(b"k2.flac")  # header of k2's first member
+    raw[h: h + 100] = b"\x00\x01" * 50
+    open(path, "wb").write(bytes(raw))
+    rows, bad, _ = _collect(path)
+    keys = [r["key"] for r in rows]
+    assert keys == ["k0", "k1", "k3", "k4", "k5"]
+    # k2's audio header was lost inside k2 (members are written cls, flac, json): the
+    # region is reported once, and k2, split by it, is quarantined once
+    by_key = {e["key"]: e["reason"] for e in bad}
+    assert len(bad) == 2
+    assert by_key["k2"].startswith("sample spans a corrupt tar region")
+    region = [k for k in by_key if k.startswith("<corrupt:")]
+    assert len(region) == 1 and "corrupt tar header" in by_key[region[0]]
+
+
+def test_oversized_member_quarantines_its_sample_only(tmp_path):
+    samples = [good_sample(f"k{i}", i, seconds=1.0) for i in range(3)]
+    samples[1] = good_sample("k1", 1, seconds=5.0)
+    path = str(tmp_path / "e.tar")
+    write_shard(path, samples)
+    limit = max(len(samples[0]["flac"]), len(samples[2]["flac"])) + 10
+    rows, bad, _ = _collect(path, max_member_bytes=limit)
+    assert [r["key"] for r in rows] == ["k0", "k2"]
+    assert [e["key"] for e in bad] == ["k1"] and "over the limit" in bad[0]["reason"]
+
+
+def test_unopenable_shard_is_reported_not_raised(tmp_path):
+    rows, bad, stats = _collect(str(tmp_path / "missing.tar"))
+    assert rows == [] and len(bad) == 1 and bad[0]["key"] == "<shard>"
+    assert "cannot open shard" in bad[0]["reason"]
+
+
+def test_blocks_are_bounded_by_rows(tmp_path):
+    path = str(tmp_path / "f.tar")
+    write_shard(path, [good_sample(f"k{i:02d}", i % 10) for i in range(25)])
+    sizes = [t.num_rows for t, _, _ in read_shard(path, options=ReaderOptions(block_rows=10)) if t is not None]
+    assert sizes == [10, 10, 5]
+
+
+def test_iter_samples_groups_members_with_directories_in_keys():
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in [("a/x.flac", b"1"), ("a/x.cls", b"2"), ("b/x.flac", b"3")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    stats = ShardStats("mem")
+    out = list(iter_samples(buf, "mem", stats=stats))
+    assert [(k, r["key"]) for k, r in out] == [("row", "a/x"), ("row", "b/x")]
+
+
+def test_expand_shards_braces_globs_dirs(clean_shards, tmp_path):
+    d, _ = clean_shards
+    brace = expand_shards(os.path.join(d, "shard-{000001..000002}.tar"))
+    assert [os.path.basename(u) for u in brace] == ["shard-000001.tar", "shard-000002.tar"]
+    assert expand_shards(os.path.join(d, "*.tar")) == expand_shards(d)
+    assert len(expand_shards(d)) == 4
+    assert expand_shards([os.path.join(d, "shard-000003.tar"), os.path.join(d, "shard-000000.tar")]) == [
+        os.path.join(d, "shard-000003.tar"), os.path.join(d, "shard-000000.tar")]
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        expand_shards(os.path.join(d, "nope-*.tar"))
