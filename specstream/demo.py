@@ -59,11 +59,12 @@ def run_demo(per_class: int = 200, epochs: int = 3, workers: int = 2, seed: int 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    pipe = build_pipeline(demo_config(shards, seed))
+    cpus_per_worker = 0.25
+    pipe = build_pipeline(demo_config(shards, seed), reserved_cpus=workers * cpus_per_worker)
     t0 = time.perf_counter()
     result = run_training(pipe.dataset, num_classes=len(CLASSES), ledger=pipe.ledger,
                           num_workers=workers, epochs=epochs, batch_size=64,
-                          cpus_per_worker=0.25, storage_path=os.path.join(cache_dir(), "ray_results"))
+                          cpus_per_worker=cpus_per_worker, storage_path=os.path.join(cache_dir(), "ray_results"))
     train_s = time.perf_counter() - t0
     report = pipe.report()
     if report_path:

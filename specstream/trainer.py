@@ -67,9 +67,14 @@ def train_loop(config: Dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     history = []
     for epoch in range(config.get("epochs", 1)):
-        t0, seen, losses, correct = time.perf_counter(), 0, [], 0
-        for batch in torch_batches(shard, batch_size=config.get("batch_size", 64),
-                                   ledger=config.get("ledger")):
+        t0, seen, losses, correct, wait = time.perf_counter(), 0, [], 0, 0.0
+        batches = torch_batches(shard, batch_size=config.get("batch_size", 64), ledger=config.get("ledger"))
+        while True:
+            tw = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - tw
+            if batch is None:
+                break
             logits = model(batch["features"], batch["length"])
             loss = loss_fn(logits, batch["target"], config.get("multi_label", False))
             opt.zero_grad(set_to_none=True)
@@ -86,6 +91,7 @@ def train_loop(config: Dict[str, Any]) -> None:
             "loss_first_quarter": sum(losses[:quarter]) / quarter if losses else float("nan"),
             "loss_last_quarter": sum(losses[-quarter:]) / quarter if losses else float("nan"),
             "accuracy": correct / max(seen, 1),
+            "data_wait_fraction": wait / dt if dt else 0.0,  # time the step waited for data
         })
         metrics = {"epoch": epoch, "rank": ctx.get_world_rank(), "samples": seen,
                    "samples_per_s": seen / dt if dt else 0.0,
@@ -111,12 +117,13 @@ def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, e
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"num_classes": num_classes, "epochs": epochs, "lr": lr,
                            "batch_size": batch_size, "ledger": ledger, "multi_label": multi_label},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
+                                     resources_per_worker=resources),
         datasets={"train": dataset},
         run_config=RunConfig(storage_path=storage_path, name="specstream"),
     )

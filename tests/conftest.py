@@ -6,6 +6,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+# Test-only credentials for the local S3 servers the tests start (set before Ray starts, so
+# its workers inherit them: specstream reads credentials only from the standard variables).
+for _k, _v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    os.environ.setdefault(_k, _v)
+
 
 def flac_bytes(x: np.ndarray, sr: int = 16000, fmt: str = "FLAC") -> bytes:
     buf = io.BytesIO()

@@ -26,7 +26,7 @@ from .deliver import collate, torch_batches
 from .ledger import Ledger, LedgerSink, write_report
 from .stages import DecodeStage, FeaturizeStage
 
-__all__ = ["Pipeline", "build_pipeline", "build_dataset", "torch_batches", "collate",
+__all__ = ["Pipeline", "build_pipeline", "check_resources", "build_dataset", "torch_batches", "collate",
            "DecodeStage", "FeaturizeStage", "storage_from_config"]
 
 
@@ -77,11 +77,34 @@ class Pipeline:
         return report
 
 
-def build_pipeline(config) -> Pipeline:
+def check_resources(cfg: PipelineConfig, reserved_cpus: float = 0.0, reserved_gpus: float = 0.0) -> None:
+    """Fail early, with numbers, when the featurize actors plus one decode task cannot fit
+    the cluster next to what else is reserved there (e.g. Ray Train workers): otherwise
+    Ray Data waits forever for a CPU that never frees up."""
+    from ..config import ConfigError
+
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+    a = cfg.actors
+    need_cpu = a.count * a.num_cpus + cfg.decode.num_cpus + reserved_cpus
+    need_gpu = a.count * a.num_gpus + reserved_gpus
+    if need_cpu > cpus + 1e-9:
+        raise ConfigError(
+            f"resources: {a.count} featurize actor(s) x {a.num_cpus} CPU + one decode task x "
+            f"{cfg.decode.num_cpus} CPU + {reserved_cpus} CPU reserved elsewhere = {need_cpu} CPUs, "
+            f"but the cluster has {cpus}: lower actors.num_cpus / decode.num_cpus (fractions are fine)")
+    if need_gpu > gpus + 1e-9:
+        raise ConfigError(f"resources: actors need {need_gpu} GPUs (with {reserved_gpus} reserved "
+                          f"elsewhere) but the cluster has {gpus}")
+
+
+def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.0) -> Pipeline:
     """Build the streaming Ray Dataset for a config (dict, YAML path or PipelineConfig).
 
     Rows carry ``key``, ``shard``, ``features``, ``length`` and ``target``. Nothing runs
     until the dataset is consumed. Starts Ray (``ray.init()``) if it is not running.
+    ``reserved_cpus``/``reserved_gpus``: what the consumers (Ray Train workers) will hold,
+    so that a layout that cannot run fails here instead of stalling.
     """
     cfg = load_config(config)
     storage = storage_from_config(cfg)
@@ -90,6 +113,7 @@ def build_pipeline(config) -> Pipeline:
         urls = shard_order(urls, cfg.seed, cfg.epoch)
     if not ray.is_initialized():
         ray.init()
+    check_resources(cfg, reserved_cpus, reserved_gpus)
     ledger = Ledger.remote()
     sink = LedgerSink(ledger)
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),

@@ -1,0 +1,167 @@
+"""Decode and featurize stages as plain callables (no Ray)."""
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from conftest import flac_bytes, tone
+from specstream.io.samples import SCHEMA
+from specstream.pipeline.stages import DecodeStage, FeaturizeStage
+
+BASE = {"source": {"shards": "unused"}, "labels": {"vocab": ["dog", "cat", "bird"]}}
+
+
+def cfg(**over):
+    c = json.loads(json.dumps(BASE))
+    for k, v in over.items():
+        c.setdefault(k, {}).update(v) if isinstance(v, dict) else c.__setitem__(k, v)
+    return c
+
+
+def table(rows):
+    full = [{"key": r["key"], "shard": r.get("shard", "s.tar"), "audio": r["audio"],
+             "audio_format": r.get("audio_format", "flac"), "cls": r.get("cls"),
+             "txt": r.get("txt"), "json": r.get("json")} for r in rows]
+    return pa.Table.from_pylist(full, schema=SCHEMA)
+
+
+class Sink(list):
+    def __call__(self, entries):
+        self.extend(entries)
+
+
+def test_decode_fixed_crop_pad_resample_and_mono():
+    rows = [
+        {"key": "a", "audio": flac_bytes(tone(1.5, 16000)), "cls": "dog"},
+        {"key": "b", "audio": flac_bytes(tone(0.5, 16000)), "cls": "cat"},
+        {"key": "c", "audio": flac_bytes(tone(1.0, 8000), 8000), "cls": "bird"},
+        {"key": "d", "audio": flac_bytes(tone(1.0, 44100, channels=2), 44100, "WAV"),
+         "audio_format": "wav", "json": json.dumps({"label": "dog"}), "cls": "dog"},
+    ]
+    sink = Sink()
+    out = DecodeStage(cfg(), sink)(table(rows))
+    assert sink == []
+    assert list(out["key"]) == ["a", "b", "c", "d"]
+    assert out["audio"].shape == (4, 16000) and out["audio"].dtype == np.float32
+    assert out["num_samples"].tolist() == [16000, 8000, 16000, 16000]
+    assert np.all(out["audio"][1, 8000:] == 0)  # padded with zeros past its length
+    assert out["target"].tolist() == [0, 1, 2, 0]
+    # resampled 8 kHz clip equals torchaudio's resample of the decoded clip
+    x8, _ = sf.read(io.BytesIO(rows[2]["audio"]), dtype="float32")
+    ref = torchaudio.functional.resample(torch.from_numpy(x8), 8000, 16000).numpy()
+    np.testing.assert_allclose(out["audio"][2], ref[:16000], atol=1e-5)
+    assert out["key_id"].dtype == np.int64
+
+
+def test_decode_quarantines_bad_audio_unknown_label_and_long_clips():
+    rows = [
+        {"key": "ok", "audio": flac_bytes(tone(1.0)), "cls": "dog"},
+        {"key": "garbage", "audio": b"RIFF....not audio at all", "cls": "dog"},
+        {"key": "unknown", "audio": flac_bytes(tone(1.0)), "cls": "horse"},
+        {"key": "nolabel", "audio": flac_bytes(tone(1.0))},
+        {"key": "long", "audio": flac_bytes(tone(3.0)), "cls": "cat"},
+    ]
+    sink = Sink()
+    out = DecodeStage(cfg(decode={"max_seconds": 2.0}), sink)(table(rows))
+    assert list(out["key"]) == ["ok"]
+    reasons = {e["key"]: e["reason"] for e in sink}
+    assert set(reasons) == {"garbage", "unknown", "nolabel", "long"}
+    assert "undecodable audio" in reasons["garbage"]
+    assert "not in the vocabulary" in reasons["unknown"]
+    assert "no label" in reasons["nolabel"]
+    assert "over the limit" in reasons["long"]
+    assert all(e["stage"] == "decode" and e["shard"] == "s.tar" for e in sink)
+
+
+def test_all_bad_batch_returns_empty_typed_columns():
+    out = DecodeStage(cfg(), Sink())(table([{"key": "x", "audio": b"junk", "cls": "dog"}]))
+    assert out["audio"].shape == (0, 16000) and out["target"].shape == (0,)
+
+
+def test_random_crop_is_a_function_of_key_not_batch():
+    rng = np.random.default_rng(0)
+    clips = {f"k{i}": flac_bytes((rng.standard_normal(48000) * 0.1).astype(np.float32)) for i in range(6)}
+    stage = DecodeStage(cfg(decode={"crop": "random"}))
+    a = stage(table([{"key": k, "audio": v, "cls": "dog"} for k, v in clips.items()]))
+    order = ["k5", "k2", "k0"]
+    b = stage(table([{"key": k, "audio": clips[k], "cls": "dog"} for k in order]))
+    for j, k in enumerate(order):
+        np.testing.assert_array_equal(b["audio"][j], a["audio"][int(k[1])])
+    # different keys get different offsets; another seed moves them
+    firsts = {tuple(a["audio"][i, :4]) for i in range(6)}
+    assert len(firsts) == 6
+    c = DecodeStage(cfg(decode={"crop": "random"}, seed=1))(table([{"key": "k0", "audio": clips["k0"], "cls": "dog"}]))
+    assert not np.array_equal(c["audio"][0], a["audio"][0])
+
+
+def test_center_crop_and_full_mode():
+    x = np.linspace(-0.5, 0.5, 32000, dtype=np.float32)
+    row = {"key": "a", "audio": flac_bytes(x), "cls": "dog"}
+    out = DecodeStage(cfg(decode={"crop": "center"}))(table([row]))
+    dec, _ = sf.read(io.BytesIO(row["audio"]), dtype="float32")
+    np.testing.assert_array_equal(out["audio"][0], dec[8000:24000])
+    full = DecodeStage(cfg(decode={"mode": "full"}))(table([row, {"key": "b", "audio": flac_bytes(tone(0.3)), "cls": "cat"}]))
+    assert full["audio"].dtype == object and [len(a) for a in full["audio"]] == [32000, 4800]
+    assert full["num_samples"].tolist() == [32000, 4800]
+
+
+def test_multi_label_targets_are_multi_hot():
+    rows = [{"key": "a", "audio": flac_bytes(tone(1.0)), "json": json.dumps({"tags": ["dog", "bird"]})},
+            {"key": "b", "audio": flac_bytes(tone(1.0)), "json": json.dumps({"tags": "cat"})}]
+    out = DecodeStage(cfg(labels={"field": "json:tags", "multi_label": True}))(table(rows))
+    assert out["target"].tolist() == [[1, 0, 1], [0, 1, 0]]
+
+
+def test_featurize_matches_torchaudio_per_sample_whatever_the_batch():
+    c = cfg(decode={"mode": "full"})
+    stage = FeaturizeStage(c, device="cpu")
+    rng = np.random.default_rng(1)
+    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 9000, 4321)]
+    audio = np.empty(3, dtype=object)
+    audio[:] = waves
+    batch = {"key": np.array(["a", "b", "c"], dtype=object), "shard": np.array(["s"] * 3, dtype=object),
+             "key_id": np.arange(3, dtype=np.int64), "num_samples": np.array([16000, 9000, 4321]),
+             "target": np.array([0, 1, 2]), "audio": audio}
+    out = stage(batch)
+    ref = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=80)
+    assert out["length"].tolist() == [101, 57, 28]
+    for i, w in enumerate(waves):
+        expect = torch.log(ref(torch.from_numpy(w)) + 1e-6).numpy()
+        assert out["features"][i].shape == expect.shape
+        np.testing.assert_allclose(out["features"][i], expect, rtol=1e-4, atol=1e-4)
+    assert out["target"].tolist() == [0, 1, 2]
+
+
+def test_featurize_fixed_mode_zeroes_frames_past_length():
+    stage = FeaturizeStage(cfg(), device="cpu")
+    audio = np.zeros((2, 16000), np.float32)
+    audio[0] = tone(1.0)
+    audio[1, :8000] = tone(0.5)
+    batch = {"key": np.array(["a", "b"], dtype=object), "shard": np.array(["s", "s"], dtype=object),
+             "key_id": np.arange(2, dtype=np.int64), "num_samples": np.array([16000, 8000]),
+             "target": np.array([0, 1]), "audio": audio}
+    out = stage(batch)
+    assert out["features"].shape == (2, 80, 101)
+    assert out["length"].tolist() == [101, 51]
+    assert np.all(out["features"][1, :, 51:] == 0) and np.any(out["features"][1, :, :51] != 0)
+
+
+def test_mel_matches_librosa():
+    librosa = pytest.importorskip("librosa")
+    from specstream.features import LogMel, MelConfig
+
+    x = (np.random.default_rng(2).standard_normal(16000) * 0.1).astype(np.float32)
+    for scale, norm in (("htk", None), ("slaney", "slaney")):
+        m = LogMel(MelConfig(mel_scale=scale, norm=norm, f_max=8000.0))
+        ours, _ = m(torch.from_numpy(x)[None], torch.tensor([16000]))
+        ref = librosa.feature.melspectrogram(y=x, sr=16000, n_fft=400, hop_length=160, n_mels=80,
+                                             htk=scale == "htk", norm=norm, center=True,
+                                             pad_mode="reflect", power=2.0, fmax=8000.0)
+        mel = np.exp(ours[0].numpy()) - 1e-6
+        big = ref > 1e-6 * ref.max()
+        np.testing.assert_allclose(mel[big], ref[big], rtol=1e-4)
