@@ -53,6 +53,9 @@ class LabelsConfig:
 
 @dataclass
 class ActorsConfig:
+    # auto: an actor pool when num_gpus > 0, else Ray tasks (CPU tasks reuse warm worker
+    # processes and fuse with read+decode; an actor pool is started anew on every pass)
+    compute: str = "auto"  # auto | actors | tasks
     count: int = 1  # featurize actors (an int, or min and max for autoscaling)
     max_count: Optional[int] = None
     num_gpus: float = 0.0  # per actor; fractional shares a GPU
@@ -96,6 +99,10 @@ class PipelineConfig:
             raise ConfigError(f"labels.vocab_file: {lab.vocab_file!r} does not exist")
         if not (lab.field in ("cls", "txt") or lab.field.startswith("json:")):
             raise ConfigError("labels.field: must be cls, txt or json:<name>")
+        if a.compute not in ("auto", "actors", "tasks"):
+            raise ConfigError("actors.compute: must be 'auto', 'actors' or 'tasks'")
+        if a.compute == "tasks" and a.num_gpus > 0:
+            raise ConfigError("actors.compute: 'tasks' cannot hold GPUs; use 'actors' (or 'auto')")
         if a.count < 1 or (a.max_count is not None and a.max_count < a.count):
             raise ConfigError("actors: count must be >= 1 and max_count >= count")
         if a.num_gpus < 0 or a.batch_size < 1 or self.deliver.batch_size < 1:

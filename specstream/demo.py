@@ -93,5 +93,7 @@ def format_summary(s: dict) -> str:
     ]
     for h in s["history_rank0"]:
         lines.append(f"  epoch {h['epoch']} (rank 0): loss {h['loss_first_quarter']:.3f} -> "
-                     f"{h['loss_last_quarter']:.3f}, accuracy {h['accuracy']:.2f}, {h['samples']} samples")
+                     f"{h['loss_last_quarter']:.3f}, accuracy {h['accuracy']:.2f}, {h['samples']} samples, "
+                     f"{h['samples'] / h['seconds']:.0f} samples/s, waiting for data "
+                     f"{100 * h['data_wait_fraction']:.0f}% of the step time")
     return "\n".join(lines)

@@ -57,30 +57,41 @@ class LogMel(torch.nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length,
-            hop_length=cfg.hop_length, f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels,
-            power=cfg.power, center=False, norm=cfg.norm, mel_scale=cfg.mel_scale,
-        )
+        win = cfg.win_length or cfg.n_fft
+        self.register_buffer("window", torch.hann_window(win), persistent=False)
+        fb = torchaudio.functional.melscale_fbanks(
+            cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2,
+            cfg.n_mels, cfg.sample_rate, cfg.norm, cfg.mel_scale)
+        self.register_buffer("fbanks", fb.T.contiguous(), persistent=False)  # [n_mels, n_freqs]
 
     def _center_pad(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Reflect-pad each sample at its *own* end, as torch.stft(center=True) would pad it
         alone, so a sample's features do not depend on what else is in the batch."""
         pad = self.cfg.n_fft // 2
         B, N = wave.shape
+        if N > pad and bool((lengths == N).all()):  # every sample fills the batch: plain reflect
+            return torch.nn.functional.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
         j = torch.arange(N + 2 * pad, device=wave.device)[None, :] - pad  # [1, N + 2 pad]
         L = lengths.to(wave.device)[:, None].clamp(min=1)
-        idx = torch.where(j < 0, -j, j)
-        idx = torch.where(idx >= L, 2 * (L - 1) - idx, idx)
-        idx = idx.clamp(0, N - 1)
+        idx = j.abs()
+        idx = torch.where(idx >= L, 2 * (L - 1) - idx, idx).clamp_(0, N - 1)
         out = torch.gather(wave, 1, idx.expand(B, -1))
         return out * (j < L + pad)  # nothing past a sample's own right padding
+
+    def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        """|STFT|**power, [B, n_freqs, T] (the same transform as torchaudio's Spectrogram
+        with center=False, computed as re**2 + im**2 rather than through a complex abs)."""
+        c = self.cfg
+        spec = torch.stft(wave, c.n_fft, c.hop_length, c.win_length or c.n_fft, self.window,
+                          center=False, return_complex=True)
+        p = torch.view_as_real(spec).pow(2).sum(-1)
+        return p if c.power == 2.0 else p.pow(c.power / 2)
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor):
         if self.cfg.center:
             wave = self._center_pad(wave, lengths)
-        spec = self.mel(wave)
-        feats = torch.log(spec + self.cfg.log_offset)
+        mel = torch.matmul(self.fbanks, self.power_spectrogram(wave))  # [B, n_mels, T]
+        feats = torch.log(mel + self.cfg.log_offset)
         frames = torch.clamp(self.cfg.num_frames(lengths), max=feats.shape[-1])
         valid = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]
         return feats * valid[:, None, :], frames

@@ -35,7 +35,8 @@ def consume(pipe, batch_size=32):
     return keys, shapes
 
 
-def test_folder_to_shards_to_stream_reconciles_by_key(ray_session, tmp_path):
+@pytest.mark.parametrize("compute", ["tasks", "actors"])
+def test_folder_to_shards_to_stream_reconciles_by_key(ray_session, tmp_path, compute):
     src = tmp_path / "audio"
     src.mkdir()
     rows = []
@@ -57,7 +58,8 @@ def test_folder_to_shards_to_stream_reconciles_by_key(ray_session, tmp_path):
     assert sorted(p for p, _ in summary.skipped) == ["absent.flac", "broken.wav"]
     assert len(summary.shards) == 4
 
-    pipe = build_pipeline(base_config(os.path.join(tmp_path, "shards", "shard-{000000..000003}.tar")))
+    pipe = build_pipeline(base_config(os.path.join(tmp_path, "shards", "shard-{000000..000003}.tar"),
+                                      actors={"compute": compute}))
     keys, shapes = consume(pipe)
     expected = {f"clip_{i:03d}" for i in range(30)}
     assert sorted(keys) == sorted(expected)  # every sample exactly once

@@ -43,21 +43,22 @@ def shard_order(urls: List[str], seed: int, epoch: int) -> List[str]:
     return order
 
 
-_DECODERS: Dict[str, DecodeStage] = {}
+_STAGES: Dict[tuple, Any] = {}
 
 
-class _TaskDecoder:
-    """Picklable decode callable for read tasks: builds one DecodeStage per worker process."""
+class _PerProcess:
+    """Picklable stage callable for Ray tasks: builds the stage once per worker process
+    (and config) and reuses it for every later batch there."""
 
-    def __init__(self, config: Dict[str, Any], sink):
-        self.config, self.sink = config, sink
-        self.fingerprint = json.dumps(config, sort_keys=True, default=str)
+    def __init__(self, stage_cls, config: Dict[str, Any], sink):
+        self.stage_cls, self.config, self.sink = stage_cls, config, sink
+        self.key = (stage_cls.__name__, json.dumps(config, sort_keys=True, default=str))
 
-    def __call__(self, table):
-        stage = _DECODERS.get(self.fingerprint)
+    def __call__(self, batch):
+        stage = _STAGES.get(self.key)
         if stage is None:
-            stage = _DECODERS[self.fingerprint] = DecodeStage(self.config, self.sink)
-        return stage(table)
+            stage = _STAGES[self.key] = self.stage_cls(self.config, self.sink)
+        return stage(batch)
 
 
 @dataclass
@@ -86,11 +87,12 @@ def check_resources(cfg: PipelineConfig, reserved_cpus: float = 0.0, reserved_gp
     res = ray.cluster_resources()
     cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
     a = cfg.actors
-    need_cpu = a.count * a.num_cpus + cfg.decode.num_cpus + reserved_cpus
+    actors = a.compute == "actors" or (a.compute == "auto" and a.num_gpus > 0)
+    need_cpu = (a.count * a.num_cpus if actors else 0.0) + cfg.decode.num_cpus + reserved_cpus
     need_gpu = a.count * a.num_gpus + reserved_gpus
     if need_cpu > cpus + 1e-9:
         raise ConfigError(
-            f"resources: {a.count} featurize actor(s) x {a.num_cpus} CPU + one decode task x "
+            f"resources: {a.count if actors else 0} featurize actor(s) x {a.num_cpus} CPU + one decode task x "
             f"{cfg.decode.num_cpus} CPU + {reserved_cpus} CPU reserved elsewhere = {need_cpu} CPUs, "
             f"but the cluster has {cpus}: lower actors.num_cpus / decode.num_cpus (fractions are fine)")
     if need_gpu > gpus + 1e-9:
@@ -119,14 +121,21 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),
                             block_rows=cfg.source.block_rows)
     cfg_dict = cfg.to_dict()
-    source = ShardDatasource(urls, storage, options, ledger, decode=_TaskDecoder(cfg_dict, sink))
+    source = ShardDatasource(urls, storage, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink))
     ds = ray.data.read_datasource(source, override_num_blocks=len(urls),
                                   num_cpus=cfg.decode.num_cpus)
     a = cfg.actors
-    concurrency = a.count if a.max_count is None else (a.count, a.max_count)
-    ds = ds.map_batches(FeaturizeStage, batch_size=a.batch_size, batch_format="numpy",
-                        fn_constructor_kwargs={"config": cfg_dict, "sink": sink},
-                        concurrency=concurrency, num_gpus=a.num_gpus, num_cpus=a.num_cpus)
+    if a.compute == "actors" or (a.compute == "auto" and a.num_gpus > 0):
+        concurrency = a.count if a.max_count is None else (a.count, a.max_count)
+        ds = ds.map_batches(FeaturizeStage, batch_size=a.batch_size, batch_format="numpy",
+                            fn_constructor_kwargs={"config": cfg_dict, "sink": sink},
+                            concurrency=concurrency, num_gpus=a.num_gpus, num_cpus=a.num_cpus)
+    else:
+        # Same resources as the read task and whole blocks as batches (Ray does not fuse a read with a
+        # fixed-batch-size map), so that Ray fuses read+decode+featurize into one task
+        # per shard. Featurize batches are then the reader's blocks (source.block_rows).
+        ds = ds.map_batches(_PerProcess(FeaturizeStage, cfg_dict, sink), batch_size=None,
+                            batch_format="numpy", num_cpus=cfg.decode.num_cpus)
     return Pipeline(cfg, urls, ds, ledger)
 
 
