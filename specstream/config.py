@@ -77,7 +77,10 @@ class PipelineConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     features: MelConfig = field(default_factory=MelConfig)
-    augment: Optional[Any] = None  # policy spec for specstream.augment (None: no augmentation)
+    # policy spec for specstream.augment: null (none), a preset name (LB, LD, SM, SS,
+    # adaptive), or {preset: ..., ops: [{op: freq_mask, max_width: 27, count: 2, p: 1.0}, ...]}
+    augment: Optional[Any] = None
+    log_params: bool = False  # add each row's augmentation parameters as a JSON column
     actors: ActorsConfig = field(default_factory=ActorsConfig)
     deliver: DeliverConfig = field(default_factory=DeliverConfig)
     seed: int = 0
@@ -114,6 +117,13 @@ class PipelineConfig:
             self.features.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.augment is not None:
+            from .augment import build_policy
+
+            try:
+                build_policy(self.augment)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"augment: {e}") from None
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -1,34 +1,37 @@
-"""Spectrogram augmentation: pure torch, batched, lengths-aware, reproducible by sample key.
+"""Spectrogram augmentation: pure torch (no Ray, no I/O), batched, per-sample,
+lengths-aware, and reproducible by sample key.
 
-The featurize stage calls a policy as
-``policy(features, lengths, keys=..., key_ids=..., targets=..., seed=..., epoch=...)`` and
-reads ``.features``, ``.lengths``, ``.targets`` and ``.params`` from the result.
+    from specstream.augment import preset, Policy
+    policy = preset("LD")                       # or Policy.from_dict({...})
+    out = policy(features, lengths, keys=keys, targets=targets, seed=0, epoch=0)
+    out.features, out.lengths, out.targets, out.params
+    again = policy.apply(features, lengths, params=out.params, targets=targets)  # exact replay
+
+The featurize stage calls ``policy(features, lengths, keys=..., key_ids=..., targets=...,
+seed=..., epoch=...)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Optional
 
-import torch
+from .core import Batch, Context, Op
+from .ops import (OPS, BandLimit, CutOut, FeatureNoise, FrameDropDup, FreqMask, FreqShift, FreqWarp,
+                  Gain, Mixup, Overlay, RandomEQ, TimeMask, TimeStretch, TimeWarp)
+from .policy import SPECAUGMENT, AugmentResult, Policy, preset, specaugment, tta_aggregate, tta_views
 
-
-@dataclass
-class AugmentResult:
-    features: torch.Tensor
-    lengths: torch.Tensor
-    targets: Optional[torch.Tensor] = None
-    params: Dict[str, Any] = field(default_factory=dict)
-
-
-class Identity:
-    """The no-op policy: returns its input unchanged, with no parameters."""
-
-    def __call__(self, features, lengths, keys=None, key_ids=None, targets=None, seed=0, epoch=0):
-        return AugmentResult(features, lengths, targets, {})
+__all__ = ["Policy", "preset", "specaugment", "AugmentResult", "build_policy", "tta_views", "tta_aggregate",
+           "Op", "Batch", "Context", "OPS", "SPECAUGMENT", "FreqMask", "TimeMask", "CutOut", "TimeWarp",
+           "FreqShift", "FreqWarp", "TimeStretch", "FrameDropDup", "Gain", "RandomEQ", "BandLimit",
+           "FeatureNoise", "Mixup", "Overlay"]
 
 
-def build_policy(spec) -> Identity:
-    """A policy from its config spec; ``None`` means no augmentation."""
+def build_policy(spec, num_classes: Optional[int] = None) -> Policy:
+    """A policy from its config spec: None (no augmentation), a preset name, or a dict /
+    list for :meth:`Policy.from_dict`."""
     if spec is None:
-        return Identity()
-    raise ValueError(f"augment: unknown policy spec {spec!r}; only null (no augmentation) exists yet")
+        return Policy([], num_classes=num_classes)
+    if isinstance(spec, str):
+        p = preset(spec)
+        p.num_classes = num_classes
+        return p
+    return Policy.from_dict(spec, num_classes=num_classes)

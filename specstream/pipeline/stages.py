@@ -7,6 +7,7 @@ returns the good ones.
 """
 from __future__ import annotations
 
+import json
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -198,7 +199,8 @@ class FeaturizeStage:
         self.sink = sink
         self.device = resolve_device(device or self.cfg.actors.device)
         self.logmel = LogMel(self.cfg.features).to(self.device)
-        self.policy = build_policy(self.cfg.augment)
+        num_classes = len(vocab_from_config(self.cfg))
+        self.policy = build_policy(self.cfg.augment, num_classes=num_classes)
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> Batch:
@@ -207,10 +209,15 @@ class FeaturizeStage:
         ids = _tensor(batch["key_id"], self.device, np.int64)
         targets = _tensor(batch["target"], self.device)
         feats, frames = self.logmel(wave, nsamp)
+        T = feats.shape[-1]
         out = self.policy(feats, frames, keys=list(batch["key"]), key_ids=ids, targets=targets,
                           seed=self.cfg.seed, epoch=self.cfg.epoch)
-        feats = out.features.float().cpu().numpy()
-        lengths = out.lengths.cpu().numpy().astype(np.int64)
+        feats, lengths = out.features, out.lengths
+        if self.cfg.decode.mode == "fixed" and feats.shape[-1] != T:
+            # fixed mode keeps a fixed shape: a stretched sample is cut to the clip's frames
+            feats, lengths = feats[..., :T], lengths.clamp(max=T)
+        feats = feats.float().cpu().numpy()
+        lengths = lengths.cpu().numpy().astype(np.int64)
         result: Batch = {"key": batch["key"], "shard": batch["shard"], "length": lengths,
                          "target": out.targets.cpu().numpy()}
         if self.cfg.decode.mode == "full":
@@ -219,4 +226,7 @@ class FeaturizeStage:
             result["features"] = rows
         else:
             result["features"] = feats
+        if self.cfg.log_params:
+            result["aug_params"] = np.array([json.dumps(out.params_for(i, max_values=64))
+                                             for i in range(len(lengths))], dtype=object)
         return result

@@ -1,0 +1,157 @@
+"""The op contract: sample per-sample parameters, then apply them (kornia's split, without
+its global RNG). Pure torch; the same code on CPU and CUDA.
+
+A batch is padded features [B, F, T] with per-sample ``lengths`` (valid frames). Ops never
+write into padding and never read a sample's padding; ops that change lengths return the
+new lengths. Targets ride along: ``targets`` ([B] class index, [B, C] soft / multi-hot) and
+``frame_targets`` ([B, T] or [B, T, C] frame labels), which move with time-axis ops.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Dict, Optional
+
+import torch
+
+from .random import hash32, uniform
+
+Params = Dict[str, torch.Tensor]
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor  # [B, F, T]
+    lengths: torch.Tensor  # [B] int64, valid frames
+    targets: Optional[torch.Tensor] = None
+    frame_targets: Optional[torch.Tensor] = None  # [B, T] or [B, T, C]
+
+    def replace(self, **kw) -> "Batch":
+        return replace(self, **kw)
+
+
+@dataclass
+class Context:
+    """What an op may draw from: per-sample counter-based uniforms keyed by sample id."""
+
+    ids: torch.Tensor  # [B] int64 key ids
+    seed: int
+    epoch: int
+    slot: int  # the op's position in its policy
+    lengths: torch.Tensor
+    n_freq: int
+    n_time: int
+    counter: int = field(default=0)
+
+    @property
+    def device(self):
+        return self.ids.device
+
+    def uniform(self, n: int = 1) -> torch.Tensor:
+        """[B, n] uniforms in [0, 1); successive calls draw fresh streams."""
+        u = uniform(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, n)
+        self.counter += 1
+        return u
+
+    def normal(self, n: int = 1) -> torch.Tensor:
+        """[B, n] standard normals (Box-Muller on two uniform streams)."""
+        u1, u2 = 1.0 - self.uniform(n), self.uniform(n)
+        return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+
+    def element_uniform(self, shape) -> torch.Tensor:
+        """[B, *shape] uniforms, one per element (for noise fields): a pure function of the
+        key and the element's coordinates (not of the padded size of the batch)."""
+        B = self.ids.shape[0]
+        nd = len(shape)
+        words = [self.seed, self.epoch, (self.ids & 0xFFFFFFFF).reshape(B, *([1] * nd)),
+                 (self.ids >> 32).reshape(B, *([1] * nd)), self.slot * 64 + self.counter]
+        for axis, n in enumerate(shape):
+            view = [1] * (nd + 1)
+            view[axis + 1] = n
+            words.append(torch.arange(n, device=self.device, dtype=torch.int64).reshape(view))
+        self.counter += 1
+        h = hash32(words, device=self.device)
+        return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def randint(u: torch.Tensor, low, high) -> torch.Tensor:
+    """Integers in [low, high] (inclusive, broadcast) from uniforms in [0, 1)."""
+    low = torch.as_tensor(low, device=u.device)
+    high = torch.as_tensor(high, device=u.device)
+    span = (high - low + 1).clamp(min=1)
+    return (low + torch.floor(u * span).to(torch.int64)).minimum(high.to(torch.int64)).to(torch.int64)
+
+
+def time_valid(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, T] bool: frame t holds signal."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean over each sample's own valid frames: [B]."""
+    valid = time_valid(lengths, x.shape[-1]).to(x.dtype)[:, None, :]
+    n = (valid.sum((1, 2)) * x.shape[1]).clamp(min=1)
+    return (x * valid).sum((1, 2)) / n
+
+
+def interp_time(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation along the last axis: out[b, ..., t] = x[b, ..., src[b, t]]
+    (src float [B, T_out], clamped into [0, T_in - 1] by the caller's choice of src)."""
+    T_in = x.shape[-1]
+    lo = src.floor().clamp(0, T_in - 1)
+    frac = (src - lo).to(x.dtype)
+    lo = lo.to(torch.int64)
+    hi = (lo + 1).clamp(max=T_in - 1)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (src.shape[-1],)
+    expand = x.shape[:-1] + (src.shape[-1],)
+    a = torch.gather(x, -1, lo.reshape(shape).expand(expand))
+    b = torch.gather(x, -1, hi.reshape(shape).expand(expand))
+    return a + (b - a) * frac.reshape(shape)
+
+
+def gather_frames(y: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Nearest-frame gather of frame targets [B, T] or [B, T, C] at integer src [B, T_out]."""
+    if y.dim() == 2:
+        return torch.gather(y, 1, src)
+    return torch.gather(y, 1, src[..., None].expand(-1, -1, y.shape[-1]))
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return x * time_valid(lengths, x.shape[-1]).to(x.dtype)[:, None, :]
+
+
+def select(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per-sample choice between two tensors of the same shape ([B, ...])."""
+    return torch.where(active.reshape((-1,) + (1,) * (new.dim() - 1)), new, old)
+
+
+class Op:
+    """Base class. Subclasses define ``name``, ``draw(ctx, batch) -> params`` and
+    ``apply(batch, params) -> batch``. ``p`` is the per-sample probability of applying."""
+
+    name = "op"
+
+    def __init__(self, p: float = 1.0):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{self.name}: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def sample(self, ctx: Context, batch: Batch) -> Params:
+        active = ctx.uniform(1)[:, 0] < self.p
+        params = self.draw(ctx, batch)
+        params["active"] = active
+        return params
+
+    def draw(self, ctx: Context, batch: Batch) -> Params:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, batch: Batch, params: Params) -> Batch:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """The op's constructor arguments (for logging and to_dict)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"

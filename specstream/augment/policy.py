@@ -1,0 +1,185 @@
+"""Policies: ordered chains of ops with per-op probabilities, named presets, replay, TTA."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .core import Batch, Context, Op
+from .ops import MIXING, OPS, FreqMask, TimeMask, TimeWarp
+from .random import key_ids as _key_ids
+
+# SpecAugment policies, Park et al. 2019, Table 1: W, F, mF, T, p, mT
+SPECAUGMENT = {
+    "LB": dict(W=80, F=27, mF=1, T=100, p=1.0, mT=1),
+    "LD": dict(W=80, F=27, mF=2, T=100, p=1.0, mT=2),
+    "SM": dict(W=40, F=15, mF=2, T=70, p=0.2, mT=2),
+    "SS": dict(W=40, F=27, mF=2, T=70, p=0.2, mT=2),
+}
+
+
+@dataclass
+class AugmentResult:
+    features: torch.Tensor
+    lengths: torch.Tensor
+    targets: Optional[torch.Tensor] = None
+    params: List[Dict[str, torch.Tensor]] = field(default_factory=list)  # one dict per op
+    frame_targets: Optional[torch.Tensor] = None
+
+    def params_for(self, i: int, max_values: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+        """Sample i's parameters, as plain Python values keyed '<pos>:<op name>' (for logs).
+        ``max_values`` leaves out per-element fields (noise, frame counts) larger than that."""
+        out = {}
+        for pos, (name, p) in enumerate(self._named()):
+            out[f"{pos}:{name}"] = {k: v[i].tolist() for k, v in p.items()
+                                    if max_values is None or v[i].numel() <= max_values}
+        return out
+
+    def _named(self):
+        return [(p.get("__name__", "op"), {k: v for k, v in p.items() if k != "__name__"})
+                for p in self.params]
+
+
+class Policy:
+    """An ordered chain of ops. ``policy(features, lengths, key_ids=..., seed=, epoch=)``
+    samples each op's parameters (a pure function of seed, epoch, sample key and the op's
+    position) and applies them in order; ``policy.apply(..., params=out.params)`` replays
+    them exactly."""
+
+    def __init__(self, ops: Sequence[Op], num_classes: Optional[int] = None):
+        self.ops = list(ops)
+        self.num_classes = num_classes
+        for op in self.ops:
+            if isinstance(op, MIXING) and getattr(op, "num_classes", None) is None and hasattr(op, "num_classes"):
+                op.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __repr__(self) -> str:
+        return f"Policy({self.ops!r})"
+
+    @staticmethod
+    def _ids(keys, key_ids, device) -> torch.Tensor:
+        if key_ids is None:
+            if keys is None:
+                raise ValueError("policy needs keys or key_ids: parameters are a function of the sample key")
+            key_ids = torch.from_numpy(_key_ids([str(k) for k in keys]))
+        return torch.as_tensor(key_ids, dtype=torch.int64).to(device)
+
+    def __call__(self, features: torch.Tensor, lengths: torch.Tensor, keys=None, key_ids=None,
+                 targets: Optional[torch.Tensor] = None, frame_targets: Optional[torch.Tensor] = None,
+                 seed: int = 0, epoch: int = 0) -> AugmentResult:
+        ids = self._ids(keys, key_ids, features.device)
+        lengths = lengths.to(features.device).to(torch.int64)
+        batch = Batch(features, lengths, targets, frame_targets)
+        all_params = []
+        for slot, op in enumerate(self.ops):
+            ctx = Context(ids, int(seed), int(epoch), slot, batch.lengths, batch.features.shape[1],
+                          batch.features.shape[2])
+            params = op.sample(ctx, batch)
+            batch = op.apply(batch, params)
+            params["__name__"] = op.name  # type: ignore[assignment]
+            all_params.append(params)
+        return AugmentResult(batch.features, batch.lengths, batch.targets, all_params, batch.frame_targets)
+
+    def apply(self, features: torch.Tensor, lengths: torch.Tensor, params: List[Dict[str, torch.Tensor]],
+              targets: Optional[torch.Tensor] = None, frame_targets: Optional[torch.Tensor] = None
+              ) -> AugmentResult:
+        """Replay recorded parameters (e.g. from a log, or on aligned targets)."""
+        if len(params) != len(self.ops):
+            raise ValueError(f"params hold {len(params)} ops, the policy has {len(self.ops)}")
+        batch = Batch(features, lengths.to(features.device).to(torch.int64), targets, frame_targets)
+        for op, p in zip(self.ops, params):
+            if p.get("__name__", op.name) != op.name:
+                raise ValueError(f"params for {p.get('__name__')!r} given to op {op.name!r}")
+            batch = op.apply(batch, {k: v for k, v in p.items() if k != "__name__"})
+        return AugmentResult(batch.features, batch.lengths, batch.targets, list(params), batch.frame_targets)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"ops": [{"op": op.name, **copy.deepcopy(op.config())} for op in self.ops]}
+
+    @classmethod
+    def from_dict(cls, spec: Union[Dict[str, Any], Sequence[Dict[str, Any]]],
+                  num_classes: Optional[int] = None) -> "Policy":
+        """``{"ops": [{"op": "freq_mask", "max_width": 27, "count": 2, "p": 1.0}, ...]}``,
+        a bare list of such dicts, or ``{"preset": "LD"}`` (optionally with more ``ops``
+        appended after the preset's)."""
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"ops", "preset"}
+            if unknown:
+                raise ValueError(f"augment: unknown key {sorted(unknown)[0]!r} (use 'preset' and/or 'ops')")
+            ops: List[Op] = list(preset(spec["preset"]).ops) if spec.get("preset") else []
+            items = spec.get("ops") or []
+        else:
+            ops, items = [], list(spec)
+        for n, item in enumerate(items):
+            if not isinstance(item, dict) or "op" not in item:
+                raise ValueError(f"augment.ops[{n}]: expected a mapping with an 'op' name")
+            kw = dict(item)
+            name = kw.pop("op")
+            if name not in OPS:
+                raise ValueError(f"augment.ops[{n}]: unknown op {name!r} (known: {', '.join(sorted(OPS))})")
+            for k, v in kw.items():
+                if isinstance(v, list):
+                    kw[k] = tuple(v)
+            try:
+                ops.append(OPS[name](**kw))
+            except TypeError as e:
+                raise ValueError(f"augment.ops[{n}] ({name}): {e}") from None
+        return cls(ops, num_classes=num_classes)
+
+
+def specaugment(W: int, F: int, mF: int, T: int, p: float, mT: int, fill="zero") -> Policy:
+    """Time warp, then mF frequency masks of width <= F, then mT time masks of width
+    <= min(T, p * length)."""
+    ops: List[Op] = []
+    if W > 0:
+        ops.append(TimeWarp(W=W))
+    ops.append(FreqMask(max_width=F, count=mF, fill=fill))
+    ops.append(TimeMask(max_width=T, count=mT, max_fraction=p, fill=fill))
+    return Policy(ops)
+
+
+def preset(name: str) -> Policy:
+    """Named policies: SpecAugment ``LB``, ``LD``, ``SM``, ``SS`` (Park et al. 2019, Table 1),
+    and ``adaptive`` (Park et al. 2020 large-scale: two frequency masks F=27, time masks
+    of width <= 0.05 * length, count = min(20, floor(0.04 * length)); no time warp)."""
+    key = name.upper() if name.upper() in SPECAUGMENT else name.lower()
+    if key in SPECAUGMENT:
+        return specaugment(**SPECAUGMENT[key])
+    if key == "adaptive":
+        return Policy([FreqMask(max_width=27, count=2),
+                       TimeMask(width_fraction=0.05, count_fraction=0.04, max_count=20)])
+    if key in ("none", "identity"):
+        return Policy([])
+    raise ValueError(f"unknown preset {name!r} (known: {', '.join(list(SPECAUGMENT) + ['adaptive', 'none'])})")
+
+
+def tta_views(policy: Policy, features: torch.Tensor, lengths: torch.Tensor, views: int, keys=None,
+              key_ids=None, seed: int = 0) -> List[AugmentResult]:
+    """Test-time augmentation: ``views`` augmented copies of the batch, view v drawn with
+    epoch = -(v + 1) so views differ from each other and from any training epoch, and are
+    reproducible per key. View 0 is *not* the clean input: add it yourself if wanted."""
+    return [policy(features, lengths, keys=keys, key_ids=key_ids, seed=seed, epoch=-(v + 1))
+            for v in range(views)]
+
+
+def tta_aggregate(predictions: Union[torch.Tensor, Sequence[torch.Tensor]], method: str = "mean",
+                  logits: bool = True) -> torch.Tensor:
+    """Aggregate per-view predictions [V, B, C] (logits or probabilities) into [B, C]:
+    ``mean`` of probabilities, ``geometric`` mean (mean of log-probabilities), ``max``,
+    or ``vote`` (fraction of views whose argmax is each class)."""
+    p = torch.stack(list(predictions)) if not isinstance(predictions, torch.Tensor) else predictions
+    probs = p.softmax(-1) if logits else p
+    if method == "mean":
+        return probs.mean(0)
+    if method == "geometric":
+        return torch.log(probs.clamp(min=1e-12)).mean(0).softmax(-1)
+    if method == "max":
+        return probs.max(0).values
+    if method == "vote":
+        return torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).float().mean(0)
+    raise ValueError(f"unknown TTA aggregation {method!r}")
