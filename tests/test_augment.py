@@ -319,3 +319,30 @@ def test_cpu_cuda_parity():
                 assert torch.equal(a[k], b[k].cpu()), k
     torch.testing.assert_close(gpu.features.cpu(), cpu.features, rtol=1e-4, atol=1e-4)
     assert torch.equal(gpu.lengths.cpu(), cpu.lengths)
+
+
+def test_fused_masks_equal_one_op_at_a_time():
+    x, L, keys = batch(B=6, T=150)
+    policy = Policy([FreqMask(max_width=10, count=2), TimeMask(max_width=30, count=3),
+                     CutOut(count=2, fill=0.0), TimeMask(max_width=20, count=1, fill=-5.0),
+                     FreqMask(max_width=5, count=1, fill="mean")])
+    out = policy(x, L, keys=keys, seed=7)
+    from specstream.augment.core import Batch as B_
+
+    b = B_(x, L)
+    for op, p in zip(policy.ops, out.params):
+        b = op.apply(b, {k: v for k, v in p.items() if k != "__name__"})
+    assert torch.equal(out.features, b.features)
+
+
+def test_zero_fill_keeps_padding_zero_and_matches_masked_write():
+    x, L, keys = batch(B=5, T=120, lengths=[120, 90, 60, 30, 2])
+    zero = Policy([FreqMask(max_width=9, count=2), TimeMask(max_width=25, count=2),
+                   CutOut(count=1)])(x, L, keys=keys, seed=3)
+    sentinel = Policy([FreqMask(max_width=9, count=2, fill=SENTINEL), TimeMask(max_width=25, count=2, fill=SENTINEL),
+                       CutOut(count=1, fill=SENTINEL)])(x, L, keys=keys, seed=3)
+    masked = sentinel.features == SENTINEL
+    assert masked.any()
+    assert torch.equal(zero.features, torch.where(masked, torch.zeros_like(x), x))
+    for b in range(5):
+        assert (zero.features[b, :, L[b]:] == 0).all()

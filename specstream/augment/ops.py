@@ -46,14 +46,71 @@ def _bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: i
     return m.any(1)
 
 
-def _masked_fill(batch: Batch, mask: torch.Tensor, fill: Fill, active: torch.Tensor) -> Batch:
+def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
+    """One pass for any number of masks: ``parts`` are (freq [B, F] or None, time [B, T] or
+    None, rect [B, F, T] or None) triples, already restricted to active samples. Only the
+    sample's valid frames are written.
+
+    Zero fill multiplies by broadcast keep-vectors (x * keep_f[:, :, None] * keep_t[:, None, :],
+    ~2x faster here than a materialised [B, F, T] mask): it relies on the features'
+    contract that padding is 0 (0 * keep stays 0). Other fills use an exact masked write."""
     x = batch.features
-    value = _fill_value(x, batch.lengths, fill).to(x.dtype)
-    mask = mask & active[:, None, None] & time_valid(batch.lengths, x.shape[-1])[:, None, :]
-    return batch.replace(features=torch.where(mask, value.expand_as(x), x))
+    B, Fn, T = x.shape
+    fu = tu = ru = None
+    for f, t, r in parts:
+        if f is not None:
+            fu = f if fu is None else fu | f
+        if t is not None:
+            tu = t if tu is None else tu | t
+        if r is not None:
+            ru = r if ru is None else ru | r
+    if fill == "zero" or (not isinstance(fill, str) and float(fill) == 0.0):
+        keeps = []
+        if fu is not None:
+            keeps.append((~fu).to(x.dtype)[:, :, None])
+        if tu is not None:
+            keeps.append((~tu).to(x.dtype)[:, None, :])
+        if ru is not None:
+            keeps.append((~ru).to(x.dtype))
+        if not keeps:
+            return batch.replace(features=x.clone())
+        out = x * keeps[0]  # one new tensor, then in place: fresh large buffers cost page faults
+        for k in keeps[1:]:
+            out.mul_(k)
+        return batch.replace(features=out)
+    valid = time_valid(batch.lengths, T)[:, None, :]
+    mask = torch.zeros(B, Fn, T, dtype=torch.bool, device=x.device)
+    if fu is not None:
+        mask = mask | (fu[:, :, None] & valid)
+    if tu is not None:  # time masks are drawn inside each sample's length already
+        mask = mask | tu[:, None, :]
+    if ru is not None:
+        mask = mask | ru
+    if isinstance(fill, str):
+        value = _fill_value(x, batch.lengths, fill).to(x.dtype)
+        return batch.replace(features=torch.where(mask, value, x))
+    return batch.replace(features=x.masked_fill(mask, float(fill)))
 
 
-class FreqMask(Op):
+class MaskOp(Op):
+    """Ops that only overwrite masked cells with a fill; consecutive ones with the same
+    constant fill are applied together in one pass by :class:`Policy`."""
+
+    fill: Fill = "zero"
+
+    @property
+    def fusable(self) -> bool:
+        return not isinstance(self.fill, str) or self.fill == "zero"
+
+
+    def mask_parts(self, batch: Batch, params: Params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, batch: Batch, params: Params) -> Batch:
+        return apply_masks(batch, [self.mask_parts(batch, params)], self.fill)
+
+
+class FreqMask(MaskOp):
     """SpecAugment frequency masks: ``count`` bands of width U[0, max_width] bins each."""
 
     name = "freq_mask"
@@ -68,13 +125,12 @@ class FreqMask(Op):
         s = randint(ctx.uniform(self.count), 0, F_ - w)
         return {"starts": s, "widths": w}
 
-    def apply(self, batch: Batch, params: Params) -> Batch:
-        on = torch.ones_like(params["starts"], dtype=torch.bool)
-        band = _bands(params["starts"], params["widths"], on, batch.features.shape[1])
-        return _masked_fill(batch, band[:, :, None], self.fill, params["active"])
+    def mask_parts(self, batch: Batch, params: Params):
+        on = params["active"][:, None].expand_as(params["starts"])
+        return _bands(params["starts"], params["widths"], on, batch.features.shape[1]), None, None
 
 
-class TimeMask(Op):
+class TimeMask(MaskOp):
     """SpecAugment time masks, inside each sample's own length.
 
     Fixed: ``count`` masks of width U[0, min(max_width, max_fraction * length)].
@@ -111,14 +167,14 @@ class TimeMask(Op):
         s = randint(ctx.uniform(M), 0, (L[:, None] - w).clamp(min=0))
         return {"starts": s, "widths": w, "counts": n}
 
-    def apply(self, batch: Batch, params: Params) -> Batch:
+    def mask_parts(self, batch: Batch, params: Params):
         s, w = params["starts"], params["widths"]
-        on = torch.arange(s.shape[1], device=s.device)[None, :] < params["counts"][:, None]
-        band = _bands(s, w, on, batch.features.shape[-1])
-        return _masked_fill(batch, band[:, None, :], self.fill, params["active"])
+        on = (torch.arange(s.shape[1], device=s.device)[None, :] < params["counts"][:, None]) \
+            & params["active"][:, None]
+        return None, _bands(s, w, on, batch.features.shape[-1]), None
 
 
-class CutOut(Op):
+class CutOut(MaskOp):
     """Rectangular cut-outs: ``count`` rectangles up to ``max_freq`` bins x ``max_time``
     frames (or ``max_time_fraction`` of the sample's length), inside the sample."""
 
@@ -142,7 +198,7 @@ class CutOut(Op):
         ts = randint(ctx.uniform(M), 0, (L[:, None] - tw).clamp(min=0))
         return {"f_starts": fs, "f_widths": fw, "t_starts": ts, "t_widths": tw}
 
-    def apply(self, batch: Batch, params: Params) -> Batch:
+    def mask_parts(self, batch: Batch, params: Params):
         x = batch.features
         Fn, T = x.shape[1], x.shape[2]
         f = torch.arange(Fn, device=x.device)[None, None, :, None]
@@ -150,7 +206,7 @@ class CutOut(Op):
         fs, fw = params["f_starts"][..., None, None], params["f_widths"][..., None, None]
         ts, tw = params["t_starts"][..., None, None], params["t_widths"][..., None, None]
         rect = ((f >= fs) & (f < fs + fw) & (t >= ts) & (t < ts + tw)).any(1)
-        return _masked_fill(batch, rect, self.fill, params["active"])
+        return None, None, rect & params["active"][:, None, None]
 
 
 class TimeWarp(Op):
@@ -189,7 +245,7 @@ class TimeWarp(Op):
     def apply(self, batch: Batch, params: Params) -> Batch:
         x = batch.features
         src = self.source(batch.lengths, params, x.shape[-1])
-        out = zero_padding(interp_time(x, src), batch.lengths)
+        out = zero_padding(interp_time(x, src), batch.lengths, inplace=True)
         ft = batch.frame_targets
         if ft is not None:
             ft = gather_frames(ft, src.round().to(torch.int64).clamp(0, ft.shape[1] - 1))
@@ -276,7 +332,7 @@ class TimeStretch(Op):
         t = torch.arange(T_out, device=x.device, dtype=torch.float32)[None, :]
         scale = (L - 1).clamp(min=0).float() / (newL - 1).clamp(min=1).float()
         src = torch.minimum(t * scale[:, None], (L - 1).clamp(min=0).float()[:, None])
-        out = zero_padding(interp_time(x, src), newL)
+        out = zero_padding(interp_time(x, src), newL, inplace=True)
         ft = batch.frame_targets
         if ft is not None:
             idx = src.round().to(torch.int64).clamp(0, ft.shape[1] - 1)

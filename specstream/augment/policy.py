@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from .core import Batch, Context, Op
-from .ops import MIXING, OPS, FreqMask, TimeMask, TimeWarp
+from .ops import MIXING, OPS, FreqMask, MaskOp, TimeMask, TimeWarp, apply_masks
 from .random import key_ids as _key_ids
 
 # SpecAugment policies, Park et al. 2019, Table 1: W, F, mF, T, p, mT
@@ -69,20 +69,45 @@ class Policy:
             key_ids = torch.from_numpy(_key_ids([str(k) for k in keys]))
         return torch.as_tensor(key_ids, dtype=torch.int64).to(device)
 
+    def _run(self, batch: Batch, param_source) -> tuple:
+        """Apply the ops in order; ``param_source(slot, op, batch)`` gives each op's params.
+        Runs of mask ops with the same constant fill become one masked write (same result
+        as applying them one by one: masks only overwrite with a constant)."""
+        all_params = []
+        pending, pending_fill = [], None
+        for slot, op in enumerate(self.ops):
+            params = param_source(slot, op, batch)
+            all_params.append(params)
+            bare = {k: v for k, v in params.items() if k != "__name__"}
+            if isinstance(op, MaskOp) and op.fusable:
+                if pending and op.fill != pending_fill:
+                    batch = apply_masks(batch, pending, pending_fill)
+                    pending = []
+                pending.append(op.mask_parts(batch, bare))
+                pending_fill = op.fill
+                continue
+            if pending:
+                batch = apply_masks(batch, pending, pending_fill)
+                pending = []
+            batch = op.apply(batch, bare)
+        if pending:
+            batch = apply_masks(batch, pending, pending_fill)
+        return batch, all_params
+
     def __call__(self, features: torch.Tensor, lengths: torch.Tensor, keys=None, key_ids=None,
                  targets: Optional[torch.Tensor] = None, frame_targets: Optional[torch.Tensor] = None,
                  seed: int = 0, epoch: int = 0) -> AugmentResult:
         ids = self._ids(keys, key_ids, features.device)
         lengths = lengths.to(features.device).to(torch.int64)
-        batch = Batch(features, lengths, targets, frame_targets)
-        all_params = []
-        for slot, op in enumerate(self.ops):
+
+        def draw(slot, op, batch):
             ctx = Context(ids, int(seed), int(epoch), slot, batch.lengths, batch.features.shape[1],
                           batch.features.shape[2])
             params = op.sample(ctx, batch)
-            batch = op.apply(batch, params)
-            params["__name__"] = op.name  # type: ignore[assignment]
-            all_params.append(params)
+            params["__name__"] = op.name
+            return params
+
+        batch, all_params = self._run(Batch(features, lengths, targets, frame_targets), draw)
         return AugmentResult(batch.features, batch.lengths, batch.targets, all_params, batch.frame_targets)
 
     def apply(self, features: torch.Tensor, lengths: torch.Tensor, params: List[Dict[str, torch.Tensor]],
@@ -91,11 +116,11 @@ class Policy:
         """Replay recorded parameters (e.g. from a log, or on aligned targets)."""
         if len(params) != len(self.ops):
             raise ValueError(f"params hold {len(params)} ops, the policy has {len(self.ops)}")
-        batch = Batch(features, lengths.to(features.device).to(torch.int64), targets, frame_targets)
         for op, p in zip(self.ops, params):
             if p.get("__name__", op.name) != op.name:
                 raise ValueError(f"params for {p.get('__name__')!r} given to op {op.name!r}")
-            batch = op.apply(batch, {k: v for k, v in p.items() if k != "__name__"})
+        batch = Batch(features, lengths.to(features.device).to(torch.int64), targets, frame_targets)
+        batch, _ = self._run(batch, lambda slot, op, b: params[slot])
         return AugmentResult(batch.features, batch.lengths, batch.targets, list(params), batch.frame_targets)
 
     def to_dict(self) -> Dict[str, Any]:
