@@ -41,6 +41,7 @@ def demo_config(shards: str, seed: int = 0) -> dict:
                    "num_cpus": 0.5},
         "labels": {"field": "cls", "vocab": list(CLASSES)},
         "features": {"n_fft": 400, "hop_length": 160, "n_mels": 64},
+        "augment": "SM",  # SpecAugment SM (Park et al. 2019): time warp, 2 freq + 2 time masks
         "actors": {"count": 1, "num_cpus": 0.5, "batch_size": 64},
         "deliver": {"batch_size": 64},
         "seed": seed,
@@ -84,7 +85,7 @@ def run_demo(per_class: int = 200, epochs: int = 3, workers: int = 2, seed: int 
 def format_summary(s: dict) -> str:
     lines = [
         "specstream demo",
-        f"  corpus      : {s['shards']} shards, {s['classes']} classes, "
+        f"  corpus      : {s['shards']} shards, {s['classes']} classes, SpecAugment SM, "
         f"{s['epochs']} epochs x {s['workers']} Ray Train workers",
         f"  samples     : read {s['read']}  delivered {s['delivered']}  quarantined {s['quarantined']}"
         f"  ({'balanced' if s['balanced'] else 'NOT BALANCED'}: read = delivered + quarantined)",

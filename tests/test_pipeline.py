@@ -150,12 +150,22 @@ def test_full_mode_streams_ragged_features(ray_session, tmp_path):
     assert seen == {k: int(round(s * 16000)) // 160 + 1 for k, s in durations.items()}
 
 
-def test_multiple_passes_are_counted_per_pass(ray_session, clean_shards):
+def test_multiple_passes_are_counted_per_pass_and_augment_per_epoch(ray_session, clean_shards):
     d, all_keys = clean_shards
-    pipe = build_pipeline(base_config(d))
-    for _ in range(2):
-        keys, _ = consume(pipe)
-        assert sorted(keys) == sorted(all_keys)
+    cfg = base_config(d)
+    cfg["augment"] = "LD"
+    cfg["epoch"] = 5
+    pipe = build_pipeline(cfg)
+    feats = []
+    for p in range(2):
+        rows = {}
+        for b in torch_batches(pipe.dataset, batch_size=32, device="cpu", ledger=pipe.ledger):
+            assert set(b["epoch"].tolist()) == {5 + p}  # base epoch + pass
+            rows.update({k: b["features"][i] for i, k in enumerate(b["key"])})
+        assert sorted(rows) == sorted(all_keys)
+        feats.append(rows)
+    differ = sum(not torch.equal(feats[0][k], feats[1][k]) for k in all_keys)
+    assert differ > 0.9 * len(all_keys)  # a new epoch draws new augmentation
     report = pipe.report()
     assert report["totals"]["read"] == report["totals"]["delivered"] == 2 * len(all_keys)
     assert {s["passes"] for s in report["shards"].values()} == {2}
@@ -174,3 +184,44 @@ def test_ray_train_two_workers(ray_session, clean_shards, tmp_path):
     report = pipe.report()
     assert report["totals"]["delivered"] == len(all_keys) and report["totals"]["balanced"]
     assert os.path.exists(os.path.join(result.checkpoint.path, "model.pt"))
+
+
+def test_augmented_stream_is_reproducible_by_key_and_logs_params(ray_session, clean_shards):
+    d, all_keys = clean_shards
+
+    def run(block_rows, augment, batch_size):
+        cfg = base_config(d)
+        cfg["source"]["block_rows"] = block_rows
+        cfg["augment"] = augment
+        cfg["log_params"] = True
+        cfg["seed"] = 3
+        pipe = build_pipeline(cfg)
+        rows = {}
+        for b in torch_batches(pipe.dataset, batch_size=batch_size, device="cpu", ledger=pipe.ledger):
+            for i, k in enumerate(b["key"]):
+                rows[k] = (b["features"][i, :, : b["length"][i]], b["target"][i], json.loads(b["aug_params"][i]))
+        assert pipe.report()["totals"]["balanced"]
+        return rows
+
+    a = run(16, "LD", 32)
+    b = run(7, "LD", 10)  # other blocks, other batches, other neighbours
+    assert sorted(a) == sorted(b) == sorted(all_keys)
+    for k in all_keys:
+        torch.testing.assert_close(a[k][0], b[k][0], rtol=0, atol=1e-4)
+        assert a[k][2] == b[k][2]
+        assert set(a[k][2]) == {"0:time_warp", "1:freq_mask", "2:time_mask"}
+    masked_any = sum(int((a[k][0] == 0).all(0).any()) for k in all_keys)
+    assert masked_any > 0  # time masks really landed
+
+    mixed = run(16, {"preset": "LB", "ops": [{"op": "mixup", "alpha": 0.4}]}, 32)
+    targets = torch.stack([mixed[k][1] for k in all_keys])
+    assert targets.shape == (len(all_keys), 10) and targets.dtype == torch.float32
+    torch.testing.assert_close(targets.sum(1), torch.ones(len(all_keys)))
+    lam = torch.tensor([mixed[k][2]["3:mixup"]["lam"] for k in all_keys])
+    assert ((lam > 0) & (lam < 1)).all()
+    for n, k in enumerate(all_keys):
+        s, i = (int(v) for v in k[1:].split("_"))
+        own = (s * 25 + i) % 10  # the clean_shards label of this key
+        top = float(targets[n].max())
+        assert float(targets[n, own]) >= float(lam[n]) - 1e-5  # its own label carries >= lambda
+        assert abs(top - 1.0) < 1e-5 or abs(top - max(float(lam[n]), 1 - float(lam[n]))) < 1e-5

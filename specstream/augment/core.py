@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 
-from .random import hash32, uniform
+from .random import hash32, per_sample, uniform
 
 Params = Dict[str, torch.Tensor]
 
@@ -36,7 +36,7 @@ class Context:
 
     ids: torch.Tensor  # [B] int64 key ids
     seed: int
-    epoch: int
+    epoch: Union[int, torch.Tensor]  # an int, or [B] per sample (rows from different passes)
     slot: int  # the op's position in its policy
     lengths: torch.Tensor
     n_freq: int
@@ -63,7 +63,7 @@ class Context:
         key and the element's coordinates (not of the padded size of the batch)."""
         B = self.ids.shape[0]
         nd = len(shape)
-        words = [self.seed, self.epoch, (self.ids & 0xFFFFFFFF).reshape(B, *([1] * nd)),
+        words = [self.seed, per_sample(self.epoch, self.ids, nd), (self.ids & 0xFFFFFFFF).reshape(B, *([1] * nd)),
                  (self.ids >> 32).reshape(B, *([1] * nd)), self.slot * 64 + self.counter]
         for axis, n in enumerate(shape):
             view = [1] * (nd + 1)

@@ -101,7 +101,8 @@ class Policy:
         lengths = lengths.to(features.device).to(torch.int64)
 
         def draw(slot, op, batch):
-            ctx = Context(ids, int(seed), int(epoch), slot, batch.lengths, batch.features.shape[1],
+            ep = epoch.to(ids.device) if isinstance(epoch, torch.Tensor) else int(epoch)
+            ctx = Context(ids, int(seed), ep, slot, batch.lengths, batch.features.shape[1],
                           batch.features.shape[2])
             params = op.sample(ctx, batch)
             params["__name__"] = op.name

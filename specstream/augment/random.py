@@ -54,10 +54,19 @@ def hash32(words: Sequence[Union[int, torch.Tensor]], device=None) -> torch.Tens
     return h
 
 
-def uniform(seed: int, epoch: int, ids: torch.Tensor, op: int, n: int = 1) -> torch.Tensor:
-    """[B, n] float32 uniforms in [0, 1) for sample ids [B] (int64) at op slot ``op``."""
+def per_sample(value, ids: torch.Tensor, trailing: int = 1):
+    """An int, or a [B] tensor reshaped to broadcast against [B, ...] (``trailing`` axes)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.to(device=ids.device, dtype=torch.int64).reshape(-1, *([1] * trailing))
+    return int(value)
+
+
+def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1) -> torch.Tensor:
+    """[B, n] float32 uniforms in [0, 1) for sample ids [B] (int64) at op slot ``op``.
+    ``epoch`` is an int or a per-sample [B] tensor."""
     ids = ids.to(torch.int64)
     draw = torch.arange(n, device=ids.device, dtype=torch.int64)
-    h = hash32([seed, epoch, (ids & _M32)[:, None], (ids >> 32)[:, None], op, draw], device=ids.device)
+    h = hash32([seed, per_sample(epoch, ids), (ids & _M32)[:, None], (ids >> 32)[:, None], op, draw],
+               device=ids.device)
     # 24 random bits -> exactly representable float32 in [0, 1)
     return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))

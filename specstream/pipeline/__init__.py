@@ -121,7 +121,8 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),
                             block_rows=cfg.source.block_rows)
     cfg_dict = cfg.to_dict()
-    source = ShardDatasource(urls, storage, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink))
+    source = ShardDatasource(urls, storage, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink),
+                             base_epoch=cfg.epoch)
     ds = ray.data.read_datasource(source, override_num_blocks=len(urls),
                                   num_cpus=cfg.decode.num_cpus)
     a = cfg.actors

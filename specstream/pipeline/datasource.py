@@ -16,20 +16,24 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional
 
+import pyarrow as pa
 import ray
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from ..io.samples import SCHEMA, ReaderOptions, read_shard
+
+OUT_SCHEMA = SCHEMA.append(pa.field("epoch", pa.int64()))
 from ..io.shards import Storage, shard_sizes
 
 
 class ShardDatasource(Datasource):
     def __init__(self, urls: List[str], storage: Optional[Storage] = None,
                  options: Optional[ReaderOptions] = None, ledger=None,
-                 decode: Optional[Callable] = None):
+                 decode: Optional[Callable] = None, base_epoch: int = 0):
         super().__init__()
         self.decode = decode
+        self.base_epoch = base_epoch
         self.urls = list(urls)
         self.storage = storage or Storage()
         self.options = options or ReaderOptions()
@@ -51,13 +55,17 @@ class ShardDatasource(Datasource):
             meta = BlockMetadata(num_rows=None, size_bytes=None if size is None else int(size),
                                  exec_stats=None, input_files=(url,))
             tasks.append(ReadTask(_make_read_fn(url, self.storage, self.options, self.ledger,
-                                                self.decode),
-                                  meta, schema=SCHEMA, per_task_row_limit=per_task_row_limit))
+                                                self.decode, self.base_epoch),
+                                  meta, schema=OUT_SCHEMA if self.decode is None else None, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
-def _make_read_fn(url: str, storage: Storage, options: ReaderOptions, ledger, decode):
+def _make_read_fn(url: str, storage: Storage, options: ReaderOptions, ledger, decode, base_epoch: int):
     def read_fn():
+        # Every pass over the dataset (each epoch of a Ray Train dataset shard) re-reads
+        # the shards: rows carry epoch = base_epoch + pass, so augmentation differs per
+        # epoch and stays a pure function of (seed, epoch, key).
+        epoch = base_epoch + (ray.get(ledger.pass_of.remote(url)) if ledger is not None else 0)
         seen = 0
         chunk = 0
         pending = None
@@ -69,6 +77,7 @@ def _make_read_fn(url: str, storage: Storage, options: ReaderOptions, ledger, de
             seen = stats.samples
             chunk += 1
             if table is not None and table.num_rows:
+                table = table.append_column("epoch", pa.array([epoch] * table.num_rows, pa.int64()))
                 if decode is None:
                     yield table
                     continue

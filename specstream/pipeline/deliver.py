@@ -13,7 +13,8 @@ from .stages import pad_stack
 
 def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
     """numpy batch -> torch batch: ``features`` [B, n_mels, T_max] zero-padded, ``length`` [B],
-    ``target`` ([B] int64 or [B, C] float32), ``key`` and ``shard`` as lists of str."""
+    ``target`` ([B] int64 or [B, C] float32), ``key`` and ``shard`` as lists of str (and
+    ``aug_params``, JSON per sample, when the pipeline logs them)."""
     feats = pad_stack(batch["features"], length_axis=-1)
     out = {
         "features": torch.from_numpy(np.array(feats, dtype=np.float32)),
@@ -21,6 +22,10 @@ def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
         "key": [str(k) for k in batch["key"]],
         "shard": [str(s) for s in batch["shard"]],
     }
+    if "epoch" in batch:
+        out["epoch"] = torch.from_numpy(np.array(batch["epoch"], dtype=np.int64))
+    if "aug_params" in batch:
+        out["aug_params"] = [str(p) for p in batch["aug_params"]]
     target = batch.get("target")
     if target is not None:
         t = np.asarray(target) if getattr(target, "dtype", None) != object else np.stack(list(target))

@@ -27,6 +27,11 @@ class Ledger:
         self.bad: Dict[tuple, dict] = {}
         self.delivered: Counter = Counter()
 
+    def pass_of(self, shard: str) -> int:
+        """How many passes over this shard have finished: the pass a new read belongs to
+        (a retried read task of the same pass gets the same number)."""
+        return self.passes[shard]
+
     def record_read(self, shard: str, chunk: int, samples: int, entries: List[dict], done: bool) -> None:
         self.chunks.setdefault(shard, {})[chunk] = samples
         self.quarantine(entries)

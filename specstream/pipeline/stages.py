@@ -30,6 +30,10 @@ Batch = Dict[str, np.ndarray]
 CROP_OP = 1_000_001
 
 
+def _names(batch) -> list:
+    return list(batch.column_names) if hasattr(batch, "column_names") else list(batch)
+
+
 def _column(batch, name) -> list:
     """A column of a pyarrow Table or a dict-of-arrays batch, as a Python list."""
     col = batch[name]
@@ -93,10 +97,12 @@ class DecodeStage:
         jsn = _column(batch, "json")
         txt = _column(batch, "txt")
         ids = make_key_ids(keys)
+        epochs = (np.asarray(_column(batch, "epoch"), dtype=np.int64) if "epoch" in _names(batch)
+                  else np.full(len(keys), self.cfg.epoch, dtype=np.int64))
         clip_n = int(round(d.clip_seconds * d.sample_rate))
         crop_u = None
         if d.mode == "fixed" and d.crop == "random":
-            crop_u = uniform(self.cfg.seed, self.cfg.epoch, torch.from_numpy(ids), CROP_OP)[:, 0].numpy()
+            crop_u = uniform(self.cfg.seed, torch.from_numpy(epochs), torch.from_numpy(ids), CROP_OP)[:, 0].numpy()
 
         good, waves, lengths, targets, bad = [], [], [], [], []
         for i, key in enumerate(keys):
@@ -129,6 +135,7 @@ class DecodeStage:
             "key": np.array([keys[i] for i in good], dtype=object),
             "shard": np.array([shards[i] for i in good], dtype=object),
             "key_id": ids[good],
+            "epoch": epochs[good],
             "num_samples": np.asarray(lengths, dtype=np.int64),
         }
         if d.mode == "fixed":
@@ -210,8 +217,9 @@ class FeaturizeStage:
         targets = _tensor(batch["target"], self.device)
         feats, frames = self.logmel(wave, nsamp)
         T = feats.shape[-1]
+        epoch = _tensor(batch["epoch"], self.device, np.int64) if "epoch" in batch else self.cfg.epoch
         out = self.policy(feats, frames, keys=list(batch["key"]), key_ids=ids, targets=targets,
-                          seed=self.cfg.seed, epoch=self.cfg.epoch)
+                          seed=self.cfg.seed, epoch=epoch)
         feats, lengths = out.features, out.lengths
         if self.cfg.decode.mode == "fixed" and feats.shape[-1] != T:
             # fixed mode keeps a fixed shape: a stretched sample is cut to the clip's frames
@@ -219,6 +227,8 @@ class FeaturizeStage:
         feats = feats.float().cpu().numpy()
         lengths = lengths.cpu().numpy().astype(np.int64)
         result: Batch = {"key": batch["key"], "shard": batch["shard"], "length": lengths,
+                         "epoch": np.asarray(batch["epoch"]) if "epoch" in batch
+                         else np.full(len(lengths), self.cfg.epoch, dtype=np.int64),
                          "target": out.targets.cpu().numpy()}
         if self.cfg.decode.mode == "full":
             rows = np.empty(len(lengths), dtype=object)
