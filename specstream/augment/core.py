@@ -94,18 +94,34 @@ def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return (x * valid).sum((1, 2)) / n
 
 
+_CHUNK_BYTES = 4 << 20
+
+
 def interp_time(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """Linear interpolation along the last axis of [B, C, T]: out[b, c, t] = x[b, c, src[b, t]]
     for float src [B, T_out] in [0, T - 1]: two gathers with a broadcast index and one lerp.
-    Exact in the sense that matters here: the result depends only on src, not on T."""
+    Exact in the sense that matters here: the result depends only on src, not on T.
+
+    The upper-neighbour gather goes through a small reused buffer, a few samples at a time:
+    a second full-size temporary costs more in fresh-page faults (~5 ms at 20 MB on CPU)
+    than the gather itself."""
     B, C, T = x.shape
     lo = src.floor().clamp(0, T - 1)
     frac = (src - lo).to(x.dtype)[:, None, :]
     lo = lo.to(torch.int64)
     hi = (lo + 1).clamp(max=T - 1)
-    out = torch.gather(x, 2, lo[:, None, :].expand(B, C, -1))
-    # in place from here: each fresh [B, C, T] buffer costs page faults (~5 ms at 20 MB here)
-    return out.lerp_(torch.gather(x, 2, hi[:, None, :].expand(B, C, -1)), frac)
+    T_out = src.shape[-1]
+    out = torch.gather(x, 2, lo[:, None, :].expand(B, C, T_out))
+    step = max(1, _CHUNK_BYTES // max(1, C * T_out * x.element_size())) if x.device.type == "cpu" else B
+    buf = None
+    for s in range(0, B, step):
+        e = min(B, s + step)
+        idx = hi[s:e, None, :].expand(e - s, C, T_out)
+        if buf is None or buf.shape[0] != e - s:
+            buf = torch.empty((e - s, C, T_out), dtype=x.dtype, device=x.device)
+        torch.gather(x[s:e], 2, idx, out=buf)
+        out[s:e].lerp_(buf, frac[s:e])
+    return out
 
 
 def gather_frames(y: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
