@@ -225,3 +225,14 @@ def test_augmented_stream_is_reproducible_by_key_and_logs_params(ray_session, cl
         top = float(targets[n].max())
         assert float(targets[n, own]) >= float(lam[n]) - 1e-5  # its own label carries >= lambda
         assert abs(top - 1.0) < 1e-5 or abs(top - max(float(lam[n]), 1 - float(lam[n]))) < 1e-5
+
+
+def test_a_layout_that_cannot_fit_fails_early(ray_session, clean_shards):
+    from specstream.config import ConfigError
+
+    d, _ = clean_shards
+    with pytest.raises(ConfigError, match="resources: .* but the cluster has 4.0"):
+        build_pipeline(base_config(d, actors={"compute": "actors", "count": 3, "num_cpus": 1.0}),
+                       reserved_cpus=1.0)
+    with pytest.raises(ConfigError, match="GPUs"):
+        build_pipeline(base_config(d, actors={"num_gpus": 1.0}))

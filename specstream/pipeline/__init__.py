@@ -100,13 +100,15 @@ def check_resources(cfg: PipelineConfig, reserved_cpus: float = 0.0, reserved_gp
                           f"elsewhere) but the cluster has {gpus}")
 
 
-def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.0) -> Pipeline:
+def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.0,
+                   check_fit: bool = True) -> Pipeline:
     """Build the streaming Ray Dataset for a config (dict, YAML path or PipelineConfig).
 
     Rows carry ``key``, ``shard``, ``features``, ``length`` and ``target``. Nothing runs
     until the dataset is consumed. Starts Ray (``ray.init()``) if it is not running.
     ``reserved_cpus``/``reserved_gpus``: what the consumers (Ray Train workers) will hold,
-    so that a layout that cannot run fails here instead of stalling.
+    so that a layout that cannot run fails here instead of stalling. On an autoscaling
+    cluster whose nodes are not up yet, pass ``check_fit=False``.
     """
     cfg = load_config(config)
     storage = storage_from_config(cfg)
@@ -115,7 +117,8 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
         urls = shard_order(urls, cfg.seed, cfg.epoch)
     if not ray.is_initialized():
         ray.init()
-    check_resources(cfg, reserved_cpus, reserved_gpus)
+    if check_fit:
+        check_resources(cfg, reserved_cpus, reserved_gpus)
     ledger = Ledger.remote()
     sink = LedgerSink(ledger)
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),
