@@ -31,7 +31,5 @@ def build_policy(spec, num_classes: Optional[int] = None) -> Policy:
     if spec is None:
         return Policy([], num_classes=num_classes)
     if isinstance(spec, str):
-        p = preset(spec)
-        p.num_classes = num_classes
-        return p
+        return Policy(preset(spec).ops, num_classes=num_classes)
     return Policy.from_dict(spec, num_classes=num_classes)

@@ -623,7 +623,6 @@ class Overlay(Op):
 
 OPS = {cls.name: cls for cls in (FreqMask, TimeMask, CutOut, TimeWarp, FreqShift, FreqWarp, TimeStretch,
                                  FrameDropDup, Gain, RandomEQ, BandLimit, FeatureNoise, Mixup, Overlay)}
-MIXING = (Mixup, Overlay)
 
 
 def op_names() -> Sequence[str]:

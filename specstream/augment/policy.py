@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from .core import Batch, Context, Op
-from .ops import MIXING, OPS, FreqMask, MaskOp, TimeMask, TimeWarp, apply_masks
+from .ops import OPS, FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, apply_masks
 from .random import key_ids as _key_ids
 
 # SpecAugment policies, Park et al. 2019, Table 1: W, F, mF, T, p, mT
@@ -51,8 +51,8 @@ class Policy:
     def __init__(self, ops: Sequence[Op], num_classes: Optional[int] = None):
         self.ops = list(ops)
         self.num_classes = num_classes
-        for op in self.ops:
-            if isinstance(op, MIXING) and getattr(op, "num_classes", None) is None and hasattr(op, "num_classes"):
+        for op in self.ops:  # mixup needs the class count to turn class indices into one-hots
+            if isinstance(op, Mixup) and op.num_classes is None:
                 op.num_classes = num_classes
 
     def __len__(self) -> int:

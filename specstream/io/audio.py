@@ -15,15 +15,6 @@ class AudioError(ValueError):
     """The bytes are not decodable audio, or the clip breaks a configured limit."""
 
 
-def audio_info(data: bytes) -> Tuple[int, int, int]:
-    """(sample_rate, frames, channels) from the header, without decoding the samples."""
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            return f.samplerate, f.frames, f.channels
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"undecodable audio: {e}") from None
-
-
 Window = Callable[[int, int], Tuple[int, int]]
 
 
