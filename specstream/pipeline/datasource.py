@@ -56,7 +56,8 @@ class ShardDatasource(Datasource):
                                  exec_stats=None, input_files=(url,))
             tasks.append(ReadTask(_make_read_fn(url, self.storage, self.options, self.ledger,
                                                 self.decode, self.base_epoch),
-                                  meta, schema=OUT_SCHEMA if self.decode is None else None, per_task_row_limit=per_task_row_limit))
+                                  meta, schema=OUT_SCHEMA if self.decode is None else None,
+                                  per_task_row_limit=per_task_row_limit))
         return tasks
 
 
