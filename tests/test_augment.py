@@ -346,3 +346,17 @@ def test_zero_fill_keeps_padding_zero_and_matches_masked_write():
     assert torch.equal(zero.features, torch.where(masked, torch.zeros_like(x), x))
     for b in range(5):
         assert (zero.features[b, :, L[b]:] == 0).all()
+
+
+def test_time_warp_moves_frame_targets_with_the_features():
+    x, L, keys = batch(B=4, T=200, lengths=[200, 160, 120, 80])
+    ft = torch.arange(200).repeat(4, 1)
+    op = TimeWarp(W=30)
+    out = Policy([op])(x, L, keys=keys, frame_targets=ft, seed=12)
+    src = op.source(L, out.params[0], 200)
+    assert torch.equal(out.frame_targets, src.round().long())
+    moved = (out.frame_targets[:, :80] != torch.arange(80)).any(1)
+    assert moved.sum() >= 3  # most samples really warped
+    for b in range(4):  # monotone, inside the sample, ends fixed
+        f = out.frame_targets[b, : L[b]]
+        assert (f[1:] >= f[:-1]).all() and f[0] == 0 and f[-1] == L[b] - 1
