@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torchaudio
@@ -22,6 +22,12 @@ class MelConfig:
     norm: Optional[str] = None  # None or "slaney"
     center: bool = True
     log_offset: float = 1e-6
+    # mean/variance normalisation, applied after augmentation (as ESPnet orders specaug
+    # then normalize): none | utterance (per sample, per mel bin, over its own frames) |
+    # global (given per-bin global_mean / global_std, e.g. from a statistics pass)
+    normalize: str = "none"
+    global_mean: Optional[List[float]] = None
+    global_std: Optional[List[float]] = None
 
     def validate(self) -> None:
         if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
@@ -38,6 +44,15 @@ class MelConfig:
             raise ValueError("features: norm must be null or 'slaney'")
         if self.log_offset <= 0:
             raise ValueError("features: log_offset must be positive")
+        if self.normalize not in ("none", "utterance", "global"):
+            raise ValueError("features: normalize must be none, utterance or global")
+        if self.normalize == "global":
+            for name in ("global_mean", "global_std"):
+                v = getattr(self, name)
+                if v is None or len(v) != self.n_mels:
+                    raise ValueError(f"features.{name}: normalize: global needs {self.n_mels} values (n_mels)")
+            if min(self.global_std) <= 0:
+                raise ValueError("features.global_std: values must be positive")
 
     def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Frames that hold signal for per-sample lengths in samples (same rule as torch.stft)."""
@@ -95,3 +110,21 @@ class LogMel(torch.nn.Module):
         frames = torch.clamp(self.cfg.num_frames(lengths), max=feats.shape[-1])
         valid = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]
         return feats * valid[:, None, :], frames
+
+
+def normalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig, eps: float = 1e-5) -> torch.Tensor:
+    """Mean/variance normalisation of [B, n_mels, T] over each sample's own frames
+    (``utterance``) or with fixed per-bin statistics (``global``); padding stays 0."""
+    if cfg.normalize == "none":
+        return feats
+    valid = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < lengths[:, None])[:, None, :]
+    if cfg.normalize == "utterance":
+        n = valid.sum(-1, keepdim=True).clamp(min=1).to(feats.dtype)
+        mean = (feats * valid).sum(-1, keepdim=True) / n
+        var = (((feats - mean) * valid) ** 2).sum(-1, keepdim=True) / n
+        out = (feats - mean) / torch.sqrt(var + eps)
+    else:
+        mean = torch.tensor(cfg.global_mean, dtype=feats.dtype, device=feats.device)[None, :, None]
+        std = torch.tensor(cfg.global_std, dtype=feats.dtype, device=feats.device)[None, :, None]
+        out = (feats - mean) / std
+    return out * valid

@@ -165,3 +165,32 @@ def test_mel_matches_librosa():
         mel = np.exp(ours[0].numpy()) - 1e-6
         big = ref > 1e-6 * ref.max()
         np.testing.assert_allclose(mel[big], ref[big], rtol=1e-4)
+
+
+def test_featurize_normalisation_utterance_and_global():
+    audio = np.zeros((2, 16000), np.float32)
+    audio[0] = tone(1.0)
+    audio[1, :8000] = tone(0.5, freq=880)
+    batch = {"key": np.array(["a", "b"], dtype=object), "shard": np.array(["s", "s"], dtype=object),
+             "key_id": np.arange(2, dtype=np.int64), "num_samples": np.array([16000, 8000]),
+             "target": np.array([0, 1]), "audio": audio}
+    raw = FeaturizeStage(cfg(), device="cpu")(batch)
+    utt = FeaturizeStage(cfg(features={"normalize": "utterance"}), device="cpu")(batch)
+    for i, n in enumerate(raw["length"]):
+        f = utt["features"][i, :, :n]
+        np.testing.assert_allclose(f.mean(1), 0, atol=1e-4)
+        r = raw["features"][i, :, :n]
+        np.testing.assert_allclose(f, (r - r.mean(1, keepdims=True)) / np.sqrt(r.var(1, keepdims=True) + 1e-5),
+                                   rtol=1e-4, atol=1e-4)
+        assert np.all(utt["features"][i, :, n:] == 0)
+    mean, std = list(np.linspace(-5, 5, 80)), list(np.linspace(1, 2, 80))
+    glob = FeaturizeStage(cfg(features={"normalize": "global", "global_mean": mean, "global_std": std}),
+                          device="cpu")(batch)
+    n = raw["length"][1]
+    np.testing.assert_allclose(glob["features"][1, :, :n],
+                               (raw["features"][1, :, :n] - np.array(mean)[:, None]) / np.array(std)[:, None],
+                               rtol=1e-5, atol=1e-5)
+    from specstream.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="global_mean"):
+        load_config(cfg(features={"normalize": "global"}))

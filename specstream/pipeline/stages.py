@@ -18,7 +18,7 @@ from ..augment import build_policy
 from ..augment.random import key_ids as make_key_ids
 from ..augment.random import uniform
 from ..config import PipelineConfig, load_config
-from ..features import LogMel
+from ..features import LogMel, normalize
 from ..io.audio import AudioError, decode_audio
 from ..io.samples import quarantine_entry
 from ..labels import LabelError, LabelVocab, encode_target, label_of
@@ -220,7 +220,7 @@ class FeaturizeStage:
         epoch = _tensor(batch["epoch"], self.device, np.int64) if "epoch" in batch else self.cfg.epoch
         out = self.policy(feats, frames, keys=list(batch["key"]), key_ids=ids, targets=targets,
                           seed=self.cfg.seed, epoch=epoch)
-        feats, lengths = out.features, out.lengths
+        feats, lengths = normalize(out.features, out.lengths, self.cfg.features), out.lengths
         if self.cfg.decode.mode == "fixed" and feats.shape[-1] != T:
             # fixed mode keeps a fixed shape: a stretched sample is cut to the clip's frames
             feats, lengths = feats[..., :T], lengths.clamp(max=T)
