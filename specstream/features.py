@@ -117,14 +117,18 @@ def normalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig, eps: f
     (``utterance``) or with fixed per-bin statistics (``global``); padding stays 0."""
     if cfg.normalize == "none":
         return feats
-    valid = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < lengths[:, None])[:, None, :]
     if cfg.normalize == "utterance":
-        n = valid.sum(-1, keepdim=True).clamp(min=1).to(feats.dtype)
-        mean = (feats * valid).sum(-1, keepdim=True) / n
-        var = (((feats - mean) * valid) ** 2).sum(-1, keepdim=True) / n
-        out = (feats - mean) / torch.sqrt(var + eps)
-    else:
-        mean = torch.tensor(cfg.global_mean, dtype=feats.dtype, device=feats.device)[None, :, None]
-        std = torch.tensor(cfg.global_std, dtype=feats.dtype, device=feats.device)[None, :, None]
-        out = (feats - mean) / std
-    return out * valid
+        return utterance_mvn(feats, lengths, eps)
+    valid = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < lengths[:, None])[:, None, :]
+    mean = torch.tensor(cfg.global_mean, dtype=feats.dtype, device=feats.device)[None, :, None]
+    std = torch.tensor(cfg.global_std, dtype=feats.dtype, device=feats.device)[None, :, None]
+    return (feats - mean) / std * valid
+
+
+def utterance_mvn(feats: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per sample and bin: zero mean, unit variance over the sample's own frames; padding 0."""
+    valid = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < lengths[:, None])[:, None, :]
+    n = valid.sum(-1, keepdim=True).clamp(min=1).to(feats.dtype)
+    mean = (feats * valid).sum(-1, keepdim=True) / n
+    var = (((feats - mean) * valid) ** 2).sum(-1, keepdim=True) / n
+    return (feats - mean) / torch.sqrt(var + eps) * valid

@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from .features import utterance_mvn
+
 
 class SmallCNN(torch.nn.Module):
     """log-mel [B, n_mels, T] + lengths -> logits [B, classes]; masked mean pooling over time."""
@@ -31,12 +33,7 @@ class SmallCNN(torch.nn.Module):
         self.stride = 8
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        T = feats.shape[-1]
-        valid = (torch.arange(T, device=feats.device)[None, :] < lengths[:, None]).to(feats.dtype)
-        n = valid.sum(-1).clamp(min=1)[:, None]
-        mean = (feats * valid[:, None]).sum(-1, keepdim=True) / n[..., None]
-        var = (((feats - mean) * valid[:, None]) ** 2).sum(-1, keepdim=True) / n[..., None]
-        x = ((feats - mean) / (var + 1e-5).sqrt() * valid[:, None]).unsqueeze(1)
+        x = utterance_mvn(feats, lengths).unsqueeze(1)
         h = self.conv(x).mean(dim=2)  # [B, C, T']
         t_valid = (torch.arange(h.shape[-1], device=h.device)[None, :] * self.stride
                    < lengths[:, None]).to(h.dtype)

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .random import hash32, per_sample, uniform
+from .random import hash32, keyed_words, uniform, unit_float
 
 Params = Dict[str, torch.Tensor]
 
@@ -38,9 +38,6 @@ class Context:
     seed: int
     epoch: Union[int, torch.Tensor]  # an int, or [B] per sample (rows from different passes)
     slot: int  # the op's position in its policy
-    lengths: torch.Tensor
-    n_freq: int
-    n_time: int
     counter: int = field(default=0)
 
     @property
@@ -61,17 +58,14 @@ class Context:
     def element_uniform(self, shape) -> torch.Tensor:
         """[B, *shape] uniforms, one per element (for noise fields): a pure function of the
         key and the element's coordinates (not of the padded size of the batch)."""
-        B = self.ids.shape[0]
         nd = len(shape)
-        words = [self.seed, per_sample(self.epoch, self.ids, nd), (self.ids & 0xFFFFFFFF).reshape(B, *([1] * nd)),
-                 (self.ids >> 32).reshape(B, *([1] * nd)), self.slot * 64 + self.counter]
+        words = keyed_words(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, nd)
         for axis, n in enumerate(shape):
             view = [1] * (nd + 1)
             view[axis + 1] = n
             words.append(torch.arange(n, device=self.device, dtype=torch.int64).reshape(view))
         self.counter += 1
-        h = hash32(words, device=self.device)
-        return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+        return unit_float(hash32(words, device=self.device))
 
 
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:
@@ -103,8 +97,8 @@ def interp_time(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     Exact in the sense that matters here: the result depends only on src, not on T.
 
     The upper-neighbour gather goes through a small reused buffer, a few samples at a time:
-    a second full-size temporary costs more in fresh-page faults (~5 ms at 20 MB on CPU)
-    than the gather itself."""
+    on CPU a second full-size temporary costs more in fresh-page faults than the gather
+    itself (scripts/bench_augment.py times the op)."""
     B, C, T = x.shape
     lo = src.floor().clamp(0, T - 1)
     frac = (src - lo).to(x.dtype)[:, None, :]

@@ -102,8 +102,7 @@ class Policy:
 
         def draw(slot, op, batch):
             ep = epoch.to(ids.device) if isinstance(epoch, torch.Tensor) else int(epoch)
-            ctx = Context(ids, int(seed), ep, slot, batch.lengths, batch.features.shape[1],
-                          batch.features.shape[2])
+            ctx = Context(ids, int(seed), ep, slot)
             params = op.sample(ctx, batch)
             params["__name__"] = op.name
             return params

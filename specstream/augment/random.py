@@ -61,12 +61,21 @@ def per_sample(value, ids: torch.Tensor, trailing: int = 1):
     return int(value)
 
 
+def keyed_words(seed: int, epoch, ids: torch.Tensor, op: int, trailing: int = 1) -> list:
+    """The leading hash words of a draw: seed, epoch, the key id's two halves and the op
+    slot, shaped to broadcast against [B, ...] with ``trailing`` axes after B."""
+    ids = ids.to(torch.int64)
+    view = (-1,) + (1,) * trailing
+    return [seed, per_sample(epoch, ids, trailing), (ids & _M32).reshape(view), (ids >> 32).reshape(view), op]
+
+
+def unit_float(h: torch.Tensor) -> torch.Tensor:
+    """uint32 hashes -> float32 in [0, 1) from their top 24 bits (exactly representable)."""
+    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
 def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1) -> torch.Tensor:
     """[B, n] float32 uniforms in [0, 1) for sample ids [B] (int64) at op slot ``op``.
     ``epoch`` is an int or a per-sample [B] tensor."""
-    ids = ids.to(torch.int64)
     draw = torch.arange(n, device=ids.device, dtype=torch.int64)
-    h = hash32([seed, per_sample(epoch, ids), (ids & _M32)[:, None], (ids >> 32)[:, None], op, draw],
-               device=ids.device)
-    # 24 random bits -> exactly representable float32 in [0, 1)
-    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    return unit_float(hash32(keyed_words(seed, epoch, ids, op) + [draw], device=ids.device))

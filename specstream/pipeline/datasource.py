@@ -1,7 +1,7 @@
 """Ray Data source over WebDataset tar shards: one read task per shard, Arrow blocks out.
 
-Replaces ``ray.data.read_webdataset`` (one pandas DataFrame per sample, ~700 samples/s
-here; a truncated tar fails the dataset): each task streams its shard with
+Replaces ``ray.data.read_webdataset`` (one pandas DataFrame per sample; a truncated tar
+fails the dataset; scripts/bench_reader.py compares the two): each task streams its shard with
 :func:`specstream.io.samples.read_shard`, emits Arrow tables of ``block_rows`` samples and
 records every chunk, quarantine entries included, in the run's ledger.
 
