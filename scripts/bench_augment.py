@@ -1,22 +1,33 @@
-"""Augmentation cost on one [64, 80, 1000] log-mel batch with per-sample lengths, in one run.
+"""Augmentation cost, in one run.
 
-1. 2 frequency + 2 time masks (F=27, T=100): ours (batched, keyed, lengths-aware) vs
+1. masks: 2 frequency + 2 time masks (F=27, T=100) on one [64, 80, 1000] log-mel batch with
+   per-sample lengths: ours (batched, keyed, lengths-aware) vs
    torchaudio.transforms.SpecAugment(iid_masks=True) vs a per-sample Python loop
    (torchaudio.functional.mask_along_axis on each sample's own valid frames).
-2. SpecAugment time warp (W=80): ours batched vs a per-sample loop (the classic
+2. warp: SpecAugment time warp (W=80): ours batched vs a per-sample loop (the classic
    two-segment F.interpolate warp, as in ESPnet/SpecAugment reference code, per sample).
+3. stages: the featurize stage's parts on a batch of --stage-batch one-second 16 kHz clips
+   (the reference corpus's first shard with --corpus, else noise): each waveform op,
+   the log-mel, the log-mel with VTLP filterbanks and the spectrogram ops alone, as
+   milliseconds per audio-second and as a multiple of real time; then the whole stage
+   with a realistic policy (speed, reverb from a pyroomacoustics RIR bank, recorded noise,
+   generated noise, filters, VTLP, SpecAugment masks) relative to the log-mel alone.
 
 Medians over bursts of 5 calls after warm-up (--reps calls in all), contenders' bursts interleaved;
 ratios printed against the baselines.
 With --device cuda, also reports the masks' effective bandwidth against --peak-gbs.
 
     python scripts/bench_augment.py --reps 20
+    python scripts/bench_augment.py --part stages --corpus /tmp/corpus --reps 20
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -77,6 +88,102 @@ def loop_time_warp(x, lengths, W=80):
     return out
 
 
+def stage_audio(corpus, B: int):
+    """[B, 16000] one-second clips: the reference corpus's first shard, else white noise."""
+    if corpus:
+        from specstream.io.audio import decode_audio
+        from specstream.io.samples import iter_samples
+
+        shard = sorted(glob.glob(os.path.join(corpus, "*.tar")))[0]
+        clips = []
+        with open(shard, "rb") as f:
+            for kind, row in iter_samples(f, shard):
+                if kind == "row":
+                    clips.append(decode_audio(row["audio"])[0][:16000])
+                if len(clips) == B:
+                    break
+        x = torch.zeros(len(clips), 16000)
+        for i, c in enumerate(clips):
+            x[i, : len(c)] = torch.from_numpy(c)
+        return x, f"{len(clips)} clips of {shard}"
+    return 0.1 * torch.randn(B, 16000, generator=torch.Generator().manual_seed(0)), "white noise"
+
+
+def noise_bank_source(tmp: str) -> str:
+    """ALSA's recorded noise when installed (alsa-utils), else 4 s of generated pink noise."""
+    if os.path.exists("/usr/share/sounds/alsa/Noise.wav"):
+        return "/usr/share/sounds/alsa/Noise.wav"
+    import soundfile as sf
+
+    from specstream.augment.wave import coloured_noise
+
+    path = os.path.join(tmp, "pink.wav")
+    sf.write(path, (0.1 * coloured_noise(torch.tensor([1]), 64000, torch.tensor([1]))[0]).numpy(), 16000)
+    return path
+
+
+def bench_stages(args, device) -> None:
+    from specstream.augment import Policy, build_policy
+    from specstream.features import LogMel, MelConfig
+    from specstream.io.banks import load_bank
+    from specstream.rirs import make_rir_bank
+
+    wave, what = stage_audio(args.corpus, args.stage_batch)
+    wave = wave.to(device)
+    B = wave.shape[0]
+    L = torch.full((B,), wave.shape[1], dtype=torch.int64, device=device)
+    ids = torch.from_numpy(key_ids([f"utt{i}" for i in range(B)])).to(device)
+    audio_s = B * wave.shape[1] / 16000
+    tmp = tempfile.mkdtemp(prefix="bench_rirs_")
+    make_rir_bank(tmp, count=20, seed=0)
+    rirs, noise = tmp, noise_bank_source(tmp)
+    loader = lambda src: load_bank(src, 16000)  # noqa: E731
+    logmel = LogMel(MelConfig()).to(device)
+    print(f"\nfeaturize stage parts: [{B}, 16000] ({what}) on {device}, {audio_s:.0f} audio-seconds per batch")
+
+    def featurize(policy):
+        return lambda: policy.featurize(wave, L, logmel, 16000, key_ids=ids, seed=0, epoch=0)
+
+    parts = [("log-mel alone", featurize(Policy([])))]
+    single = [
+        ("wave_gain", {"op": "wave_gain"}),
+        ("noise white", {"op": "noise", "colour": "white"}),
+        ("noise pink+brown", {"op": "noise", "colour": ["pink", "brown"]}),
+        ("background_noise", {"op": "background_noise", "bank": noise}),
+        ("babble (3..7 clips)", {"op": "babble", "bank": noise}),
+        ("reverb (1 s RIRs)", {"op": "reverb", "bank": rirs}),
+        ("speed 0.9/1.0/1.1", {"op": "speed"}),
+        ("tempo 0.9/1.0/1.1", {"op": "tempo"}),
+        ("distortion", {"op": "distortion"}),
+        ("filter (random kind)", {"op": "filter"}),
+        ("vtlp filterbanks", {"op": "vtlp"}),
+        ("2F+2T masks", [{"op": "freq_mask", "max_width": 27, "count": 2},
+                         {"op": "time_mask", "max_width": 20, "count": 2}]),
+    ]
+    for name, spec in single:
+        ops = spec if isinstance(spec, list) else [spec]
+        parts.append((name + " + log-mel", featurize(build_policy({"ops": ops}, banks=loader))))
+    realistic = build_policy({"ops": [
+        {"op": "speed", "factors": [0.9, 1.0, 1.1]},
+        {"op": "reverb", "bank": rirs, "p": 0.5},
+        {"op": "background_noise", "bank": noise, "snr_db": [0, 20], "p": 0.8},
+        {"op": "noise", "colour": ["white", "pink", "brown"], "p": 0.3},
+        {"op": "filter", "p": 0.3},
+        {"op": "vtlp"},
+        {"op": "freq_mask", "max_width": 27, "count": 2},
+        {"op": "time_mask", "max_width": 20, "count": 2},
+    ]}, banks=loader)
+    parts.append(("realistic policy (whole stage)", featurize(realistic)))
+    times = timed([fn for _, fn in parts], args.reps, device)
+    base = times[0]
+    print(f"{'part':40s} {'ms/batch':>9s} {'ms/audio-s':>10s} {'x realtime':>10s} {'op alone':>10s}")
+    for (name, _), t in zip(parts, times):
+        alone = "" if t is base else f"{(t - base) / audio_s * 1e3:8.2f}ms"
+        print(f"{name:40s} {t * 1e3:9.2f} {t / audio_s * 1e3:10.3f} {audio_s / t:10.0f} {alone:>10s}")
+    print(f"  whole stage with the realistic policy / log-mel alone: {times[-1] / base:.1f}x")
+    print("  ('op alone' = (op + log-mel) - log-mel, per audio-second; noisy on a shared machine)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=20)
@@ -84,8 +191,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--peak-gbs", type=float, default=3350.0, help="GPU memory bandwidth (H100 SXM ~3350 GB/s)")
+    p.add_argument("--part", choices=["masks", "warp", "stages", "all"], default="all")
+    p.add_argument("--corpus", help="reference corpus folder (its first shard feeds the stages part)")
+    p.add_argument("--stage-batch", type=int, default=64)
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.part == "stages":
+        bench_stages(args, device)
+        return 0
     B, Fq, T = args.batch, 80, args.frames
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, Fq, T, generator=g).to(device)
@@ -95,25 +208,29 @@ def main(argv=None) -> int:
     print(f"batch [{B}, {Fq}, {T}] on {device}, lengths {int(lengths.min())}..{int(lengths.max())}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.reps}")
 
-    masks = Policy([FreqMask(max_width=27, count=2), TimeMask(max_width=100, count=2)])
-    ta = torchaudio.transforms.SpecAugment(n_time_masks=2, time_mask_param=100, n_freq_masks=2,
-                                           freq_mask_param=27, iid_masks=True, zero_masking=True)
-    t_ours, t_ta, t_loop = timed([lambda: masks(x, lengths, key_ids=ids, seed=0), lambda: ta(x),
-                                  lambda: loop_masks(x, lengths)], args.reps, device)
-    print(f"2F+2T masks  ours {t_ours * 1e3:8.2f} ms | torchaudio SpecAugment {t_ta * 1e3:8.2f} ms | "
-          f"per-sample loop {t_loop * 1e3:8.2f} ms")
-    print(f"  ratio vs torchaudio SpecAugment(iid_masks=True): {t_ta / t_ours:.1f}x  (target >= 3x on CPU)")
-    print(f"  ratio vs per-sample loop:                        {t_loop / t_ours:.1f}x")
-    if device.type == "cuda":
-        moved = 2 * x.numel() * x.element_size()  # one read + one write of the features
-        print(f"  effective bandwidth {moved / t_ours / 1e9:.0f} GB/s = "
-              f"{100 * moved / t_ours / 1e9 / args.peak_gbs:.1f}% of {args.peak_gbs:.0f} GB/s")
+    if args.part in ("masks", "all"):
+        masks = Policy([FreqMask(max_width=27, count=2), TimeMask(max_width=100, count=2)])
+        ta = torchaudio.transforms.SpecAugment(n_time_masks=2, time_mask_param=100, n_freq_masks=2,
+                                               freq_mask_param=27, iid_masks=True, zero_masking=True)
+        t_ours, t_ta, t_loop = timed([lambda: masks(x, lengths, key_ids=ids, seed=0), lambda: ta(x),
+                                      lambda: loop_masks(x, lengths)], args.reps, device)
+        print(f"2F+2T masks  ours {t_ours * 1e3:8.2f} ms | torchaudio SpecAugment {t_ta * 1e3:8.2f} ms | "
+              f"per-sample loop {t_loop * 1e3:8.2f} ms")
+        print(f"  ratio vs torchaudio SpecAugment(iid_masks=True): {t_ta / t_ours:.1f}x  (target >= 3x on CPU)")
+        print(f"  ratio vs per-sample loop:                        {t_loop / t_ours:.1f}x")
+        if device.type == "cuda":
+            moved = 2 * x.numel() * x.element_size()  # one read + one write of the features
+            print(f"  effective bandwidth {moved / t_ours / 1e9:.0f} GB/s = "
+                  f"{100 * moved / t_ours / 1e9 / args.peak_gbs:.1f}% of {args.peak_gbs:.0f} GB/s")
 
-    warp = Policy([TimeWarp(W=80)])
-    t_warp, t_warp_loop = timed([lambda: warp(x, lengths, key_ids=ids, seed=0),
-                                 lambda: loop_time_warp(x, lengths)], args.reps, device)
-    print(f"time warp    ours {t_warp * 1e3:8.2f} ms | per-sample loop {t_warp_loop * 1e3:8.2f} ms")
-    print(f"  ratio vs per-sample loop: {t_warp_loop / t_warp:.1f}x  (target >= 10x on CPU)")
+    if args.part in ("warp", "all"):
+        warp = Policy([TimeWarp(W=80)])
+        t_warp, t_warp_loop = timed([lambda: warp(x, lengths, key_ids=ids, seed=0),
+                                     lambda: loop_time_warp(x, lengths)], args.reps, device)
+        print(f"time warp    ours {t_warp * 1e3:8.2f} ms | per-sample loop {t_warp_loop * 1e3:8.2f} ms")
+        print(f"  ratio vs per-sample loop: {t_warp_loop / t_warp:.1f}x  (target >= 10x on CPU)")
+    if args.part == "all":
+        bench_stages(args, device)
     return 0
 
 

@@ -28,6 +28,18 @@ def _cmd_demo(args) -> int:
     return 0 if summary["balanced"] else 1
 
 
+def _cmd_make_rir_bank(args) -> int:
+    from .rirs import make_rir_bank
+
+    rooms = make_rir_bank(args.out, args.count, seed=args.seed, sample_rate=args.sample_rate,
+                          rt60=(args.rt60_min, args.rt60_max), max_seconds=args.max_seconds,
+                          max_order=args.max_order)
+    t60 = sorted(r.rt60 for r in rooms)
+    print(f"wrote {len(rooms)} RIRs to {args.out} (RT60 {t60[0]:.2f}..{t60[-1]:.2f} s, "
+          f"{args.sample_rate} Hz) + manifest.jsonl")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specstream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -55,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--report", help="write the reconciliation report (JSON) here")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("make-rir-bank", help="simulate a seeded bank of room impulse responses "
+                                             "(pyroomacoustics image-source method) for the reverb op")
+    r.add_argument("out", help="output folder (rir-NNNNNN.wav + manifest.jsonl)")
+    r.add_argument("--count", type=int, default=100)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--sample-rate", type=int, default=16000)
+    r.add_argument("--rt60-min", type=float, default=0.2, help="seconds (default 0.2)")
+    r.add_argument("--rt60-max", type=float, default=0.9, help="seconds (default 0.9)")
+    r.add_argument("--max-seconds", type=float, default=1.0, help="RIR length kept after the direct path")
+    r.add_argument("--max-order", type=int, default=40, help="cap on the image-source order (speed)")
+    r.set_defaults(func=_cmd_make_rir_bank)
     return p
 
 

@@ -1,11 +1,20 @@
 """Log-mel features, batched, lengths-aware. Pure torch (no Ray, no I/O)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torchaudio
+
+WINDOWS = {
+    "hann": torch.hann_window,
+    "hamming": torch.hamming_window,
+    "blackman": torch.blackman_window,
+    "bartlett": torch.bartlett_window,
+    "rectangular": lambda n, periodic=True: torch.ones(n),
+}
 
 
 @dataclass
@@ -21,7 +30,16 @@ class MelConfig:
     mel_scale: str = "htk"  # or "slaney"
     norm: Optional[str] = None  # None or "slaney"
     center: bool = True
+    pad_mode: str = "reflect"  # reflect | constant (padding of center=True frames)
+    window: str = "hann"  # hann | hamming | blackman | bartlett | rectangular (periodic, as librosa)
+    # log: natural log of the mel power (what the spectrogram ops assume), and after
+    # augmentation optionally turned into dB (10 log10, as librosa.power_to_db) with a
+    # per-sample top_db floor. log_floor: add (ln(power + log_offset)) or clamp
+    # (ln(max(power, log_offset)), librosa's amin).
+    log: str = "natural"  # natural | db
+    log_floor: str = "add"  # add | clamp
     log_offset: float = 1e-6
+    top_db: Optional[float] = None
     # mean/variance normalisation, applied after augmentation (as ESPnet orders specaug
     # then normalize): none | utterance (per sample, per mel bin, over its own frames) |
     # global (given per-bin global_mean / global_std, e.g. from a statistics pass)
@@ -44,6 +62,16 @@ class MelConfig:
             raise ValueError("features: norm must be null or 'slaney'")
         if self.log_offset <= 0:
             raise ValueError("features: log_offset must be positive")
+        if self.pad_mode not in ("reflect", "constant"):
+            raise ValueError("features: pad_mode must be 'reflect' or 'constant'")
+        if self.window not in WINDOWS:
+            raise ValueError(f"features: window must be one of {', '.join(WINDOWS)}")
+        if self.log not in ("natural", "db"):
+            raise ValueError("features: log must be 'natural' or 'db'")
+        if self.log_floor not in ("add", "clamp"):
+            raise ValueError("features: log_floor must be 'add' or 'clamp'")
+        if self.top_db is not None and (self.top_db <= 0 or self.log != "db"):
+            raise ValueError("features: top_db must be positive and needs log: db")
         if self.normalize not in ("none", "utterance", "global"):
             raise ValueError("features: normalize must be none, utterance or global")
         if self.normalize == "global":
@@ -73,17 +101,18 @@ class LogMel(torch.nn.Module):
         cfg.validate()
         self.cfg = cfg
         win = cfg.win_length or cfg.n_fft
-        self.register_buffer("window", torch.hann_window(win), persistent=False)
-        fb = torchaudio.functional.melscale_fbanks(
-            cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2,
-            cfg.n_mels, cfg.sample_rate, cfg.norm, cfg.mel_scale)
-        self.register_buffer("fbanks", fb.T.contiguous(), persistent=False)  # [n_mels, n_freqs]
+        self.register_buffer("window", WINDOWS[cfg.window](win, periodic=True).float(), persistent=False)
+        # torchaudio's melscale_fbanks triangles, computed in float64 (warped_fbanks at alpha = 1)
+        fb = warped_fbanks(cfg, torch.ones(1), boundary_hz=cfg.sample_rate / 2)[0]
+        self.register_buffer("fbanks", fb, persistent=False)  # [n_mels, n_freqs]
 
     def _center_pad(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Reflect-pad each sample at its *own* end, as torch.stft(center=True) would pad it
         alone, so a sample's features do not depend on what else is in the batch."""
         pad = self.cfg.n_fft // 2
         B, N = wave.shape
+        if self.cfg.pad_mode == "constant":  # zeros on both sides: padding is already 0
+            return torch.nn.functional.pad(wave, (pad, pad))
         if N > pad and bool((lengths == N).all()):  # every sample fills the batch: plain reflect
             return torch.nn.functional.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
         j = torch.arange(N + 2 * pad, device=wave.device)[None, :] - pad  # [1, N + 2 pad]
@@ -102,14 +131,31 @@ class LogMel(torch.nn.Module):
         p = torch.view_as_real(spec).pow(2).sum(-1)
         return p if c.power == 2.0 else p.pow(c.power / 2)
 
-    def forward(self, wave: torch.Tensor, lengths: torch.Tensor):
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor, fbanks: Optional[torch.Tensor] = None):
+        """``fbanks``: per-sample filterbanks [B, n_mels, n_freqs] (VTLP) instead of the fixed one."""
         if self.cfg.center:
             wave = self._center_pad(wave, lengths)
-        mel = torch.matmul(self.fbanks, self.power_spectrogram(wave))  # [B, n_mels, T]
-        feats = torch.log(mel + self.cfg.log_offset)
+        mel = torch.matmul(self.fbanks if fbanks is None else fbanks, self.power_spectrogram(wave))
+        if self.cfg.log_floor == "add":
+            feats = torch.log(mel + self.cfg.log_offset)
+        else:
+            feats = torch.log(mel.clamp(min=self.cfg.log_offset))
         frames = torch.clamp(self.cfg.num_frames(lengths), max=feats.shape[-1])
         valid = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]
         return feats * valid[:, None, :], frames
+
+
+def finalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """After augmentation: natural log -> dB (``log: db``, with the per-sample ``top_db``
+    floor below each sample's own maximum), then mean/variance normalisation."""
+    if cfg.log == "db":
+        feats = feats * (10.0 / math.log(10.0))
+        valid = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < lengths[:, None])[:, None, :]
+        if cfg.top_db is not None:
+            peak = torch.where(valid, feats, torch.full_like(feats, -math.inf)).amax((1, 2), keepdim=True)
+            feats = torch.maximum(feats, peak - cfg.top_db)
+        feats = feats * valid
+    return normalize(feats, lengths, cfg)
 
 
 def normalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig, eps: float = 1e-5) -> torch.Tensor:
@@ -132,3 +178,55 @@ def utterance_mvn(feats: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5)
     mean = (feats * valid).sum(-1, keepdim=True) / n
     var = (((feats - mean) * valid) ** 2).sum(-1, keepdim=True) / n
     return (feats - mean) / torch.sqrt(var + eps) * valid
+
+
+# ------------------------------------------------------------- warped filterbanks (VTLP)
+
+def hz_to_mel(f: torch.Tensor, scale: str = "htk") -> torch.Tensor:
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    return torch.where(f < min_log_hz, f / f_sp, min_log_hz / f_sp + torch.log(f / min_log_hz) / logstep)
+
+
+def mel_to_hz(m: torch.Tensor, scale: str = "htk") -> torch.Tensor:
+    if scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return torch.where(m < min_log_mel, f_sp * m, min_log_hz * torch.exp(logstep * (m - min_log_mel)))
+
+
+def vtlp_warp(freqs: torch.Tensor, alpha: torch.Tensor, sample_rate: int, boundary_hz: float) -> torch.Tensor:
+    """Jaitly & Hinton (2013) piecewise-linear VTLP warp of frequencies [..., n] by per-sample
+    factors alpha [B] -> [B, n]: f * alpha up to F_hi * min(alpha, 1) / alpha, then the line
+    that maps the Nyquist frequency onto itself."""
+    nyq = sample_rate / 2.0
+    a = alpha[:, None].to(freqs.dtype)
+    f = freqs.reshape(1, -1)
+    edge = boundary_hz * torch.clamp(a, max=1.0) / a
+    upper = nyq - (nyq - boundary_hz * torch.clamp(a, max=1.0)) / (nyq - edge) * (nyq - f)
+    return torch.where(f <= edge, f * a, upper)
+
+
+def warped_fbanks(cfg: MelConfig, alpha: torch.Tensor, boundary_hz: float) -> torch.Tensor:
+    """Per-sample mel filterbanks [B, n_mels, n_freqs] on VTLP-warped frequency axes: energy
+    at frequency f lands in the mel filter of warp(f). alpha = 1 gives exactly torchaudio's
+    ``melscale_fbanks`` (same triangles, same Slaney normalisation)."""
+    n_freqs = cfg.n_fft // 2 + 1
+    f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
+    dev, f64 = alpha.device, torch.float64  # in float64 (as librosa): narrow low filters are
+    all_freqs = torch.linspace(0, cfg.sample_rate // 2, n_freqs, device=dev, dtype=f64)  # sensitive
+    m = torch.linspace(float(hz_to_mel(torch.tensor(float(cfg.f_min), dtype=f64), cfg.mel_scale)),
+                       float(hz_to_mel(torch.tensor(float(f_max), dtype=f64), cfg.mel_scale)), cfg.n_mels + 2,
+                       device=dev, dtype=f64)
+    f_pts = mel_to_hz(m, cfg.mel_scale)
+    warped = vtlp_warp(all_freqs, alpha.to(f64), cfg.sample_rate, boundary_hz)  # [B, n_freqs]
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts[None, None, :] - warped[:, :, None]  # [B, n_freqs, n_mels + 2]
+    down = -slopes[..., :-2] / f_diff[:-1]
+    up = slopes[..., 2:] / f_diff[1:]
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)
+    if cfg.norm == "slaney":
+        fb = fb * (2.0 / (f_pts[2:cfg.n_mels + 2] - f_pts[: cfg.n_mels]))
+    return fb.transpose(1, 2).to(torch.float32).contiguous()

@@ -69,3 +69,50 @@ def clean_shards(tmp_path_factory):
             keys.append(key)
         write_shard(os.path.join(d, f"shard-{s:06d}.tar"), samples)
     return str(d), keys
+
+
+# Real recordings from Debian packages, installed by .ci/run (never committed):
+# asterisk-core-sounds-en-wav (human speech prompts, 8 kHz), alsa-utils (/usr/share/sounds/alsa,
+# 48 kHz speech and noise), pocketsphinx-testdata (16 kHz read speech).
+ASTERISK = "/usr/share/asterisk/sounds/en_US_f_Allison"
+ALSA = "/usr/share/sounds/alsa"
+POCKETSPHINX = "/usr/share/pocketsphinx/test/data"
+_PACKAGES = {ASTERISK: "asterisk-core-sounds-en-wav", ALSA: "alsa-utils", POCKETSPHINX: "pocketsphinx-testdata"}
+
+
+def need_recordings(*dirs: str) -> None:
+    """Fail (in CI) or skip (elsewhere) when the Debian packages with real audio are absent."""
+    missing = [_PACKAGES[d] for d in dirs if not os.path.isdir(d)]
+    if missing:
+        msg = f"real recordings missing: apt-get install {' '.join(missing)} (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def load_wav(path: str, sr: int = 16000) -> np.ndarray:
+    """A recording as mono float32 at ``sr`` (torchaudio's resampler)."""
+    import torch
+    import torchaudio
+
+    x, s = sf.read(path, dtype="float32", always_2d=True)
+    x = x.mean(1)
+    if s != sr:
+        x = torchaudio.functional.resample(torch.from_numpy(x), s, sr).numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def speech():
+    """Ten real speech prompts (asterisk, one speaker, 8 kHz resampled to 16 kHz) of different
+    lengths, as (padded [B, N] float32, lengths [B])."""
+    need_recordings(ASTERISK)
+    names = ["activated", "added", "auth-thankyou", "agent-pass", "call-waiting", "calling", "cancelled",
+             "conf-full", "conf-getpin", "conf-locked"]
+    clips = [load_wav(os.path.join(ASTERISK, n + ".wav")) for n in names]
+    clips = [c for c in clips if len(c)]
+    N = max(len(c) for c in clips)
+    wave = np.zeros((len(clips), N), np.float32)
+    for i, c in enumerate(clips):
+        wave[i, : len(c)] = c
+    return wave, np.array([len(c) for c in clips], dtype=np.int64)

@@ -236,3 +236,37 @@ def test_a_layout_that_cannot_fit_fails_early(ray_session, clean_shards):
                        reserved_cpus=1.0)
     with pytest.raises(ConfigError, match="GPUs"):
         build_pipeline(base_config(d, actors={"num_gpus": 1.0}))
+
+
+def test_waveform_augmentation_through_ray_with_banks(ray_session, clean_shards, tmp_path):
+    """Banks load once in the featurize actor; every key arrives once with its parameters;
+    a missing or empty bank is a ConfigError at build time, before any task runs."""
+    from conftest import ALSA, need_recordings
+    from specstream.config import ConfigError
+    from specstream.rirs import make_rir_bank
+
+    need_recordings(ALSA)
+    d, all_keys = clean_shards
+    make_rir_bank(str(tmp_path / "rirs"), count=4, seed=1)
+    ops = [{"op": "speed", "factors": [0.9, 1.0, 1.1]},
+           {"op": "reverb", "bank": str(tmp_path / "rirs"), "p": 0.5},
+           {"op": "background_noise", "bank": ALSA + "/Noise.wav", "snr_db": [5, 20]},
+           {"op": "noise", "colour": ["pink", "brown"], "snr_db": [10, 30], "p": 0.5},
+           {"op": "filter", "p": 0.5}, {"op": "vtlp"}, {"op": "freq_mask", "max_width": 10, "count": 1}]
+    cfg = base_config(d, actors={"compute": "actors"})
+    cfg.update(augment={"ops": ops}, log_params=True)
+    pipe = build_pipeline(cfg)
+    seen = {}
+    for b in torch_batches(pipe.dataset, batch_size=32, device="cpu", ledger=pipe.ledger):
+        for i, k in enumerate(b["key"]):
+            seen.setdefault(k, []).append(json.loads(b["aug_params"][i]))
+    assert sorted(seen) == sorted(all_keys) and all(len(v) == 1 for v in seen.values())
+    assert pipe.report()["totals"]["balanced"]
+    factors = {round(v[0]["0:speed"]["factor"], 2) for v in seen.values()}
+    assert factors == {0.9, 1.0, 1.1}
+    assert {v[0]["1:reverb"]["active"] for v in seen.values()} == {True, False}
+
+    for bad, match in ((str(tmp_path / "nowhere"), "no audio files"), (str(tmp_path / "rirs" / "*.flac"), "no audio")):
+        cfg["augment"] = {"ops": [{"op": "reverb", "bank": bad}]}
+        with pytest.raises(ConfigError, match=f"augment \\(reverb\\): bank .*{match}"):
+            build_pipeline(cfg)

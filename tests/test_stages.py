@@ -1,6 +1,7 @@
 """Decode and featurize stages as plain callables (no Ray)."""
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -194,3 +195,68 @@ def test_featurize_normalisation_utterance_and_global():
 
     with pytest.raises(ConfigError, match="global_mean"):
         load_config(cfg(features={"normalize": "global"}))
+
+
+@pytest.mark.parametrize("opts", [
+    dict(n_fft=512, hop_length=128, n_mels=64, window="hamming", pad_mode="constant", mel_scale="slaney",
+         norm="slaney", f_min=50.0, f_max=7000.0),
+    dict(n_fft=1024, win_length=800, hop_length=256, n_mels=128, window="blackman", pad_mode="reflect",
+         mel_scale="htk", norm=None, f_min=0.0, f_max=None),
+])
+def test_featurizer_options_match_librosa_power_and_db(opts):
+    """Matched settings: mel power within 1e-4 relative of librosa.feature.melspectrogram,
+    and log: db (librosa.power_to_db, amin 1e-10, top_db 80) within 1e-3 dB on those bins."""
+    librosa = pytest.importorskip("librosa")
+    from specstream.features import LogMel, MelConfig, finalize
+
+    from conftest import ASTERISK, load_wav, need_recordings
+
+    need_recordings(ASTERISK)
+    x = load_wav(os.path.join(ASTERISK, "conf-getpin.wav"))  # real speech
+    mc = MelConfig(log_floor="clamp", log_offset=1e-10, **opts)
+    ours, frames = LogMel(mc)(torch.from_numpy(x)[None], torch.tensor([len(x)]))
+    win = {"hamming": "hamming", "blackman": "blackman"}[opts["window"]]
+    ref = librosa.feature.melspectrogram(
+        y=x, sr=16000, n_fft=opts["n_fft"], hop_length=opts["hop_length"], win_length=opts.get("win_length"),
+        window=win, center=True, pad_mode=opts["pad_mode"], power=2.0, n_mels=opts["n_mels"],
+        fmin=opts["f_min"], fmax=opts["f_max"], htk=opts["mel_scale"] == "htk", norm=opts["norm"])
+    assert ours.shape[1:] == ref.shape and int(frames[0]) == ref.shape[1]
+    mel = np.exp(ours[0].numpy())
+    big = ref > 1e-6 * ref.max()
+    np.testing.assert_allclose(mel[big], ref[big], rtol=1e-4)
+    mc_db = MelConfig(log="db", top_db=80.0, log_floor="clamp", log_offset=1e-10, **opts)
+    db = finalize(LogMel(mc_db)(torch.from_numpy(x)[None], torch.tensor([len(x)]))[0], frames, mc_db)
+    ref_db = librosa.power_to_db(ref, ref=1.0, amin=1e-10, top_db=80.0)
+    np.testing.assert_allclose(db[0].numpy()[big], ref_db[big], atol=1e-3)
+    np.testing.assert_allclose(db[0].numpy(), ref_db, atol=5e-3)  # float32 STFT on the faintest bins
+
+
+def test_featurize_stage_runs_waveform_chain_from_config(tmp_path):
+    from conftest import ALSA, need_recordings
+
+    need_recordings(ALSA)
+    from specstream.rirs import make_rir_bank
+
+    make_rir_bank(str(tmp_path / "rirs"), count=3, seed=0)
+    ops = [{"op": "speed", "factors": [0.9, 1.1]},
+           {"op": "reverb", "bank": str(tmp_path / "rirs")},
+           {"op": "background_noise", "bank": os.path.join(ALSA, "Noise.wav"), "snr_db": [10, 10]},
+           {"op": "vtlp"}, {"op": "freq_mask", "max_width": 10, "count": 1}]
+    audio = np.zeros((2, 16000), np.float32)
+    audio[0] = tone(1.0)
+    audio[1, :8000] = tone(0.5, freq=880)
+    batch = {"key": np.array(["a", "b"], dtype=object), "shard": np.array(["s", "s"], dtype=object),
+             "key_id": np.array([11, 22], dtype=np.int64), "num_samples": np.array([16000, 8000]),
+             "target": np.array([0, 1]), "audio": audio}
+    stage = FeaturizeStage(cfg(augment={"ops": ops}, log_params=True), device="cpu")
+    out = stage(batch)
+    assert out["features"].shape == (2, 80, 101)  # fixed mode keeps its shape
+    params = [json.loads(p) for p in out["aug_params"]]
+    assert list(params[0]) == ["0:speed", "1:reverb", "2:background_noise", "3:vtlp", "4:freq_mask"]
+    for i, p in enumerate(params):
+        f = p["0:speed"]["factor"]
+        expect = int(np.ceil(batch["num_samples"][i] / f - 1e-6))
+        assert out["length"][i] == min(101, expect // 160 + 1)
+        assert 0.9 <= p["3:vtlp"]["alpha"] <= 1.1 and p["2:background_noise"]["snr_db"] == 10.0
+    again = stage(batch)  # same keys, seed and epoch: same features
+    np.testing.assert_array_equal(again["features"], out["features"])

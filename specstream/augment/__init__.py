@@ -14,22 +14,32 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .bank import AudioBank, BankError, RIRBank
 from .core import Batch, Context, Op
-from .ops import (OPS, BandLimit, CutOut, FeatureNoise, FrameDropDup, FreqMask, FreqShift, FreqWarp,
-                  Gain, Mixup, Overlay, RandomEQ, TimeMask, TimeStretch, TimeWarp)
-from .policy import SPECAUGMENT, AugmentResult, Policy, preset, specaugment, tta_aggregate, tta_views
+from .ops import (BandLimit, CutOut, FeatureNoise, FrameDropDup, FreqMask, FreqShift, FreqWarp, Gain, Mixup,
+                  Overlay, RandomEQ, TimeMask, TimeStretch, TimeWarp, Vtlp)
+from .policy import OPS, SPECAUGMENT, AugmentResult, Policy, preset, specaugment, tta_aggregate, tta_views
+from .wave import (Babble, BackgroundNoise, Distortion, Filter, Noise, Reverb, Speed, Tempo, WaveBatch, WaveGain,
+                   WaveOp)
 
 __all__ = ["Policy", "preset", "specaugment", "AugmentResult", "build_policy", "tta_views", "tta_aggregate",
            "Op", "Batch", "Context", "OPS", "SPECAUGMENT", "FreqMask", "TimeMask", "CutOut", "TimeWarp",
            "FreqShift", "FreqWarp", "TimeStretch", "FrameDropDup", "Gain", "RandomEQ", "BandLimit",
-           "FeatureNoise", "Mixup", "Overlay"]
+           "FeatureNoise", "Mixup", "Overlay", "Vtlp", "WaveOp", "WaveBatch", "WaveGain", "Noise",
+           "BackgroundNoise", "Babble", "Reverb", "Speed", "Tempo", "Distortion", "Filter", "AudioBank",
+           "RIRBank", "BankError"]
 
 
-def build_policy(spec, num_classes: Optional[int] = None) -> Policy:
+def build_policy(spec, num_classes: Optional[int] = None, banks=None) -> Policy:
     """A policy from its config spec: None (no augmentation), a preset name, or a dict /
-    list for :meth:`Policy.from_dict`."""
+    list for :meth:`Policy.from_dict`. ``banks``: a loader ``source -> AudioBank`` for ops
+    that read recordings (noise, babble, reverb); without it they stay unloaded."""
     if spec is None:
-        return Policy([], num_classes=num_classes)
-    if isinstance(spec, str):
-        return Policy(preset(spec).ops, num_classes=num_classes)
-    return Policy.from_dict(spec, num_classes=num_classes)
+        policy = Policy([], num_classes=num_classes)
+    elif isinstance(spec, str):
+        policy = Policy(preset(spec).ops, num_classes=num_classes)
+    else:
+        policy = Policy.from_dict(spec, num_classes=num_classes)
+    if banks is not None:
+        policy.bind_banks(banks)
+    return policy

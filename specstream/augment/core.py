@@ -67,6 +67,21 @@ class Context:
         self.counter += 1
         return unit_float(hash32(words, device=self.device))
 
+    def stream_keys(self) -> torch.Tensor:
+        """[B] int64: one 32-bit key per sample naming a stream of element draws, for
+        fields too large to keep in the recorded parameters (waveform noise): the op
+        records the key and regenerates the field from it with :func:`stream_uniform`."""
+        words = keyed_words(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, 0)
+        self.counter += 1
+        return hash32(words, device=self.device)
+
+
+def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, n] uniforms in [0, 1) of streams ``keys`` [B]: element t depends only on the key
+    and t, not on n (a sample's field is the same whatever length its batch is padded to)."""
+    t = torch.arange(n, device=keys.device, dtype=torch.int64)[None, :]
+    return unit_float(hash32([keys.reshape(-1, 1), t], device=keys.device))
+
 
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:
     """Integers in [low, high] (inclusive, broadcast) from uniforms in [0, 1)."""
@@ -142,6 +157,7 @@ class Op:
     ``apply(batch, params) -> batch``. ``p`` is the per-sample probability of applying."""
 
     name = "op"
+    domain = "spec"  # where the op runs: wave (before the log-mel), filterbank, spec
 
     def __init__(self, p: float = 1.0):
         if not 0.0 <= p <= 1.0:

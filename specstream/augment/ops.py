@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from ..features import MelConfig, warped_fbanks
 from .core import (Batch, Context, Op, Params, gather_frames, interp_time, masked_mean, randint,
                    select, time_valid, zero_padding)
 
@@ -621,8 +622,35 @@ class Overlay(Op):
         return batch.replace(features=out, targets=y)
 
 
+class Vtlp(Op):
+    """Vocal tract length perturbation in the filterbank (Jaitly & Hinton 2013): the mel
+    filterbank of each sample is built on a frequency axis warped by alpha ~ U[alpha]
+    (piecewise linear, bend at ``boundary_hz``), so formants move by alpha. Runs inside
+    the featurizer (``Policy.featurize``); :class:`FreqWarp` is the spectrogram-only variant."""
+
+    name = "vtlp"
+    domain = "filterbank"
+
+    def __init__(self, alpha: Tuple[float, float] = (0.9, 1.1), boundary_hz: float = 4800.0, p: float = 1.0):
+        super().__init__(p)
+        if not 0 < float(alpha[0]) <= float(alpha[1]):
+            raise ValueError("vtlp.alpha: expected 0 < min <= max")
+        self.alpha, self.boundary_hz = (float(alpha[0]), float(alpha[1])), float(boundary_hz)
+
+    def draw(self, ctx: Context, batch) -> Params:
+        return {"alpha": self.alpha[0] + (self.alpha[1] - self.alpha[0]) * ctx.uniform(1)[:, 0]}
+
+    def filterbanks(self, cfg: MelConfig, params: Params) -> torch.Tensor:
+        """[B, n_mels, n_freqs]; inactive samples get the plain filterbank (alpha = 1)."""
+        alpha = torch.where(params["active"], params["alpha"], torch.ones_like(params["alpha"]))
+        return warped_fbanks(cfg, alpha, self.boundary_hz)
+
+    def apply(self, batch, params):
+        raise TypeError("vtlp acts in the filterbank: run it through Policy.featurize")
+
+
 OPS = {cls.name: cls for cls in (FreqMask, TimeMask, CutOut, TimeWarp, FreqShift, FreqWarp, TimeStretch,
-                                 FrameDropDup, Gain, RandomEQ, BandLimit, FeatureNoise, Mixup, Overlay)}
+                                 FrameDropDup, Gain, RandomEQ, BandLimit, FeatureNoise, Mixup, Overlay, Vtlp)}
 
 
 def op_names() -> Sequence[str]:

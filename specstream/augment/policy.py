@@ -8,8 +8,13 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from .core import Batch, Context, Op
-from .ops import OPS, FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, apply_masks
+from .ops import OPS as SPEC_OPS
+from .ops import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, apply_masks
 from .random import key_ids as _key_ids
+from .wave import WAVE_OPS, BankLoader, BankOp, WaveBatch
+
+OPS = {**WAVE_OPS, **SPEC_OPS}
+DOMAINS = ("wave", "filterbank", "spec")
 
 # SpecAugment policies, Park et al. 2019, Table 1: W, F, mF, T, p, mT
 SPECAUGMENT = {
@@ -46,7 +51,11 @@ class Policy:
     """An ordered chain of ops. ``policy(features, lengths, key_ids=..., seed=, epoch=)``
     samples each op's parameters (a pure function of seed, epoch, sample key and the op's
     position) and applies them in order; ``policy.apply(..., params=out.params)`` replays
-    them exactly."""
+    them exactly.
+
+    A chain may start with waveform ops (gain, noise, reverb, speed...) and one filterbank
+    op (VTLP) before the spectrogram ops: run those with :meth:`featurize`, which applies
+    the waveform ops, computes the log-mel and then the spectrogram ops."""
 
     def __init__(self, ops: Sequence[Op], num_classes: Optional[int] = None):
         self.ops = list(ops)
@@ -54,6 +63,28 @@ class Policy:
         for op in self.ops:  # mixup needs the class count to turn class indices into one-hots
             if isinstance(op, Mixup) and op.num_classes is None:
                 op.num_classes = num_classes
+        ranks = [DOMAINS.index(op.domain) for op in self.ops]
+        for i in range(1, len(ranks)):
+            if ranks[i] < ranks[i - 1]:
+                raise ValueError(f"augment.ops[{i}] ({self.ops[i].name}): {self.ops[i].domain} ops must come "
+                                 f"before {self.ops[i - 1].domain} ops (order: waveform, filterbank, spectrogram)")
+        if ranks.count(1) > 1:
+            raise ValueError("augment: at most one filterbank op (vtlp)")
+        self._wave_end = ranks.count(0)
+        self._spec_start = self._wave_end + ranks.count(1)
+
+    @property
+    def has_wave_ops(self) -> bool:
+        return self._spec_start > 0
+
+    def bank_ops(self) -> List[BankOp]:
+        return [op for op in self.ops if isinstance(op, BankOp)]
+
+    def bind_banks(self, loader: BankLoader) -> "Policy":
+        """Load the banks the ops name (noise, babble, RIRs) through ``loader(source)``."""
+        for op in self.bank_ops():
+            op.bind(loader)
+        return self
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -69,13 +100,14 @@ class Policy:
             key_ids = torch.from_numpy(_key_ids([str(k) for k in keys]))
         return torch.as_tensor(key_ids, dtype=torch.int64).to(device)
 
-    def _run(self, batch: Batch, param_source) -> tuple:
-        """Apply the ops in order; ``param_source(slot, op, batch)`` gives each op's params.
-        Runs of mask ops with the same constant fill become one masked write (same result
-        as applying them one by one: masks only overwrite with a constant)."""
+    def _run(self, batch: Batch, param_source, start: int = 0) -> tuple:
+        """Apply the spectrogram ops from ``start`` on; ``param_source(slot, op, batch)``
+        gives each op's params. Runs of mask ops with the same constant fill become one
+        masked write (same result as applying them one by one: masks only overwrite with a
+        constant)."""
         all_params = []
         pending, pending_fill = [], None
-        for slot, op in enumerate(self.ops):
+        for slot, op in enumerate(self.ops[start:], start):
             params = param_source(slot, op, batch)
             all_params.append(params)
             bare = {k: v for k, v in params.items() if k != "__name__"}
@@ -97,23 +129,63 @@ class Policy:
     def __call__(self, features: torch.Tensor, lengths: torch.Tensor, keys=None, key_ids=None,
                  targets: Optional[torch.Tensor] = None, frame_targets: Optional[torch.Tensor] = None,
                  seed: int = 0, epoch: int = 0) -> AugmentResult:
+        if self.has_wave_ops:
+            raise ValueError("this policy has waveform/filterbank ops: call featurize(wave, ...)")
         ids = self._ids(keys, key_ids, features.device)
         lengths = lengths.to(features.device).to(torch.int64)
+        batch, all_params = self._run(Batch(features, lengths, targets, frame_targets),
+                                      self._drawer(ids, seed, epoch))
+        return AugmentResult(batch.features, batch.lengths, batch.targets, all_params, batch.frame_targets)
+
+    @staticmethod
+    def _drawer(ids, seed, epoch):
+        ep = epoch.to(ids.device) if isinstance(epoch, torch.Tensor) else int(epoch)
 
         def draw(slot, op, batch):
-            ep = epoch.to(ids.device) if isinstance(epoch, torch.Tensor) else int(epoch)
-            ctx = Context(ids, int(seed), ep, slot)
-            params = op.sample(ctx, batch)
+            params = op.sample(Context(ids, int(seed), ep, slot), batch)
             params["__name__"] = op.name
             return params
 
-        batch, all_params = self._run(Batch(features, lengths, targets, frame_targets), draw)
-        return AugmentResult(batch.features, batch.lengths, batch.targets, all_params, batch.frame_targets)
+        return draw
+
+    def featurize(self, wave: torch.Tensor, num_samples: torch.Tensor, logmel, sample_rate: int,
+                  keys=None, key_ids=None, targets: Optional[torch.Tensor] = None, seed: int = 0, epoch=0,
+                  params: Optional[List[Dict[str, torch.Tensor]]] = None) -> AugmentResult:
+        """Waveforms [B, N] with lengths in samples -> waveform ops -> log-mel (``logmel``,
+        a :class:`specstream.features.LogMel`, with the VTLP filterbanks when the chain has
+        one) -> spectrogram ops. ``params`` replays recorded parameters instead of drawing."""
+        device = wave.device
+        if params is not None and len(params) != len(self.ops):
+            raise ValueError(f"params hold {len(params)} ops, the policy has {len(self.ops)}")
+        if params is None:
+            draw = self._drawer(self._ids(keys, key_ids, device), seed, epoch)
+        else:
+            def draw(slot, op, batch):
+                return params[slot]
+        recorded = []
+        wb = WaveBatch(wave, num_samples.to(device).to(torch.int64), int(sample_rate), targets)
+        for slot in range(self._wave_end):
+            op = self.ops[slot]
+            p = draw(slot, op, wb)
+            recorded.append(p)
+            wb = op.apply(wb, {k: v for k, v in p.items() if k != "__name__"})
+        fbanks = None
+        for slot in range(self._wave_end, self._spec_start):
+            op = self.ops[slot]
+            p = draw(slot, op, wb)
+            recorded.append(p)
+            fbanks = op.filterbanks(logmel.cfg, p).to(wave.dtype)
+        feats, frames = logmel(wb.audio, wb.lengths, fbanks=fbanks)
+        batch, spec_params = self._run(Batch(feats, frames, wb.targets), draw, start=self._spec_start)
+        return AugmentResult(batch.features, batch.lengths, batch.targets, recorded + spec_params,
+                             batch.frame_targets)
 
     def apply(self, features: torch.Tensor, lengths: torch.Tensor, params: List[Dict[str, torch.Tensor]],
               targets: Optional[torch.Tensor] = None, frame_targets: Optional[torch.Tensor] = None
               ) -> AugmentResult:
         """Replay recorded parameters (e.g. from a log, or on aligned targets)."""
+        if self.has_wave_ops:
+            raise ValueError("this policy has waveform/filterbank ops: replay with featurize(..., params=)")
         if len(params) != len(self.ops):
             raise ValueError(f"params hold {len(params)} ops, the policy has {len(self.ops)}")
         for op, p in zip(self.ops, params):

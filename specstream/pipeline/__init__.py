@@ -24,15 +24,29 @@ from ..io.shards import Storage, expand_shards
 from .datasource import ShardDatasource
 from .deliver import collate, torch_batches
 from .ledger import Ledger, LedgerSink, write_report
-from .stages import DecodeStage, FeaturizeStage
+from .stages import DecodeStage, FeaturizeStage, storage_of
 
 __all__ = ["Pipeline", "build_pipeline", "check_resources", "build_dataset", "torch_batches", "collate",
            "DecodeStage", "FeaturizeStage", "storage_from_config"]
 
 
 def storage_from_config(cfg: PipelineConfig) -> Storage:
-    s = cfg.source
-    return Storage(endpoint_url=s.endpoint_url, region=s.region, buffer_size=s.buffer_mb << 20)
+    return storage_of(cfg)
+
+
+def check_banks(cfg: PipelineConfig, storage: Storage) -> None:
+    """Every bank the augmentation names exists and its first clip decodes: a missing or
+    empty bank is a configuration error here, in the driver, not a crash in an actor."""
+    from ..augment import BankError, build_policy
+    from ..config import ConfigError
+    from ..io.banks import check_bank
+
+    for op in build_policy(cfg.augment).ops:
+        if hasattr(op, "bind"):
+            try:
+                check_bank(op.bank, storage)
+            except BankError as e:
+                raise ConfigError(f"augment ({op.name}): {e}") from None
 
 
 def shard_order(urls: List[str], seed: int, epoch: int) -> List[str]:
@@ -113,6 +127,7 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     cfg = load_config(config)
     storage = storage_from_config(cfg)
     urls = expand_shards(cfg.source.shards, storage)
+    check_banks(cfg, storage)
     if cfg.source.shuffle_shards:
         urls = shard_order(urls, cfg.seed, cfg.epoch)
     if not ray.is_initialized():

@@ -18,8 +18,10 @@ from ..augment import build_policy
 from ..augment.random import key_ids as make_key_ids
 from ..augment.random import uniform
 from ..config import PipelineConfig, load_config
-from ..features import LogMel, normalize
+from ..features import LogMel, finalize
 from ..io.audio import AudioError, decode_audio
+from ..io.banks import cached_loader
+from ..io.shards import Storage
 from ..io.samples import quarantine_entry
 from ..labels import LabelError, LabelVocab, encode_target, label_of
 
@@ -193,8 +195,17 @@ def resolve_device(requested: Optional[str] = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def storage_of(cfg: PipelineConfig) -> Storage:
+    s = cfg.source
+    return Storage(endpoint_url=s.endpoint_url, region=s.region, buffer_size=s.buffer_mb << 20)
+
+
 class FeaturizeStage:
-    """Waveforms -> log-mel on the actor's device -> augmentation policy -> rows.
+    """Waveforms -> waveform augmentation -> log-mel (VTLP filterbanks) -> spectrogram
+    augmentation -> dB / normalisation -> rows, on the actor's device.
+
+    Banks the policy names (noise, babble, RIRs) are loaded once per process, when the
+    stage is built, and kept on its device.
 
     For ``map_batches(FeaturizeStage, compute=ActorPoolStrategy(...), num_gpus=...)``. Output
     columns: ``key``, ``shard``, ``features`` ([B, n_mels, T] float32; in full mode one
@@ -207,7 +218,10 @@ class FeaturizeStage:
         self.device = resolve_device(device or self.cfg.actors.device)
         self.logmel = LogMel(self.cfg.features).to(self.device)
         num_classes = len(vocab_from_config(self.cfg))
-        self.policy = build_policy(self.cfg.augment, num_classes=num_classes)
+        self.policy = build_policy(self.cfg.augment, num_classes=num_classes,
+                                   banks=cached_loader(self.cfg.decode.sample_rate, storage_of(self.cfg)))
+        for op in self.policy.bank_ops():  # onto the device now, not inside the first batch
+            op.loaded(self.device)
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> Batch:
@@ -215,15 +229,17 @@ class FeaturizeStage:
         nsamp = _tensor(batch["num_samples"], self.device, np.int64)
         ids = _tensor(batch["key_id"], self.device, np.int64)
         targets = _tensor(batch["target"], self.device)
-        feats, frames = self.logmel(wave, nsamp)
-        T = feats.shape[-1]
+        T = int(self.cfg.features.num_frames(torch.tensor(wave.shape[-1])))
         epoch = _tensor(batch["epoch"], self.device, np.int64) if "epoch" in batch else self.cfg.epoch
-        out = self.policy(feats, frames, keys=list(batch["key"]), key_ids=ids, targets=targets,
-                          seed=self.cfg.seed, epoch=epoch)
-        feats, lengths = normalize(out.features, out.lengths, self.cfg.features), out.lengths
+        out = self.policy.featurize(wave, nsamp, self.logmel, self.cfg.decode.sample_rate, key_ids=ids,
+                                    targets=targets, seed=self.cfg.seed, epoch=epoch)
+        feats, lengths = finalize(out.features, out.lengths, self.cfg.features), out.lengths
         if self.cfg.decode.mode == "fixed" and feats.shape[-1] != T:
-            # fixed mode keeps a fixed shape: a stretched sample is cut to the clip's frames
-            feats, lengths = feats[..., :T], lengths.clamp(max=T)
+            # fixed mode keeps a fixed shape: a stretched (slowed) sample is cut to the clip's
+            # frames, a batch of sped-up samples is zero-padded back to them
+            feats = torch.nn.functional.pad(feats, (0, T - feats.shape[-1])) if feats.shape[-1] < T \
+                else feats[..., :T]
+            lengths = lengths.clamp(max=T)
         feats = feats.float().cpu().numpy()
         lengths = lengths.cpu().numpy().astype(np.int64)
         result: Batch = {"key": batch["key"], "shard": batch["shard"], "length": lengths,

@@ -1,0 +1,181 @@
+"""Load audio banks (background noise, babble speech, room impulse responses) for the
+augmentation ops: a folder of audio files or WebDataset tar shards, local or on object
+storage, decoded and resampled to the pipeline's rate.
+
+A bank source is a path, glob or brace pattern, or an ``s3://`` URL: a folder means every
+audio file and ``.tar`` shard under it (recursively). Missing or empty banks raise
+:class:`~specstream.augment.bank.BankError` naming the source; individual undecodable clips
+are reported in the bank's ``problems`` (and logged), never silently dropped.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+import braceexpand
+import numpy as np
+import torch
+import torchaudio
+
+from ..augment.bank import AudioBank, BankError
+from .audio import AudioError, decode_audio
+from .samples import AUDIO_EXTS, ReaderOptions, iter_samples
+from .shards import Storage, _has_glob, open_shard
+
+log = logging.getLogger(__name__)
+
+_EXTS = tuple("." + e for e in AUDIO_EXTS) + (".tar",)
+
+
+def _usable(path: str) -> bool:
+    return path.lower().endswith(_EXTS)
+
+
+def bank_items(source: str, storage: Optional[Storage] = None) -> List[str]:
+    """The audio files and tar shards a bank source names, sorted; BankError if none."""
+    storage = storage or Storage()
+    found: List[str] = []
+    for url in braceexpand.braceexpand(source):
+        fs, path = storage.filesystem(url)
+        if fs is None:
+            if os.path.isdir(path):
+                items = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+            elif _has_glob(path):
+                items = glob.glob(path, recursive=True)
+            else:
+                items = [path] if os.path.isfile(path) else []
+            found.extend(sorted(p for p in items if _usable(p)))
+            continue
+        from pyarrow import fs as pafs
+
+        prefix = url[: len(url) - len(path)]
+        try:
+            if _has_glob(path):
+                base = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+                infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+                items = [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, path)]
+            else:
+                info = fs.get_file_info(path)
+                if info.type == pafs.FileType.File:
+                    items = [path]
+                elif info.type == pafs.FileType.Directory:
+                    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                    items = [i.path for i in infos if i.type == pafs.FileType.File]
+                else:
+                    items = []
+        except OSError as e:
+            raise BankError(f"bank {source!r}: cannot list {url}: {e}") from None
+        found.extend(sorted(prefix + p for p in items if _usable(p)))
+    if not found:
+        raise BankError(f"bank {source!r}: no audio files or .tar shards there "
+                        f"(looked for {', '.join(_EXTS)})")
+    return found
+
+
+def _read_bytes(url: str, storage: Storage) -> bytes:
+    fs, path = storage.filesystem(url)
+    if fs is None:
+        with open(path, "rb") as f:
+            return f.read()
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _iter_clips(url: str, storage: Storage):
+    """(name, audio bytes) of a file, or of every sample's audio in a tar shard; problems
+    as (name, None, reason)."""
+    if not url.lower().endswith(".tar"):
+        yield url, _read_bytes(url, storage), None
+        return
+    with open_shard(url, storage) as stream:
+        for kind, obj in iter_samples(stream, url, ReaderOptions()):
+            if kind == "row":
+                yield f"{url}#{obj['key']}", obj["audio"], None
+            else:
+                yield f"{url}#{obj['key']}", None, obj["reason"]
+
+
+def load_bank(source: str, sample_rate: int, storage: Optional[Storage] = None,
+              max_clip_seconds: Optional[float] = None) -> AudioBank:
+    """Decode every clip of a bank to mono float32 at ``sample_rate`` (cut to
+    ``max_clip_seconds`` when given). BankError when nothing usable is there."""
+    storage = storage or Storage()
+    clips, names, problems = [], [], []
+    resamplers: Dict[int, torchaudio.transforms.Resample] = {}
+    for url in bank_items(source, storage):
+        try:
+            for name, data, reason in _iter_clips(url, storage):
+                if data is None:
+                    problems.append((name, reason))
+                    continue
+                try:
+                    x, sr = decode_audio(data)
+                except AudioError as e:
+                    problems.append((name, str(e)))
+                    continue
+                if max_clip_seconds is not None:
+                    x = x[: int(max_clip_seconds * sr)]
+                t = torch.from_numpy(np.ascontiguousarray(x))
+                if sr != sample_rate:
+                    rs = resamplers.get(sr)
+                    if rs is None:
+                        rs = resamplers[sr] = torchaudio.transforms.Resample(sr, sample_rate)
+                    with torch.no_grad():
+                        t = rs(t)
+                if float(t.abs().max()) == 0.0:
+                    problems.append((name, "silent clip"))
+                    continue
+                clips.append(t)
+                names.append(name)
+        except OSError as e:
+            problems.append((url, f"cannot read: {e}"))
+    for name, reason in problems:
+        log.warning("bank %s: skipped %s: %s", source, name, reason)
+    if not clips:
+        first = "; ".join(f"{n}: {r}" for n, r in problems[:3])
+        raise BankError(f"bank {source!r}: no usable audio ({len(problems)} problem(s): {first})")
+    bank = AudioBank.from_clips(clips, sample_rate, names, source)
+    bank.problems = problems  # type: ignore[attr-defined]
+    return bank
+
+
+def check_bank(source: str, storage: Optional[Storage] = None) -> Tuple[int, str]:
+    """Cheap check for the driver: the source lists at least one item and its first clip
+    decodes. Returns (number of files/shards, first clip name)."""
+    storage = storage or Storage()
+    items = bank_items(source, storage)
+    reasons = []
+    for url in items[:8]:
+        try:
+            for name, data, reason in _iter_clips(url, storage):
+                if data is None:
+                    reasons.append(f"{name}: {reason}")
+                    continue
+                try:
+                    decode_audio(data)
+                    return len(items), name
+                except AudioError as e:
+                    reasons.append(f"{name}: {e}")
+        except OSError as e:
+            reasons.append(f"{url}: {e}")
+    raise BankError(f"bank {source!r}: none of its first clips decodes ({'; '.join(reasons[:3])})")
+
+
+_CACHE: Dict[tuple, AudioBank] = {}
+
+
+def cached_loader(sample_rate: int, storage: Optional[Storage] = None):
+    """A bank loader for :meth:`Policy.bind_banks` that loads each source once per process."""
+    storage = storage or Storage()
+
+    def load(source: str) -> AudioBank:
+        key = (source, sample_rate, storage.endpoint_url, storage.region)
+        bank = _CACHE.get(key)
+        if bank is None:
+            bank = _CACHE[key] = load_bank(source, sample_rate, storage)
+        return bank
+
+    return load

@@ -1,0 +1,407 @@
+"""Waveform-domain augmentation and the featurizer chain, on real recordings (Debian
+packages installed by .ci/run): SNR achieved, reverb keeps the direct path, speed/tempo
+durations, distortion harmonics, filters, VTLP, replay and batch invariance. No Ray."""
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ALSA, ASTERISK, POCKETSPHINX, load_wav, need_recordings
+from specstream.augment import (AudioBank, Babble, BackgroundNoise, BankError, Context, Distortion, Filter,
+                                Noise, Policy, Reverb, Speed, Tempo, Vtlp, WaveBatch, WaveGain, build_policy)
+from specstream.augment.random import key_ids
+from specstream.augment.wave import power
+from specstream.features import LogMel, MelConfig, warped_fbanks
+from specstream.io.banks import bank_items, check_bank, load_bank
+
+SR = 16000
+
+
+def run(op, wave, lengths, seed=0, slot=0, epoch=0):
+    """(augmented WaveBatch, params) for one op on [B, N] numpy audio."""
+    w, L = torch.from_numpy(np.asarray(wave)), torch.from_numpy(np.asarray(lengths))
+    ids = torch.from_numpy(key_ids([f"utt{i}" for i in range(len(L))]))
+    wb = WaveBatch(w, L, SR)
+    p = op.sample(Context(ids, seed, epoch, slot), wb)
+    return op.apply(wb, p), p
+
+
+def snr_db(clean, noisy, lengths):
+    c, L = torch.as_tensor(clean), torch.as_tensor(lengths)
+    n = torch.as_tensor(noisy)[:, : c.shape[1]] - c
+    return 10 * torch.log10(power(c, L) / power(n, L))
+
+
+def psd_slope_db_per_decade(x, lo=100.0, hi=4000.0):
+    """Slope of the Welch power spectrum (dB/decade) between lo and hi Hz."""
+    n = 1024
+    frames = x[: len(x) // n * n].reshape(-1, n) * np.hanning(n)
+    p = (np.abs(np.fft.rfft(frames, axis=1)) ** 2).mean(0)
+    f = np.fft.rfftfreq(n, 1 / SR)
+    band = (f >= lo) & (f <= hi)
+    return np.polyfit(np.log10(f[band]), 10 * np.log10(p[band]), 1)[0]
+
+
+@pytest.fixture(scope="module")
+def noise_bank_dir(tmp_path_factory):
+    """A bank folder of real recorded noise (alsa-utils' Noise.wav, 48 kHz) and a nested clip."""
+    need_recordings(ALSA)
+    d = tmp_path_factory.mktemp("noise_bank")
+    shutil.copy(os.path.join(ALSA, "Noise.wav"), d / "noise.wav")
+    os.makedirs(d / "more")
+    shutil.copy(os.path.join(ALSA, "Front_Center.wav"), d / "more" / "front.wav")
+    (d / "README.txt").write_text("not audio, ignored")
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def babble_bank_dir(tmp_path_factory):
+    """Real read speech from another corpus (pocketsphinx test data, 16 kHz)."""
+    need_recordings(POCKETSPHINX)
+    d = tmp_path_factory.mktemp("babble_bank")
+    for p in sorted(glob.glob(os.path.join(POCKETSPHINX, "**", "*.wav"), recursive=True))[:8]:
+        shutil.copy(p, d / os.path.basename(p))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def rir_dir(tmp_path_factory):
+    from specstream.rirs import make_rir_bank
+
+    d = str(tmp_path_factory.mktemp("rirs"))
+    make_rir_bank(d, count=6, seed=3, rt60=(0.3, 0.8))
+    return d
+
+
+@pytest.mark.parametrize("colour,slope", [("white", 0.0), ("pink", -10.0), ("brown", -20.0)])
+def test_generated_noise_hits_the_drawn_snr_with_its_colour(speech, colour, slope):
+    wave, L = speech
+    out, p = run(Noise(snr_db=(-5, 25), colour=colour), wave, L)
+    measured = snr_db(wave, out.audio, L)
+    assert torch.all((measured - p["snr_db"]).abs() < 0.5), (measured, p["snr_db"])
+    assert float(p["snr_db"].min()) < float(p["snr_db"].max())  # per-sample draws
+    pad = torch.arange(out.audio.shape[1])[None, :] >= torch.from_numpy(L)[:, None]
+    assert torch.all(out.audio[pad] == 0)
+    # the spectrum has the colour's slope (1/f**beta: -10 beta dB/decade)
+    noise = (out.audio - torch.from_numpy(wave))[int(np.argmax(L))].numpy()
+    assert abs(psd_slope_db_per_decade(noise) - slope) < 2.5
+
+
+def test_recorded_noise_bank_at_snr(speech, noise_bank_dir):
+    wave, L = speech
+    items = bank_items(noise_bank_dir)
+    assert [os.path.basename(i) for i in items] == ["front.wav", "noise.wav"]  # recursive, audio only
+    bank = load_bank(noise_bank_dir, SR)
+    assert len(bank) == 2 and bank.sample_rate == SR
+    np.testing.assert_allclose(bank.seconds, 1.4079 + 1.4280, atol=2e-3)  # 48 kHz clips, resampled
+    op = BackgroundNoise(bank, snr_db=(0, 15))
+    out, p = run(op, wave, L)
+    assert torch.all((snr_db(wave, out.audio, L) - p["snr_db"]).abs() < 0.5)
+    assert set(p["clip"][:, 0].tolist()) == {0, 1}  # both clips drawn over 10 samples
+    # the noise is the bank clip from the drawn offset, looped past its end
+    i = int(np.argmax(L))
+    added = (out.audio - torch.from_numpy(wave))[i]
+    c, o = int(p["clip"][i, 0]), int(p["offset"][i, 0])
+    ref = bank.segments(torch.tensor([c]), torch.tensor([o]), wave.shape[1])[0]
+    n = int(L[i])
+    g = float(torch.dot(added[:n], ref[:n]) / torch.dot(ref[:n], ref[:n]))
+    torch.testing.assert_close(added[:n], g * ref[:n], rtol=1e-4, atol=1e-6)
+    assert n > bank.lengths[c]  # this sample is longer than the clip: it looped
+
+
+def test_babble_sums_several_speakers_at_snr(speech, babble_bank_dir):
+    wave, L = speech
+    op = Babble(load_bank(babble_bank_dir, SR), snr_db=(5, 10), count=(3, 5))
+    out, p = run(op, wave, L)
+    assert torch.all((snr_db(wave, out.audio, L) - p["snr_db"]).abs() < 0.5)
+    assert p["count"].min() >= 3 and p["count"].max() <= 5 and p["count"].unique().numel() > 1
+    assert p["clip"].shape == (len(L), 5)
+
+
+def test_reverb_keeps_the_direct_path_aligned(speech, rir_dir):
+    wave, L = speech
+    rooms = [json.loads(line) for line in open(os.path.join(rir_dir, "manifest.jsonl"))]
+    bank = load_bank(rir_dir, SR)
+    assert len(bank) == 6
+    # the simulated direct path sits where the room geometry puts it (+ the 40-tap sinc's half)
+    for r, (s, n) in zip(rooms, zip(bank.starts.tolist(), bank.lengths.tolist())):
+        dist = np.linalg.norm(np.subtract(r["source"], r["mic"]))
+        assert abs(r["direct_sample"] - (dist / 343.0 * SR + 40)) <= 1.0
+        assert int(torch.argmax(bank.data[s:s + n].abs())) == r["direct_sample"]
+    op = Reverb(bank, keep_level=False)
+    out, p = run(op, wave, L)
+    assert out.audio.shape == wave.shape and torch.equal(out.lengths, torch.from_numpy(L))
+    for i in range(len(L)):
+        n = int(L[i])
+        dry, wet = wave[i, :n], out.audio[i, :n].numpy()
+        # wet is dry convolved with the drawn RIR, read from its direct-path peak on
+        rir = op.rirs("cpu").rirs[int(p["rir"][i])].numpy()
+        assert int(np.argmax(np.abs(rir))) == op.rirs("cpu").pre
+        ref = np.convolve(dry, rir)[op.rirs("cpu").pre: op.rirs("cpu").pre + n]
+        np.testing.assert_allclose(wet, ref, atol=2e-5 * np.abs(ref).max())
+        # and measured from the signals alone (regularised deconvolution), the first arrival
+        # of the dry-to-wet filter is at lag 0 (+-3 samples of deconvolution smear): the
+        # content has not moved. Unaligned, it would sit at the propagation delay plus the
+        # sinc's 40 taps: > 70 samples at >= 0.7 m source-mic distance.
+        D, W = np.fft.rfft(dry, 2 * n), np.fft.rfft(wet, 2 * n)
+        h = np.fft.irfft(W * np.conj(D) / (np.abs(D) ** 2 + 1e-3 * np.abs(D).max() ** 2), 2 * n)
+        h = np.abs(np.roll(h, 200)[:1200])
+        onset = int(np.argmax(h > 0.5 * h.max())) - 200
+        assert abs(onset) <= 3, f"sample {i}: first arrival at lag {onset}"
+        assert np.all(out.audio[i, n:].numpy() == 0)
+    # an impulse comes out with its direct sound at the same sample, at unit gain
+    imp = np.zeros((1, 8000), np.float32)
+    imp[0, 1234] = 1.0
+    out1, p1 = run(op, imp, [8000])
+    y = out1.audio[0].numpy()
+    assert int(np.argmax(np.abs(y))) == 1234 and abs(y[1234] - 1.0) < 1e-5
+    # reverberation adds energy after the direct sound, none before the sinc's taps
+    assert np.abs(y[:1234 - 40]).max() < 1e-6 and np.sum(y[1300:] ** 2) > 1e-3
+    # keep_level restores each sample's power
+    out2, _ = run(Reverb(bank), wave, L)
+    torch.testing.assert_close(power(out2.audio, torch.from_numpy(L)), power(torch.from_numpy(wave),
+                                                                             torch.from_numpy(L)), rtol=1e-4, atol=0)
+
+
+def dominant_hz(x):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.fft.rfftfreq(len(x), 1 / SR)[np.argmax(spec)]
+
+
+def test_speed_changes_duration_and_pitch_by_the_drawn_factor(speech):
+    wave, L = speech
+    out, p = run(Speed(factors=(0.9, 1.1)), wave, L)
+    f = p["factor"].double()
+    assert set(np.round(f.numpy(), 3).tolist()) == {0.9, 1.1}
+    expect = torch.ceil(torch.from_numpy(L).double() / f).long()
+    assert torch.all((out.lengths - expect).abs() <= 1)
+    pad = torch.arange(out.audio.shape[1])[None, :] >= out.lengths[:, None]
+    assert torch.all(out.audio[pad] == 0)
+    # the content is the speech resampled: same as torchaudio on the sample alone
+    import torchaudio
+
+    i = int(np.argmax(L))
+    orig, new = Speed.rates(SR, float(f[i]))
+    ref = torchaudio.functional.resample(torch.from_numpy(wave[i, : L[i]]), orig, new)
+    n = int(out.lengths[i])
+    torch.testing.assert_close(out.audio[i, :n], ref[:n], atol=1e-4, rtol=0)
+    # a tone moves by the factor: pitch and tempo change together
+    t = (0.3 * np.sin(2 * np.pi * 500 * np.arange(SR) / SR)).astype(np.float32)[None]
+    o, q = run(Speed(factors=(1.1,)), t, [SR])
+    assert abs(dominant_hz(o.audio[0, : int(o.lengths[0])].numpy()) - 550) < 3
+
+
+def test_tempo_changes_duration_not_pitch(speech):
+    wave, L = speech
+    out, p = run(Tempo(factors=(0.8, 1.25)), wave, L)
+    expect = torch.round(torch.from_numpy(L).double() / p["factor"].double()).long()
+    assert torch.equal(out.lengths, expect)
+    t = (0.3 * np.sin(2 * np.pi * 500 * np.arange(SR) / SR)).astype(np.float32)[None]
+    o, q = run(Tempo(factors=(1.25,)), t, [SR])
+    n = int(o.lengths[0])
+    assert n == round(SR / 1.25)
+    assert abs(dominant_hz(o.audio[0, :n].numpy()) - 500) < 3
+
+
+def harmonic_db(x, f0, k):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / SR)
+    at = lambda f: spec[np.argmin(np.abs(freqs - f))]  # noqa: E731
+    return 20 * np.log10(at(k * f0) / at(f0) + 1e-12)
+
+
+def test_distortion_adds_harmonics_and_keeps_the_peak():
+    t = (0.5 * np.sin(2 * np.pi * 500 * np.arange(SR) / SR)).astype(np.float32)[None]
+    third = []
+    for drive in (3.0, 12.0, 24.0):
+        o, _ = run(Distortion(drive_db=(drive, drive), kind="tanh"), t, [SR])
+        y = o.audio[0].numpy()
+        assert abs(np.abs(y).max() - 0.5) < 1e-4
+        third.append(harmonic_db(y, 500, 3))
+        assert harmonic_db(y, 500, 2) < -80  # symmetric: odd harmonics only
+    assert third[0] < third[1] < third[2] and third[2] > -15
+    o, _ = run(Distortion(drive_db=(12, 12), kind="asymmetric"), t, [SR])
+    assert harmonic_db(o.audio[0].numpy(), 500, 2) > -30  # even harmonics appear
+    assert abs(np.abs(o.audio[0].numpy()).max() - 0.5) < 1e-4
+    o, _ = run(Distortion(drive_db=(12, 12), kind="clip"), t, [SR])
+    assert harmonic_db(o.audio[0].numpy(), 500, 3) > -20
+
+
+def test_filters_band_limit_without_delay(speech):
+    rng = np.random.default_rng(0)
+    white = (0.1 * rng.standard_normal((1, 4 * SR))).astype(np.float32)
+
+    def band_db(x, lo, hi):
+        f = np.fft.rfftfreq(len(x), 1 / SR)
+        s = np.abs(np.fft.rfft(x)) ** 2
+        return 10 * np.log10(s[(f >= lo) & (f < hi)].mean())
+
+    lp, p = run(Filter(kind="lowpass", lowpass_hz=(2000, 2000)), white, [4 * SR])
+    y = lp.audio[0].numpy()
+    assert band_db(y, 200, 1000) - band_db(y, 4000, 8000) > 30
+    assert abs(band_db(y, 200, 1000) - band_db(white[0], 200, 1000)) < 0.5  # passband untouched
+    hp, _ = run(Filter(kind="highpass", highpass_hz=(1000, 1000)), white, [4 * SR])
+    y = hp.audio[0].numpy()
+    assert band_db(y, 3000, 7000) - band_db(y, 20, 250) > 30
+    bp, _ = run(Filter(kind="bandpass", bandpass_hz=((300, 300), (3400, 3400))), white, [4 * SR])
+    y = bp.audio[0].numpy()
+    assert band_db(y, 800, 2500) - band_db(y, 20, 100) > 25 and band_db(y, 800, 2500) - band_db(y, 6000, 8000) > 25
+    # zero phase: an impulse's peak stays where it was
+    imp = np.zeros((1, 4000), np.float32)
+    imp[0, 2000] = 1.0
+    o, _ = run(Filter(kind="lowpass", lowpass_hz=(3000, 3000)), imp, [4000])
+    assert int(np.argmax(o.audio[0].numpy())) == 2000
+    # per-sample kinds on real speech; padding stays 0
+    wave, L = speech
+    out, p = run(Filter(), wave, L)
+    assert p["kind"].unique().numel() > 1
+    pad = torch.arange(wave.shape[1])[None, :] >= torch.from_numpy(L)[:, None]
+    assert torch.all(out.audio[pad] == 0)
+
+
+def test_vtlp_moves_a_tone_by_alpha():
+    cfg = MelConfig(n_mels=80)
+    m = LogMel(cfg)
+    t = torch.from_numpy((0.3 * np.sin(2 * np.pi * 1000 * np.arange(SR) / SR)).astype(np.float32))[None]
+    base, _ = m(t, torch.tensor([SR]))
+    for alpha in (0.9, 1.1):
+        fb = warped_fbanks(cfg, torch.tensor([alpha]), boundary_hz=4800.0)
+        warped, _ = m(t, torch.tensor([SR]), fbanks=fb)
+        ref = LogMel(cfg)(torch.from_numpy((0.3 * np.sin(2 * np.pi * 1000 * alpha * np.arange(SR) / SR))
+                                           .astype(np.float32))[None], torch.tensor([SR]))[0]
+        peak = lambda f: int(f[0, :, 10:-10].mean(-1).argmax())  # noqa: E731
+        assert peak(warped) == peak(ref) != peak(base)
+    # alpha = 1 is the plain filterbank; the warp keeps 0 and Nyquist fixed
+    fb1 = warped_fbanks(cfg, torch.ones(2), 4800.0)
+    torch.testing.assert_close(fb1[0], m.fbanks, atol=2e-5, rtol=0)
+    from specstream.features import vtlp_warp
+
+    w = vtlp_warp(torch.tensor([0.0, 8000.0]), torch.tensor([0.9, 1.1]), SR, 4800.0)
+    torch.testing.assert_close(w, torch.tensor([[0.0, 8000.0], [0.0, 8000.0]]))
+
+
+FULL_CHAIN = [
+    {"op": "wave_gain", "min_db": -6, "max_db": 6},
+    {"op": "speed", "factors": [0.9, 1.0, 1.1]},
+    {"op": "reverb", "bank": "RIRS", "p": 0.7},
+    {"op": "background_noise", "bank": "NOISE", "snr_db": [5, 20], "p": 0.8},
+    {"op": "noise", "colour": ["white", "pink", "brown"], "snr_db": [10, 30], "p": 0.5},
+    {"op": "filter", "p": 0.5},
+    {"op": "distortion", "drive_db": [0, 12], "p": 0.3},
+    {"op": "vtlp", "alpha": [0.9, 1.1]},
+    {"op": "freq_mask", "max_width": 15, "count": 2},
+    {"op": "time_mask", "max_width": 20, "count": 2},
+]
+
+
+def chain(rir_dir, noise_dir):
+    ops = json.loads(json.dumps(FULL_CHAIN).replace('"RIRS"', json.dumps(rir_dir))
+                     .replace('"NOISE"', json.dumps(noise_dir)))
+    return build_policy({"ops": ops}, banks=lambda src: load_bank(src, SR))
+
+
+def test_featurize_chain_is_per_key_whatever_the_batch_and_replays(speech, rir_dir, noise_bank_dir):
+    wave, L = speech
+    policy = chain(rir_dir, noise_bank_dir)
+    assert policy.has_wave_ops and len(policy) == len(FULL_CHAIN)
+    m = LogMel(MelConfig())
+    keys = [f"k{i}" for i in range(len(L))]
+    w, Lt = torch.from_numpy(wave), torch.from_numpy(L)
+    out = policy.featurize(w, Lt, m, SR, keys=keys, seed=5, epoch=2)
+    assert [p["__name__"] for p in out.params] == [o["op"] for o in FULL_CHAIN]
+    # a sample alone (no padding, no neighbours) gets the same features as in the batch
+    for i in (0, int(np.argmin(L))):
+        alone = policy.featurize(w[i:i + 1, : L[i]], Lt[i:i + 1], m, SR, keys=[keys[i]], seed=5, epoch=2)
+        n = int(alone.lengths[0])
+        assert n == int(out.lengths[i])
+        torch.testing.assert_close(alone.features[0, :, :n], out.features[i, :, :n], atol=2e-3, rtol=1e-3)
+    # recorded parameters replay exactly
+    again = policy.featurize(w, Lt, m, SR, params=out.params)
+    torch.testing.assert_close(again.features, out.features, atol=0, rtol=0)
+    # the next epoch draws anew
+    other = policy.featurize(w, Lt, m, SR, keys=keys, seed=5, epoch=3)
+    assert not torch.equal(other.params[0]["db"], out.params[0]["db"])
+    # spectrogram-only entry points refuse a chain with waveform ops
+    with pytest.raises(ValueError, match="featurize"):
+        policy(out.features, out.lengths, keys=keys)
+
+
+def test_chain_order_and_bank_errors(tmp_path):
+    with pytest.raises(ValueError, match="must come before"):
+        Policy.from_dict({"ops": [{"op": "freq_mask"}, {"op": "speed"}]})
+    with pytest.raises(ValueError, match="at most one filterbank"):
+        Policy.from_dict({"ops": [{"op": "vtlp"}, {"op": "vtlp"}]})
+    with pytest.raises(BankError, match="no audio files"):
+        bank_items(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BankError, match="no audio files"):
+        load_bank(str(tmp_path / "empty"), SR)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.wav").write_bytes(b"RIFF junk that is not a wav")
+    with pytest.raises(BankError, match="none of its first clips decodes"):
+        check_bank(str(tmp_path / "broken"))
+    with pytest.raises(BankError, match="no usable audio"):
+        load_bank(str(tmp_path / "broken"), SR)
+    op = BackgroundNoise(str(tmp_path / "empty"))
+    with pytest.raises(BankError, match="not loaded"):
+        run(op, np.zeros((1, 100), np.float32), [100])
+
+
+def test_bank_from_tar_shards(tmp_path):
+    need_recordings(ASTERISK)
+    from conftest import flac_bytes, write_shard
+
+    clips = [load_wav(os.path.join(ASTERISK, f"digits/{d}.wav")) for d in range(5)]
+    write_shard(str(tmp_path / "noise-000000.tar"),
+                [{"__key__": f"d{d}", "flac": flac_bytes(c)} for d, c in enumerate(clips)] +
+                [{"__key__": "bad", "flac": b"not flac"}])
+    bank = load_bank(str(tmp_path), SR)
+    assert len(bank) == 5 and [n.split("#")[1] for n in bank.names] == [f"d{d}" for d in range(5)]
+    assert [p[0].split("#")[1] for p in bank.problems] == ["bad"]
+    np.testing.assert_allclose(bank.data[: len(clips[0])].numpy(), clips[0], atol=1e-4)  # 16-bit FLAC
+
+
+def test_wave_gain_is_exact():
+    x = np.full((2, 10), 0.1, np.float32)
+    out, p = run(WaveGain(-6, 6), x, [10, 5])
+    torch.testing.assert_close(out.audio, torch.from_numpy(x) * (10 ** (p["db"] / 20))[:, None])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU box)")
+def test_featurize_chain_cpu_cuda_parity(speech, rir_dir, noise_bank_dir):
+    """The whole featurize chain draws the same parameters on CUDA and gives the same
+    features (banks moved to the device once)."""
+    wave, L = speech
+    policy = chain(rir_dir, noise_bank_dir)
+    keys = [f"k{i}" for i in range(len(L))]
+    m = LogMel(MelConfig())
+    cpu = policy.featurize(torch.from_numpy(wave), torch.from_numpy(L), m, SR, keys=keys, seed=1)
+    gpu = policy.featurize(torch.from_numpy(wave).cuda(), torch.from_numpy(L).cuda(), m.cuda(), SR, keys=keys,
+                           seed=1)
+    for a, b in zip(cpu.params, gpu.params):
+        for k, v in a.items():
+            if isinstance(v, torch.Tensor) and not v.dtype.is_floating_point:
+                assert torch.equal(v, b[k].cpu()), (a["__name__"], k)
+    assert torch.equal(gpu.lengths.cpu(), cpu.lengths)
+    valid = cpu.features != 0
+    torch.testing.assert_close(gpu.features.cpu()[valid], cpu.features[valid], rtol=1e-3, atol=2e-2)
+
+
+def test_make_rir_bank_cli_is_seeded(tmp_path, capsys):
+    from specstream.cli import main
+
+    assert main(["make-rir-bank", str(tmp_path / "a"), "--count", "3", "--seed", "7"]) == 0
+    assert "wrote 3 RIRs" in capsys.readouterr().out
+    main(["make-rir-bank", str(tmp_path / "b"), "--count", "2", "--seed", "7", "--max-seconds", "0.5"])
+    import soundfile as sf
+
+    a0, sr = sf.read(tmp_path / "a" / "rir-000000.wav", dtype="float32")
+    b0, _ = sf.read(tmp_path / "b" / "rir-000000.wav", dtype="float32")
+    assert sr == SR and np.array_equal(a0[: len(b0)], b0)  # RIR i depends only on (seed, i)
+    rooms = [json.loads(x) for x in open(tmp_path / "b" / "manifest.jsonl")]
+    assert len(b0) == rooms[0]["direct_sample"] + SR // 2
+    assert all(0.2 <= r["rt60"] <= 0.9 for r in rooms)
