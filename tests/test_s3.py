@@ -58,3 +58,30 @@ def test_pipeline_from_s3(ray_session, s3_shards):
     got = [k for b in torch_batches(pipe.dataset, batch_size=32, device="cpu", ledger=pipe.ledger) for k in b["key"]]
     assert sorted(got) == sorted(keys)
     assert pipe.report()["totals"]["balanced"]
+
+
+def test_noise_bank_from_object_storage(s3_shards):
+    """A bank as an s3:// prefix: loose audio files and tar shards, listed recursively."""
+    import boto3
+    import numpy as np
+
+    from conftest import ALSA, need_recordings
+    from specstream.augment import BankError
+    from specstream.io.banks import bank_items, check_bank, load_bank
+
+    need_recordings(ALSA)
+    endpoint, d, keys = s3_shards
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.upload_file(os.path.join(ALSA, "Noise.wav"), "audio", "banks/noise/alsa/Noise.wav")
+    client.upload_file(os.path.join(d, "shard-000000.tar"), "audio", "banks/noise/shards/noise-000000.tar")
+    client.put_object(Bucket="audio", Key="banks/noise/LICENSE", Body=b"text")
+    storage = Storage(endpoint_url=endpoint, region="us-east-1")
+    items = bank_items("s3://audio/banks/noise/", storage)
+    assert items == ["s3://audio/banks/noise/alsa/Noise.wav", "s3://audio/banks/noise/shards/noise-000000.tar"]
+    assert check_bank("s3://audio/banks/noise/", storage) == (2, items[0])
+    bank = load_bank("s3://audio/banks/noise/", 16000, storage)
+    assert len(bank) == 1 + 25  # the file and every clip of the shard
+    local = load_bank(os.path.join(ALSA, "Noise.wav"), 16000)
+    np.testing.assert_array_equal(bank.data[: int(local.lengths[0])].numpy(), local.data.numpy())
+    with pytest.raises(BankError, match="no audio files"):
+        bank_items("s3://audio/banks/none/", storage)
