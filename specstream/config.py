@@ -39,6 +39,9 @@ class DecodeConfig:
     crop: str = "start"  # start | center | random (random is seeded by sample key)
     max_seconds: float = 600.0  # clips longer than this are quarantined before decoding
     num_cpus: float = 1.0
+    # custom Ray resources each read+decode task asks for, to pin it to some nodes
+    # (e.g. {cpu_node: 0.01} with nodes started as `ray start --resources '{"cpu_node": 100}'`)
+    resources: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +65,12 @@ class ActorsConfig:
     num_cpus: float = 1.0
     batch_size: int = 64
     device: Optional[str] = None  # default: cuda when the actor holds a GPU, else cpu
+    resources: Dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
+    max_restarts: int = -1  # a featurize actor that dies is restarted (its batch is retried)
+    # testing aid: the first actor to reach this many batches while fault_file exists removes
+    # the file and kills its own process (os._exit), as a crash would
+    fault_exit_after: Optional[int] = None
+    fault_file: Optional[str] = None
 
 
 @dataclass
@@ -108,6 +117,13 @@ class PipelineConfig:
             raise ConfigError("actors.compute: 'tasks' cannot hold GPUs; use 'actors' (or 'auto')")
         if a.count < 1 or (a.max_count is not None and a.max_count < a.count):
             raise ConfigError("actors: count must be >= 1 and max_count >= count")
+        for where, res in (("decode.resources", d.resources), ("actors.resources", a.resources)):
+            for k, v in res.items():
+                if k in ("CPU", "GPU", "memory") or v <= 0:
+                    raise ConfigError(f"{where}.{k}: custom resources only (use num_cpus/num_gpus), "
+                                      f"and amounts > 0")
+        if (a.fault_exit_after is None) != (a.fault_file is None):
+            raise ConfigError("actors.fault_exit_after and actors.fault_file go together")
         if a.num_gpus < 0 or a.batch_size < 1 or self.deliver.batch_size < 1:
             raise ConfigError("actors/deliver: num_gpus >= 0 and batch sizes >= 1")
         if self.features.sample_rate != d.sample_rate:
@@ -152,6 +168,10 @@ def _coerce(value, tp, where: str):
                 errors.append(e)
         raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, "
                           f"got {type(value).__name__}")
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if origin in (list, List):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")

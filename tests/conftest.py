@@ -42,18 +42,34 @@ def good_sample(key: str, label: int, sr: int = 16000, seconds: float = 1.0) -> 
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray cluster for the whole suite."""
+def ray_cluster():
+    """One Ray cluster for the whole suite, with two nodes (ray.cluster_utils.Cluster, both
+    on this machine): a CPU head (custom resource ``cpu_node``) and a second node with one
+    logical GPU (``gpu_node``), so placement across nodes is exercised by every test."""
     import ray
+    from ray.cluster_utils import Cluster
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    os.environ.update(env)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "resources": {"cpu_node": 100}, "object_store_memory": 512 << 20,
+        "include_dashboard": False})
+    cluster.add_node(num_cpus=2, num_gpus=1, resources={"gpu_node": 100}, object_store_memory=512 << 20)
+    ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": env})
+    cluster.wait_for_nodes()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    yield ray
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster):
+    import ray
+
+    return ray
 
 
 @pytest.fixture(scope="session")

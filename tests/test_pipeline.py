@@ -235,7 +235,7 @@ def test_a_layout_that_cannot_fit_fails_early(ray_session, clean_shards):
         build_pipeline(base_config(d, actors={"compute": "actors", "count": 3, "num_cpus": 1.0}),
                        reserved_cpus=1.0)
     with pytest.raises(ConfigError, match="GPUs"):
-        build_pipeline(base_config(d, actors={"num_gpus": 1.0}))
+        build_pipeline(base_config(d, actors={"num_gpus": 2.0}))
 
 
 def test_waveform_augmentation_through_ray_with_banks(ray_session, clean_shards, tmp_path):

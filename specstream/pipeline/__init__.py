@@ -10,9 +10,8 @@ This package is the only one that knows Ray. Typical use::
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import random
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -21,13 +20,13 @@ import ray
 from ..config import PipelineConfig, load_config
 from ..io.samples import ReaderOptions
 from ..io.shards import Storage, expand_shards
-from .datasource import ShardDatasource
+from .datasource import ShardDatasource, shard_order
 from .deliver import collate, torch_batches
 from .ledger import Ledger, LedgerSink, write_report
 from .stages import DecodeStage, FeaturizeStage, storage_of
 
 __all__ = ["Pipeline", "build_pipeline", "check_resources", "build_dataset", "torch_batches", "collate",
-           "DecodeStage", "FeaturizeStage", "storage_from_config"]
+           "DecodeStage", "FeaturizeStage", "FeaturizeActor", "storage_from_config", "shard_order"]
 
 
 def storage_from_config(cfg: PipelineConfig) -> Storage:
@@ -49,14 +48,6 @@ def check_banks(cfg: PipelineConfig, storage: Storage) -> None:
                 raise ConfigError(f"augment ({op.name}): {e}") from None
 
 
-def shard_order(urls: List[str], seed: int, epoch: int) -> List[str]:
-    """A seeded permutation of the shard list for one epoch."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
-    order = list(urls)
-    random.Random(int.from_bytes(digest, "little")).shuffle(order)
-    return order
-
-
 _STAGES: Dict[tuple, Any] = {}
 
 
@@ -73,6 +64,31 @@ class _PerProcess:
         if stage is None:
             stage = _STAGES[self.key] = self.stage_cls(self.config, self.sink)
         return stage(batch)
+
+
+class FeaturizeActor(FeaturizeStage):
+    """The featurize stage as a Ray Data actor: records the node it runs on in the ledger,
+    and carries the testing aid ``actors.fault_exit_after`` / ``fault_file`` (the first
+    actor to reach that many batches while the file exists deletes it and exits the
+    process: Ray restarts the actor and retries the batch)."""
+
+    def __init__(self, config, sink=None, ledger=None):
+        super().__init__(config, sink)
+        self._batches = 0
+        if ledger is not None:
+            ray.get(ledger.record_node.remote("featurize", ray.get_runtime_context().get_node_id()))
+
+    def __call__(self, batch):
+        self._batches += 1
+        a = self.cfg.actors
+        if a.fault_file and self._batches >= a.fault_exit_after:
+            try:
+                os.remove(a.fault_file)
+            except FileNotFoundError:
+                pass
+            else:
+                os._exit(1)
+        return super().__call__(batch)
 
 
 @dataclass
@@ -128,8 +144,6 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     storage = storage_from_config(cfg)
     urls = expand_shards(cfg.source.shards, storage)
     check_banks(cfg, storage)
-    if cfg.source.shuffle_shards:
-        urls = shard_order(urls, cfg.seed, cfg.epoch)
     if not ray.is_initialized():
         ray.init()
     if check_fit:
@@ -140,21 +154,26 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
                             block_rows=cfg.source.block_rows)
     cfg_dict = cfg.to_dict()
     source = ShardDatasource(urls, storage, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink),
-                             base_epoch=cfg.epoch)
+                             base_epoch=cfg.epoch,
+                             shuffle_seed=cfg.seed if cfg.source.shuffle_shards else None)
+    read_res = dict(cfg.decode.resources) or None
     ds = ray.data.read_datasource(source, override_num_blocks=len(urls),
-                                  num_cpus=cfg.decode.num_cpus)
+                                  num_cpus=cfg.decode.num_cpus, resources=read_res)
     a = cfg.actors
     if a.compute == "actors" or (a.compute == "auto" and a.num_gpus > 0):
         concurrency = a.count if a.max_count is None else (a.count, a.max_count)
-        ds = ds.map_batches(FeaturizeStage, batch_size=a.batch_size, batch_format="numpy",
-                            fn_constructor_kwargs={"config": cfg_dict, "sink": sink},
-                            concurrency=concurrency, num_gpus=a.num_gpus, num_cpus=a.num_cpus)
+        # Ray Data restarts pool actors (max_restarts=-1) and retries their batches by default
+        extra = {} if a.max_restarts == -1 else {"max_restarts": a.max_restarts}
+        ds = ds.map_batches(FeaturizeActor, batch_size=a.batch_size, batch_format="numpy",
+                            fn_constructor_kwargs={"config": cfg_dict, "sink": sink, "ledger": ledger},
+                            concurrency=concurrency, num_gpus=a.num_gpus, num_cpus=a.num_cpus,
+                            resources=dict(a.resources) or None, **extra)
     else:
         # Same resources as the read task and whole blocks as batches (Ray does not fuse a read with a
         # fixed-batch-size map), so that Ray fuses read+decode+featurize into one task
         # per shard. Featurize batches are then the reader's blocks (source.block_rows).
         ds = ds.map_batches(_PerProcess(FeaturizeStage, cfg_dict, sink), batch_size=None,
-                            batch_format="numpy", num_cpus=cfg.decode.num_cpus)
+                            batch_format="numpy", num_cpus=cfg.decode.num_cpus, resources=read_res)
     return Pipeline(cfg, urls, ds, ledger)
 
 

@@ -14,6 +14,8 @@ there.)
 """
 from __future__ import annotations
 
+import hashlib
+import random
 from typing import Callable, List, Optional
 
 import pyarrow as pa
@@ -22,16 +24,18 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from ..io.samples import SCHEMA, ReaderOptions, read_shard
+from ..io.shards import Storage, shard_sizes
 
 OUT_SCHEMA = SCHEMA.append(pa.field("epoch", pa.int64()))
-from ..io.shards import Storage, shard_sizes
 
 
 class ShardDatasource(Datasource):
     def __init__(self, urls: List[str], storage: Optional[Storage] = None,
                  options: Optional[ReaderOptions] = None, ledger=None,
-                 decode: Optional[Callable] = None, base_epoch: int = 0):
+                 decode: Optional[Callable] = None, base_epoch: int = 0,
+                 shuffle_seed: Optional[int] = None):
         super().__init__()
+        self.shuffle_seed = shuffle_seed
         self.decode = decode
         self.base_epoch = base_epoch
         self.urls = list(urls)
@@ -51,22 +55,42 @@ class ShardDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
                        data_context=None) -> List[ReadTask]:
         tasks = []
-        for url, size in zip(self.urls, self._sizes):
+        for slot, (url, size) in enumerate(zip(self.urls, self._sizes)):
             meta = BlockMetadata(num_rows=None, size_bytes=None if size is None else int(size),
-                                 exec_stats=None, input_files=(url,))
-            tasks.append(ReadTask(_make_read_fn(url, self.storage, self.options, self.ledger,
-                                                self.decode, self.base_epoch),
+                                 exec_stats=None, input_files=(url,) if self.shuffle_seed is None else None)
+            tasks.append(ReadTask(_make_read_fn(slot, self.urls, self.storage, self.options, self.ledger,
+                                                self.decode, self.base_epoch, self.shuffle_seed),
                                   meta, schema=OUT_SCHEMA if self.decode is None else None,
                                   per_task_row_limit=per_task_row_limit))
         return tasks
 
 
-def _make_read_fn(url: str, storage: Storage, options: ReaderOptions, ledger, decode, base_epoch: int):
+def shard_order(urls: List[str], seed: int, epoch: int) -> List[str]:
+    """A seeded permutation of the shard list for one epoch."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+    order = list(urls)
+    random.Random(int.from_bytes(digest, "little")).shuffle(order)
+    return order
+
+
+def _make_read_fn(slot: int, urls: List[str], storage: Storage, options: ReaderOptions, ledger, decode,
+                  base_epoch: int, shuffle_seed: Optional[int]):
     def read_fn():
         # Every pass over the dataset (each epoch of a Ray Train dataset shard) re-reads
         # the shards: rows carry epoch = base_epoch + pass, so augmentation differs per
-        # epoch and stays a pure function of (seed, epoch, key).
-        epoch = base_epoch + (ray.get(ledger.pass_of.remote(url)) if ledger is not None else 0)
+        # epoch and stays a pure function of (seed, epoch, key). With shuffling, read task
+        # ``slot`` of pass p reads shard shard_order(urls, seed, base_epoch + p)[slot]: each
+        # pass reads every shard once, in that epoch's order.
+        node = ray.get_runtime_context().get_node_id()
+        if shuffle_seed is None:
+            url = urls[slot]
+            pass_ = ray.get(ledger.pass_of.remote(url)) if ledger is not None else 0
+        else:
+            pass_ = ray.get(ledger.slot_pass.remote(slot)) if ledger is not None else 0
+            url = shard_order(urls, shuffle_seed, base_epoch + pass_)[slot]
+        if ledger is not None:
+            ray.get(ledger.assign.remote(pass_, slot, url, node))
+        epoch = base_epoch + pass_
         seen = 0
         chunk = 0
         pending = None
@@ -90,5 +114,6 @@ def _make_read_fn(url: str, storage: Storage, options: ReaderOptions, ledger, de
                 ray.get(pending)
             # the closing record marks the shard as finished (an empty chunk)
             ray.get(ledger.record_read.remote(url, chunk, 0, [], True))
+            ray.get(ledger.slot_done.remote(slot))
 
     return read_fn

@@ -26,11 +26,30 @@ class Ledger:
         self.passes: Counter = Counter()
         self.bad: Dict[tuple, dict] = {}
         self.delivered: Counter = Counter()
+        self.slot_passes: Counter = Counter()
+        self.assignments: Dict[int, Dict[int, str]] = {}  # pass -> read-task slot -> shard
+        self.nodes: Dict[str, set] = {}  # stage -> node ids it ran on
 
     def pass_of(self, shard: str) -> int:
         """How many passes over this shard have finished: the pass a new read belongs to
         (a retried read task of the same pass gets the same number)."""
         return self.passes[shard]
+
+    def slot_pass(self, slot: int) -> int:
+        """How many passes read task ``slot`` has finished (per-epoch shard permutation:
+        slot i reads shard order(epoch)[i])."""
+        return self.slot_passes[slot]
+
+    def assign(self, pass_: int, slot: int, shard: str, node: str = "") -> None:
+        self.assignments.setdefault(pass_, {})[slot] = shard
+        if node:
+            self.nodes.setdefault("read", set()).add(node)
+
+    def slot_done(self, slot: int) -> None:
+        self.slot_passes[slot] += 1
+
+    def record_node(self, stage: str, node: str) -> None:
+        self.nodes.setdefault(stage, set()).add(node)
 
     def record_read(self, shard: str, chunk: int, samples: int, entries: List[dict], done: bool) -> None:
         self.chunks.setdefault(shard, {})[chunk] = samples
@@ -50,8 +69,10 @@ class Ledger:
         read = Counter(self.done_total)
         for shard, chunks in self.chunks.items():
             read[shard] += sum(chunks.values())
-        return build_report(dict(read), dict(self.passes), list(self.bad.values()),
-                            dict(self.delivered))
+        report = build_report(dict(read), dict(self.passes), list(self.bad.values()), dict(self.delivered))
+        report["nodes"] = {stage: sorted(n) for stage, n in self.nodes.items()}
+        report["shard_order"] = {str(p): [a[i] for i in sorted(a)] for p, a in sorted(self.assignments.items())}
+        return report
 
 
 def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[dict],
