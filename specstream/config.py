@@ -26,6 +26,8 @@ class SourceConfig:
     endpoint_url: Optional[str] = None  # S3-compatible endpoint, e.g. http://127.0.0.1:9000
     region: Optional[str] = None
     buffer_mb: int = 8
+    read_retries: int = 5  # a remote read that fails resumes at the same byte this many times
+    retry_backoff: float = 0.2  # seconds before the first resume, doubling each time
     max_member_mb: float = 256.0  # members larger than this are quarantined unread
     block_rows: int = 256  # samples per Arrow block emitted by the reader
     shuffle_shards: bool = False  # seeded per-epoch permutation of the shard order

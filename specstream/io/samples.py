@@ -51,6 +51,7 @@ class ShardStats:
     rows: int = 0
     quarantined: int = 0
     bytes_read: int = 0
+    resumes: int = 0  # transient read errors survived by resuming at the same byte
     ignored_fields: Dict[str, int] = field(default_factory=dict)
 
 
@@ -91,7 +92,23 @@ def iter_samples(stream, shard: str, options: Optional[ReaderOptions] = None,
         return "quarantine", quarantine_entry(shard, p.key, "read", p.problem)
 
     region: Optional[str] = None  # reason of a corrupt region just met, if any
-    for item in iter_members(stream, options.max_member_bytes):
+    members = iter_members(stream, options.max_member_bytes)
+    while True:
+        try:
+            item = next(members)
+        except StopIteration:
+            break
+        except OSError as e:
+            # the storage failed for good (a remote stream has already resumed and retried):
+            # the sample in progress may be incomplete, the rest of the shard is unread
+            if cur is not None:
+                cur.problem = cur.problem or f"read failed inside this sample: {e}"
+                yield finish(cur)
+            stats.samples += 1
+            stats.quarantined += 1
+            yield "quarantine", quarantine_entry(shard, f"<unread:{getattr(stream, 'pos', '?')}>", "read",
+                                                 f"read failed; the rest of the shard was not read: {e}")
+            return
         if isinstance(item, Problem):
             if item.name is None:
                 # A stretch with no readable member names: one entry for the region. The
@@ -207,6 +224,7 @@ def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[Re
             else:
                 bad.append(obj)
     finally:
+        stats.resumes = getattr(stream, "resumes", 0)
         stream.close()
     if rows or bad:
         yield (rows_to_table(rows) if rows else None), bad, stats

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Sequence, Union
 
 import braceexpand
 
+log = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
 # pyarrow S3 streams crawl without an explicit read buffer (see ../shared/anchors.md).
 DEFAULT_BUFFER = 8 << 20
@@ -23,6 +26,8 @@ class Storage:
     region: Optional[str] = None
     buffer_size: int = DEFAULT_BUFFER
     options: Dict[str, Any] = field(default_factory=dict)  # extra pyarrow S3FileSystem kwargs
+    read_retries: int = 5  # resumes of a failing remote stream at the same byte before giving up
+    retry_backoff: float = 0.2  # seconds before the first resume, doubling each time
 
     def filesystem(self, url: str):
         """(pyarrow filesystem, path inside it) for a URL, or (None, local path)."""
@@ -108,13 +113,73 @@ def _remote_matches(fs, url: str, path: str) -> List[str]:
                   if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, path))
 
 
+class ResumableStream:
+    """A forward-only stream over an object that survives transient read errors: it keeps
+    its byte position and, when a read fails (connection reset, 5xx after the client's own
+    retries...), reopens the object and seeks back to that exact position (a ranged GET),
+    so no byte is lost and none is read twice. After ``retries`` failures in a row at the
+    same position the error is raised (the shard's remainder is then quarantined).
+
+    This is the guard against re-reading a half-consumed stream from its start, which would
+    duplicate every sample already emitted from the shard."""
+
+    def __init__(self, fs, path: str, buffer_size: int, retries: int = 5, backoff: float = 0.2):
+        self.fs, self.path, self.buffer_size = fs, path, buffer_size
+        self.retries, self.backoff = retries, backoff
+        self.pos = 0
+        self.resumes = 0
+        self._s = fs.open_input_stream(path, buffer_size=buffer_size)
+
+    def _reopen(self) -> None:
+        import pyarrow as pa
+
+        try:
+            self._s.close()
+        except Exception:  # noqa: BLE001 - the broken stream may fail to close
+            pass
+        raw = self.fs.open_input_file(self.path)
+        raw.seek(self.pos)
+        self._s = pa.BufferedInputStream(raw, self.buffer_size)
+
+    def read(self, n: int = -1) -> bytes:
+        failures = 0
+        while True:
+            try:
+                data = self._s.read(n)
+                self.pos += len(data)
+                return data
+            except OSError as e:
+                failures += 1
+                if failures > self.retries:
+                    raise OSError(f"{self.path}: read failed at byte {self.pos} after {self.retries} "
+                                  f"resumes: {e}") from e
+                log.warning("%s: read error at byte %d (%s); resuming there (attempt %d)",
+                            self.path, self.pos, e, failures)
+                time.sleep(self.backoff * 2 ** (failures - 1))
+                try:
+                    self._reopen()
+                    self.resumes += 1
+                except OSError:
+                    continue
+
+    def close(self) -> None:
+        self._s.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def open_shard(url: str, storage: Optional[Storage] = None) -> BinaryIO:
-    """A buffered, forward-only binary stream over a shard."""
+    """A buffered, forward-only binary stream over a shard (remote ones resume after
+    transient read errors: :class:`ResumableStream`)."""
     storage = storage or Storage()
     fs, path = storage.filesystem(url)
     if fs is None:
         return open(path, "rb", buffering=1 << 20)
-    return fs.open_input_stream(path, buffer_size=storage.buffer_size)
+    return ResumableStream(fs, path, storage.buffer_size, storage.read_retries, storage.retry_backoff)
 
 
 def shard_sizes(urls: Iterable[str], storage: Optional[Storage] = None) -> List[Optional[int]]:

@@ -113,7 +113,7 @@ def _make_read_fn(slot: int, urls: List[str], storage: Storage, options: ReaderO
             if pending is not None:
                 ray.get(pending)
             # the closing record marks the shard as finished (an empty chunk)
-            ray.get(ledger.record_read.remote(url, chunk, 0, [], True))
+            ray.get(ledger.record_read.remote(url, chunk, 0, [], True, stats.resumes if chunk else 0))
             ray.get(ledger.slot_done.remote(slot))
 
     return read_fn

@@ -27,6 +27,7 @@ class Ledger:
         self.bad: Dict[tuple, dict] = {}
         self.delivered: Counter = Counter()
         self.slot_passes: Counter = Counter()
+        self.resumes: Counter = Counter()  # transient read errors survived, per shard
         self.assignments: Dict[int, Dict[int, str]] = {}  # pass -> read-task slot -> shard
         self.nodes: Dict[str, set] = {}  # stage -> node ids it ran on
 
@@ -51,9 +52,12 @@ class Ledger:
     def record_node(self, stage: str, node: str) -> None:
         self.nodes.setdefault(stage, set()).add(node)
 
-    def record_read(self, shard: str, chunk: int, samples: int, entries: List[dict], done: bool) -> None:
+    def record_read(self, shard: str, chunk: int, samples: int, entries: List[dict], done: bool,
+                    resumes: int = 0) -> None:
         self.chunks.setdefault(shard, {})[chunk] = samples
         self.quarantine(entries)
+        if resumes:
+            self.resumes[shard] += resumes
         if done:
             self.done_total[shard] += sum(self.chunks.pop(shard).values())
             self.passes[shard] += 1
@@ -71,6 +75,11 @@ class Ledger:
             read[shard] += sum(chunks.values())
         report = build_report(dict(read), dict(self.passes), list(self.bad.values()), dict(self.delivered))
         report["nodes"] = {stage: sorted(n) for stage, n in self.nodes.items()}
+        for shard, n in self.resumes.items():
+            if shard in report["shards"]:
+                report["shards"][shard]["resumes"] = n
+        if self.resumes:
+            report["totals"]["resumes"] = sum(self.resumes.values())
         report["shard_order"] = {str(p): [a[i] for i in sorted(a)] for p, a in sorted(self.assignments.items())}
         return report
 
