@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import List, Optional
 
@@ -37,6 +38,77 @@ def _cmd_make_rir_bank(args) -> int:
     t60 = sorted(r.rt60 for r in rooms)
     print(f"wrote {len(rooms)} RIRs to {args.out} (RT60 {t60[0]:.2f}..{t60[-1]:.2f} s, "
           f"{args.sample_rate} Hz) + manifest.jsonl")
+    return 0
+
+
+def apply_overrides(data: dict, overrides: List[str]) -> dict:
+    """``key.sub=value`` (value parsed as YAML, safely; list items by index: augment.ops.1.bank=...)."""
+    import yaml
+
+    for item in overrides or []:
+        path, sep, raw = item.partition("=")
+        if not sep or not path:
+            raise SystemExit(f"--set {item!r}: expected key.path=value")
+        value = yaml.safe_load(raw)
+        node = data
+        keys = path.split(".")
+        for n, k in enumerate(keys):
+            last = n == len(keys) - 1
+            if isinstance(node, list):
+                try:
+                    idx = int(k)
+                    node[idx]
+                except (ValueError, IndexError):
+                    raise SystemExit(f"--set {path}: {k!r} is not an index of the list at "
+                                     f"{'.'.join(keys[:n])}") from None
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+                continue
+            if last:
+                node[k] = value
+            else:
+                if not isinstance(node.get(k), (dict, list)):
+                    node[k] = {}
+                node = node[k]
+    return data
+
+
+def _config_data(path: str, overrides: List[str]) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    return apply_overrides(data, overrides)
+
+
+def _cmd_run(args) -> int:
+    from .runner import run
+
+    summary = run(_config_data(args.config, args.set), epochs=args.epochs, report_path=args.report,
+                  progress=not args.quiet, batch_size=args.batch_size)
+    print(summary["text"])
+    return 0 if summary["report"]["totals"]["balanced"] else 1
+
+
+def _cmd_preview(args) -> int:
+    from .preview import preview
+
+    info = preview(_config_data(args.config, args.set), args.out, n=args.n, epoch=args.epoch)
+    print(f"wrote {args.out}: {len(info)} samples before/after augmentation")
+    for s in info:
+        print(f"  {s['key']} ({s['label']}): {json.dumps(s['params'])[:300]}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .io.inspect import format_inspection, inspect_shards, to_json
+    from .io.shards import Storage
+
+    storage = Storage(endpoint_url=args.endpoint_url, region=args.region)
+    summary = inspect_shards(args.shards, storage, label_field=args.label_field)
+    print(to_json(summary) if args.json else format_inspection(summary))
     return 0
 
 
@@ -79,6 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-seconds", type=float, default=1.0, help="RIR length kept after the direct path")
     r.add_argument("--max-order", type=int, default=40, help="cap on the image-source order (speed)")
     r.set_defaults(func=_cmd_make_rir_bank)
+
+    overrides = dict(action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value (YAML), e.g. source.shards=data/*.tar or augment.ops.0.p=0.5")
+    run = sub.add_parser("run", help="stream a config's pipeline to the end: live samples/s, JSON report")
+    run.add_argument("config", help="pipeline YAML (see configs/)")
+    run.add_argument("--set", **overrides)
+    run.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
+    run.add_argument("--batch-size", type=int, help="delivery batch size (default: deliver.batch_size)")
+    run.add_argument("--report", default="specstream-report.json", help="reconciliation report (JSON) path")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    pv = sub.add_parser("preview", help="N samples before/after augmentation, with their parameters (PNG)")
+    pv.add_argument("config")
+    pv.add_argument("--out", required=True, help="output image, e.g. preview.png")
+    pv.add_argument("-n", type=int, default=4, help="samples (default 4)")
+    pv.add_argument("--epoch", type=int, help="epoch to draw augmentation for (default: the config's)")
+    pv.add_argument("--set", **overrides)
+    pv.set_defaults(func=_cmd_preview)
+
+    ins = sub.add_parser("inspect", help="counts, durations, labels, sample rates and problems of shards")
+    ins.add_argument("shards", nargs="+", help="paths, globs, brace patterns, folders or s3:// URLs")
+    ins.add_argument("--label-field", default="cls", help="cls, txt or json:<name> (default cls)")
+    ins.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// shards")
+    ins.add_argument("--region")
+    ins.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    ins.set_defaults(func=_cmd_inspect)
     return p
 
 

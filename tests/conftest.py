@@ -72,6 +72,35 @@ def ray_session(ray_cluster):
     return ray
 
 
+def free_port(avoid=()) -> int:
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real S3 server for the suite: moto's ThreadedMotoServer on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def s3_client(endpoint):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
 @pytest.fixture(scope="session")
 def clean_shards(tmp_path_factory):
     """4 shards x 25 one-second 16 kHz FLAC clips, labels 0..9; returns (dir, keys)."""

@@ -1,37 +1,25 @@
 """Shards on a real S3 server (moto's ThreadedMotoServer on 127.0.0.1): glob, stream, pipeline."""
 import os
-import socket
 
 import pytest
+
+from conftest import s3_client
 
 from specstream.io.samples import read_shard
 from specstream.io.shards import Storage, expand_shards
 from specstream.pipeline import build_pipeline, torch_batches
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3_shards(clean_shards):
-    moto_server = pytest.importorskip("moto.server")
-    import boto3
-
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+def s3_shards(clean_shards, moto_endpoint):
+    endpoint = moto_endpoint
+    client = s3_client(endpoint)
     client.create_bucket(Bucket="audio")
     d, keys = clean_shards
     for name in sorted(os.listdir(d)):
         client.upload_file(os.path.join(d, name), "audio", f"train/{name}")
     client.put_object(Bucket="audio", Key="train/README.md", Body=b"not a shard")
-    yield endpoint, d, keys
-    server.stop()
+    return endpoint, d, keys
 
 
 def test_glob_and_stream_match_local(s3_shards):
