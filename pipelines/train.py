@@ -25,16 +25,23 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--report", default="specstream-report.json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (YAML), e.g. source.shards=s3://bucket/train/*.tar")
     args = p.parse_args(argv)
+
+    import os
 
     import ray
 
+    from specstream.cli import config_data
     from specstream.pipeline import build_pipeline
     from specstream.pipeline.stages import vocab_from_config
     from specstream.trainer import run_training
 
-    ray.init(include_dashboard=False) if not ray.is_initialized() else None
-    pipe = build_pipeline(args.config, reserved_cpus=args.workers * args.cpus_per_worker,
+    if not ray.is_initialized():
+        # under `ray job submit` RAY_ADDRESS names the cluster; alone, start a local one
+        ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(include_dashboard=False)
+    pipe = build_pipeline(config_data(args.config, args.set), reserved_cpus=args.workers * args.cpus_per_worker,
                           reserved_gpus=args.workers if args.gpu else 0)
     num_classes = len(vocab_from_config(pipe.config))
     t0 = time.perf_counter()

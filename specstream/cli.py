@@ -75,7 +75,8 @@ def apply_overrides(data: dict, overrides: List[str]) -> dict:
     return data
 
 
-def _config_data(path: str, overrides: List[str]) -> dict:
+def config_data(path: str, overrides: List[str]) -> dict:
+    """A config file's data with ``--set`` overrides applied (validated later, on load)."""
     import yaml
 
     with open(path, encoding="utf-8") as f:
@@ -86,7 +87,7 @@ def _config_data(path: str, overrides: List[str]) -> dict:
 def _cmd_run(args) -> int:
     from .runner import run
 
-    summary = run(_config_data(args.config, args.set), epochs=args.epochs, report_path=args.report,
+    summary = run(config_data(args.config, args.set), epochs=args.epochs, report_path=args.report,
                   progress=not args.quiet, batch_size=args.batch_size)
     print(summary["text"])
     return 0 if summary["report"]["totals"]["balanced"] else 1
@@ -95,7 +96,7 @@ def _cmd_run(args) -> int:
 def _cmd_preview(args) -> int:
     from .preview import preview
 
-    info = preview(_config_data(args.config, args.set), args.out, n=args.n, epoch=args.epoch)
+    info = preview(config_data(args.config, args.set), args.out, n=args.n, epoch=args.epoch)
     print(f"wrote {args.out}: {len(info)} samples before/after augmentation")
     for s in info:
         print(f"  {s['key']} ({s['label']}): {json.dumps(s['params'])[:300]}")
