@@ -115,7 +115,8 @@ def main(argv=None) -> int:
             rows.append((m, n, dt, smp, totals))
             print(f"{m:3d}x: {len(shards) * m:5d} shards, {n:7d} samples in {dt:6.1f} s ({n / dt:6.0f}/s); "
                   f"peak RSS of Ray processes + driver {smp.peak_total / 2**20:7.0f} MiB, largest process "
-                  f"{smp.peak_proc / 2**20:6.0f} MiB ({smp.samples} readings); balanced: {totals['balanced']}", flush=True)
+                  f"{smp.peak_proc / 2**20:6.0f} MiB ({smp.samples} readings); balanced: {totals['balanced']}",
+                  flush=True)
     ray.shutdown()
     base = rows[0]
     for m, n, dt, smp, _ in rows[1:]:

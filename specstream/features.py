@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
-import torchaudio
 
 WINDOWS = {
     "hann": torch.hann_window,

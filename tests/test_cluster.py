@@ -3,7 +3,6 @@ head and a node with a logical GPU), actor crashes, and per-epoch shard order.""
 import json
 import os
 
-import pytest
 import ray
 
 from specstream.pipeline import build_pipeline, shard_order, torch_batches

@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import matplotlib.image
-import numpy as np
 import pytest
 import yaml
 

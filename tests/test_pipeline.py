@@ -4,7 +4,6 @@ import json
 import os
 import threading
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch

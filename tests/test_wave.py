@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ALSA, ASTERISK, POCKETSPHINX, load_wav, need_recordings
-from specstream.augment import (AudioBank, Babble, BackgroundNoise, BankError, Context, Distortion, Filter,
-                                Noise, Policy, Reverb, Speed, Tempo, Vtlp, WaveBatch, WaveGain, build_policy)
+from specstream.augment import (Babble, BackgroundNoise, BankError, Context, Distortion, Filter,
+                                Noise, Policy, Reverb, Speed, Tempo, WaveBatch, WaveGain, build_policy)
 from specstream.augment.random import key_ids
 from specstream.augment.wave import power
 from specstream.features import LogMel, MelConfig, warped_fbanks

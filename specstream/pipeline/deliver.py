@@ -2,7 +2,7 @@
 batches on the trainer's device, with delivered counts reported to the run's ledger."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Union
+from typing import Dict, Iterator, Union
 
 import numpy as np
 import torch
