@@ -405,3 +405,29 @@ def test_make_rir_bank_cli_is_seeded(tmp_path, capsys):
     rooms = [json.loads(x) for x in open(tmp_path / "b" / "manifest.jsonl")]
     assert len(b0) == rooms[0]["direct_sample"] + SR // 2
     assert all(0.2 <= r["rt60"] <= 0.9 for r in rooms)
+
+
+def test_every_waveform_op_on_tiny_and_silent_samples(rir_dir, noise_bank_dir):
+    """1-, 5- and 100-sample clips and a silent one through every op at p = 1: finite
+    features, zero padding, silence stays without noise (its SNR is undefined)."""
+    ops = json.loads(json.dumps(FULL_CHAIN).replace('"RIRS"', json.dumps(rir_dir))
+                     .replace('"NOISE"', json.dumps(noise_bank_dir)))
+    for o in ops:
+        o["p"] = 1.0
+    ops[2:2] = [{"op": "tempo"}, {"op": "babble", "bank": noise_bank_dir}]
+    policy = build_policy({"ops": ops}, banks=lambda s: load_bank(s, SR))
+    L = torch.tensor([1, 5, 100, 399, 16000])
+    w = torch.zeros(5, 16000)
+    g = torch.Generator().manual_seed(0)
+    for i, n in enumerate(L.tolist()):
+        w[i, :n] = 0.1 * torch.randn(n, generator=g)
+    w[3] = 0.0
+    m = LogMel(MelConfig())
+    silent_floor = float(torch.log(torch.tensor(1e-6)))
+    for seed in range(5):
+        out = policy.featurize(w, L, m, SR, keys=[f"k{i}" for i in range(5)], seed=seed)
+        assert torch.isfinite(out.features).all()
+        pad = torch.arange(out.features.shape[-1])[None, :] >= out.lengths[:, None]
+        assert (out.features.permute(0, 2, 1)[pad] == 0).all()
+        valid3 = out.features[3, :, : out.lengths[3]]
+        assert ((valid3 == silent_floor) | (valid3 == 0)).all()  # log floor, or a mask's zero fill
