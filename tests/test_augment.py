@@ -360,3 +360,27 @@ def test_time_warp_moves_frame_targets_with_the_features():
     for b in range(4):  # monotone, inside the sample, ends fixed
         f = out.frame_targets[b, : L[b]]
         assert (f[1:] >= f[:-1]).all() and f[0] == 0 and f[-1] == L[b] - 1
+
+
+def _fmix_py(h):
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def test_hash32_matches_plain_integer_murmur_mixing_on_broadcast_shapes():
+    """The in-place tensor hash equals the same mixing done with Python integers."""
+    from specstream.augment.random import hash32
+
+    ids = [3, 2**40 + 17, 2**62 + 5]
+    words = [7, torch.tensor(ids)[:, None] >> 32, torch.arange(5)[None, :]]
+    got = hash32(words)
+    assert got.shape == (3, 5)
+    for b, i in enumerate(ids):
+        for t in range(5):
+            h = _fmix_py(7 ^ 0x9E3779B9)
+            for w in ((i >> 32) & 0xFFFFFFFF, t):
+                h = _fmix_py(((((h ^ w) * 0x27D4EB2F) & 0xFFFFFFFF) ^ (h >> 15)))
+            assert int(got[b, t]) == h

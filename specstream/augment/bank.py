@@ -58,9 +58,9 @@ class AudioBank:
     def segments(self, clip: torch.Tensor, offset: torch.Tensor, n: int) -> torch.Tensor:
         """[B, n]: clip ``clip[b]`` read from ``offset[b]`` on, looping over the clip when
         it is shorter than n (so any clip fills any sample)."""
-        L = self.lengths[clip][:, None]
         t = torch.arange(n, device=self.device, dtype=torch.int64)[None, :]
-        idx = self.starts[clip][:, None] + (offset[:, None] + t) % L
+        idx = offset[:, None] + t  # one index tensor, updated in place
+        idx.remainder_(self.lengths[clip][:, None]).add_(self.starts[clip][:, None])
         return self.data[idx]
 
     def padded(self) -> torch.Tensor:

@@ -69,12 +69,15 @@ def mix_at_snr(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_
                active: torch.Tensor) -> torch.Tensor:
     """x + g * noise with g per sample such that power(x) / power(g * noise), both over the
     sample's own length, equals 10 ** (snr_db / 10). A silent sample (or silent noise) gets
-    no noise: its SNR is undefined."""
-    ps, pn = power(x, lengths), power(noise, lengths)
+    no noise: its SNR is undefined. ``noise`` is scratch: it is cut at each length in place;
+    ``x`` has zero padding (the batch contract), so its power needs no mask."""
+    L = lengths.clamp(min=1).to(x.dtype)
+    noise.mul_(sample_valid(lengths, x.shape[-1]))
+    ps = torch.linalg.vector_norm(x, dim=-1).square_() / L
+    pn = torch.linalg.vector_norm(noise, dim=-1).square_() / L
     g = torch.sqrt(ps / (pn.clamp(min=1e-20) * 10.0 ** (snr_db / 10.0)))
     g = torch.where(active & (pn > 0), g, torch.zeros_like(g))
-    valid = sample_valid(lengths, x.shape[-1]).to(x.dtype)
-    return x + g[:, None].to(x.dtype) * noise * valid
+    return torch.addcmul(x, g[:, None].to(x.dtype), noise)
 
 
 def fft_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -90,7 +93,9 @@ def _active_rows(active: torch.Tensor) -> torch.Tensor:
 
 
 def _put(x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x with rows replaced by y (a new tensor; x untouched)."""
+    """x with rows (sorted, as nonzero() gives them) replaced by y; x untouched."""
+    if rows.numel() == x.shape[0]:
+        return y
     out = x.clone()
     out[rows] = y
     return out
@@ -136,16 +141,15 @@ COLOURS = ("white", "pink", "brown")
 def coloured_noise(keys: torch.Tensor, n: int, colour: torch.Tensor) -> torch.Tensor:
     """[B, n] gaussian noise from stream ``keys``, coloured per sample (0 white, 1 pink,
     2 brown) by causal IIR filters: sample t depends only on draws 0..t, never on n."""
-    u = stream_uniform(keys, n)
-    z = math.sqrt(2.0) * torch.erfinv((2 * u - 1).clamp(-1 + 1e-6, 1 - 1e-6))
-    out = z.clone()
+    z = stream_uniform(keys, n)  # -> standard normal through the inverse CDF, in place
+    z.mul_(2).sub_(1).clamp_(-1 + 1e-6, 1 - 1e-6).erfinv_().mul_(math.sqrt(2.0))
     for c, (b, a) in ((1, (_PINK_B, _PINK_A)), (2, (_BROWN_B, _BROWN_A))):
         rows = (colour == c).nonzero()[:, 0]
         if rows.numel():
             bt = torch.tensor(b, dtype=z.dtype, device=z.device)
             at = torch.tensor(a, dtype=z.dtype, device=z.device)
-            out[rows] = AF.lfilter(z[rows], at, bt, clamp=False)
-    return out
+            z[rows] = AF.lfilter(z[rows], at, bt, clamp=False)  # z[rows] on the right is a copy
+    return z
 
 
 class Noise(WaveOp):
@@ -238,11 +242,12 @@ class BackgroundNoise(BankOp):
         L, N = batch.lengths[rows], x.shape[-1]
         count, clip, offset = params["count"][rows], params["clip"][rows], params["offset"][rows]
         noise = x.new_zeros(rows.numel(), N)
+        valid = sample_valid(L, N)
         for k in range(int(count.max())):
-            seg = bank.segments(clip[:, k], offset[:, k], N).to(x.dtype)
-            level = torch.rsqrt(power(seg, L).clamp(min=1e-20))
+            seg = bank.segments(clip[:, k], offset[:, k], N).to(x.dtype).mul_(valid)
+            level = torch.rsqrt((torch.linalg.vector_norm(seg, dim=-1).square_() / L.clamp(min=1)).clamp(min=1e-20))
             on = (k < count).to(x.dtype)
-            noise += seg * (level * on)[:, None]
+            noise.addcmul_(seg, (level * on)[:, None])
         y = mix_at_snr(x[rows], noise, L, params["snr_db"][rows], params["active"][rows])
         return batch.replace(audio=_put(x, rows, y))
 
