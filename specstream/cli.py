@@ -103,6 +103,22 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _cmd_stats(args) -> int:
+    import yaml
+
+    from .runner import feature_stats
+
+    st = feature_stats(config_data(args.config, args.set), max_samples=args.max_samples, progress=not args.quiet)
+    text = yaml.safe_dump({"features": {"normalize": "global", "global_mean": st["global_mean"],
+                                        "global_std": st["global_std"]}}, default_flow_style=None, width=100)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    print(f"# {st['samples']} samples, {st['frames']} frames" + (f" -> {args.out}" if args.out else ""))
+    print(text if not args.out else "", end="")
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     from .io.inspect import format_inspection, inspect_shards, to_json
     from .io.shards import Storage
@@ -171,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--epoch", type=int, help="epoch to draw augmentation for (default: the config's)")
     pv.add_argument("--set", **overrides)
     pv.set_defaults(func=_cmd_preview)
+
+    st = sub.add_parser("stats", help="per-mel-bin mean/std of the clean features, for features.normalize: global")
+    st.add_argument("config")
+    st.add_argument("--max-samples", type=int, help="stop after this many samples (default: all)")
+    st.add_argument("--out", help="write the features: YAML snippet here")
+    st.add_argument("--set", **overrides)
+    st.add_argument("--quiet", action="store_true")
+    st.set_defaults(func=_cmd_stats)
 
     ins = sub.add_parser("inspect", help="counts, durations, labels, sample rates and problems of shards")
     ins.add_argument("shards", nargs="+", help="paths, globs, brace patterns, folders or s3:// URLs")

@@ -42,3 +42,43 @@ def run(config, epochs: int = 1, report_path: Optional[str] = None, progress: bo
     if report_path:
         lines.append(f"report: {report_path}")
     return {"epochs": per_epoch, "seconds": wall, "report": report, "text": "\n".join(lines)}
+
+
+def feature_stats(config, max_samples: Optional[int] = None, progress: bool = True) -> dict:
+    """Per-mel-bin mean and standard deviation of the clean features (no augmentation, no
+    normalisation) over each sample's valid frames, streamed through the pipeline: the
+    ``global_mean`` / ``global_std`` that ``features.normalize: global`` needs. Sums in
+    float64 per bin; stops after ``max_samples`` when given."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .config import load_config
+    from .pipeline import build_pipeline, torch_batches
+
+    cfg = load_config(config).to_dict()
+    cfg["augment"] = None
+    cfg["log_params"] = False
+    cfg["features"] = {**cfg["features"], "normalize": "none", "global_mean": None, "global_std": None}
+    pipe = build_pipeline(cfg)
+    s1 = s2 = None
+    frames = samples = 0
+    with tqdm(desc="statistics", unit=" samples", disable=not progress) as bar:
+        for b in torch_batches(pipe.dataset, batch_size=pipe.config.deliver.batch_size, device="cpu",
+                               ledger=pipe.ledger):
+            f = b["features"].double()
+            valid = (np.arange(f.shape[-1])[None, :] < b["length"].numpy()[:, None])
+            v = f.new_tensor(valid)[:, None, :]
+            bs1, bs2 = (f * v).sum((0, 2)), (f * f * v).sum((0, 2))
+            s1 = bs1 if s1 is None else s1 + bs1
+            s2 = bs2 if s2 is None else s2 + bs2
+            frames += int(valid.sum())
+            samples += len(b["key"])
+            bar.update(len(b["key"]))
+            if max_samples is not None and samples >= max_samples:
+                break
+    if not frames:
+        raise ValueError("statistics: no frames streamed")
+    mean = s1 / frames
+    std = (s2 / frames - mean * mean).clamp(min=1e-12).sqrt()
+    return {"samples": samples, "frames": frames, "global_mean": [round(float(x), 6) for x in mean],
+            "global_std": [round(float(x), 6) for x in std]}

@@ -218,3 +218,32 @@ def test_s3_config_streams_from_seaweedfs(ray_session, seaweedfs, labelled_shard
     assert report["totals"] == {"read": 36, "delivered": 36, "quarantined": 0, "shards": 3, "balanced": True}
     assert sorted(report["shards"]) == [f"s3://audio/train/shard-{i:06d}.tar" for i in range(3)]
     assert len(report["shard_order"]["0"]) == 3  # shuffle_shards: a seeded order per epoch
+
+
+def test_stats_feed_global_normalisation(ray_session, labelled_shards, tmp_path, capsys):
+    """`specstream stats` gives per-bin mean/std over valid frames; with them,
+    normalize: global yields zero mean, unit variance per bin over the same data."""
+    import torch
+
+    from specstream.pipeline import build_pipeline, torch_batches
+
+    d, keys = labelled_shards
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"source": {"shards": d}, "labels": {"num_classes": 10}, "augment": "LD",
+                                   "decode": {"mode": "full"}}))
+    out = tmp_path / "stats.yaml"
+    assert main(["stats", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert f"# {len(keys)} samples" in capsys.readouterr().out
+    feats = yaml.safe_load(out.read_text())["features"]
+    assert len(feats["global_mean"]) == len(feats["global_std"]) == 80
+    data = yaml.safe_load(cfg.read_text())
+    data["augment"] = None
+    data["features"] = feats
+    pipe = build_pipeline(data)
+    cols = []
+    for b in torch_batches(pipe.dataset, batch_size=8, device="cpu"):
+        for i, n in enumerate(b["length"].tolist()):
+            cols.append(b["features"][i, :, :n].double())
+    x = torch.cat(cols, dim=1)
+    torch.testing.assert_close(x.mean(1), torch.zeros(80, dtype=torch.float64), atol=2e-3, rtol=0)
+    torch.testing.assert_close(x.std(1, unbiased=False), torch.ones(80, dtype=torch.float64), atol=2e-3, rtol=0)
