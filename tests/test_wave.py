@@ -431,3 +431,34 @@ def test_every_waveform_op_on_tiny_and_silent_samples(rir_dir, noise_bank_dir):
         assert (out.features.permute(0, 2, 1)[pad] == 0).all()
         valid3 = out.features[3, :, : out.lengths[3]]
         assert ((valid3 == silent_floor) | (valid3 == 0)).all()  # log floor, or a mask's zero fill
+
+
+@pytest.mark.parametrize("op", [{"op": "speed", "factors": [0.9, 1.1]}, {"op": "tempo", "factors": [0.8, 1.25]}])
+def test_frame_targets_follow_speed_and_tempo(op):
+    """A tone burst from 0.5 s to 1.0 s labelled on its frames: after speed or tempo (and a
+    spectrogram time warp), the label boundary sits where the energy boundary is."""
+    t = np.arange(SR) / SR
+    x = np.where(t >= 0.5, 0.3 * np.sin(2 * np.pi * 700 * t), 0.0).astype(np.float32)
+    B = 6
+    wave = torch.from_numpy(np.tile(x, (B, 1)))
+    L = torch.full((B,), SR)
+    m = LogMel(MelConfig())
+    frames = int(m.cfg.num_frames(torch.tensor(SR)))
+    labels = (torch.arange(frames) >= 50).long().repeat(B, 1)  # frame 50 = 0.5 s
+    policy = build_policy({"ops": [op, {"op": "time_warp", "W": 10}]})
+    out = policy.featurize(wave, L, m, SR, keys=[f"u{i}" for i in range(B)], seed=2, frame_targets=labels)
+    factors = out.params[0]["factor"]
+    plain = build_policy({"ops": [op]}).featurize(wave, L, m, SR, keys=[f"u{i}" for i in range(B)], seed=2,
+                                                   frame_targets=labels)
+    for b in range(B):  # without the warp: exactly the factor's rescaling of frame 50
+        onset = int(torch.nonzero(plain.frame_targets[b])[0])
+        assert abs(onset - 50 / float(factors[b])) < 1
+    assert factors.unique().numel() == 2
+    for b in range(B):
+        n = int(out.lengths[b])
+        energy = out.features[b, :, :n].exp().sum(0)
+        onset_energy = int(torch.nonzero(energy > 0.1 * energy.max())[0])
+        onset_label = int(torch.nonzero(out.frame_targets[b, :n])[0])
+        assert abs(onset_energy - onset_label) <= 2, (float(factors[b]), onset_energy, onset_label)
+        assert abs(onset_label - 50 / float(factors[b])) <= 11  # moved by the factor (+- W of the warp)
+        assert (out.frame_targets[b, n:] == 0).all()

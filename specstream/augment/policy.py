@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .core import Batch, Context, Op
+from .core import Batch, Context, Op, gather_frames
 from .ops import OPS as SPEC_OPS
 from .ops import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, apply_masks
 from .random import key_ids as _key_ids
@@ -150,10 +150,15 @@ class Policy:
 
     def featurize(self, wave: torch.Tensor, num_samples: torch.Tensor, logmel, sample_rate: int,
                   keys=None, key_ids=None, targets: Optional[torch.Tensor] = None, seed: int = 0, epoch=0,
-                  params: Optional[List[Dict[str, torch.Tensor]]] = None) -> AugmentResult:
+                  params: Optional[List[Dict[str, torch.Tensor]]] = None,
+                  frame_targets: Optional[torch.Tensor] = None) -> AugmentResult:
         """Waveforms [B, N] with lengths in samples -> waveform ops -> log-mel (``logmel``,
         a :class:`specstream.features.LogMel`, with the VTLP filterbanks when the chain has
-        one) -> spectrogram ops. ``params`` replays recorded parameters instead of drawing."""
+        one) -> spectrogram ops. ``params`` replays recorded parameters instead of drawing.
+
+        ``frame_targets`` ([B, T] or [B, T, C], on the frames of the clean log-mel) follow the
+        content: through speed/tempo (output frame j takes the label of input frame
+        round(j * factor)) and then through the spectrogram ops' time warps and stretches."""
         device = wave.device
         if params is not None and len(params) != len(self.ops):
             raise ValueError(f"params hold {len(params)} ops, the policy has {len(self.ops)}")
@@ -164,11 +169,14 @@ class Policy:
                 return params[slot]
         recorded = []
         wb = WaveBatch(wave, num_samples.to(device).to(torch.int64), int(sample_rate), targets)
+        scale = torch.ones(wave.shape[0], dtype=torch.float64, device=device)  # input time per output time
         for slot in range(self._wave_end):
             op = self.ops[slot]
             p = draw(slot, op, wb)
             recorded.append(p)
-            wb = op.apply(wb, {k: v for k, v in p.items() if k != "__name__"})
+            bare = {k: v for k, v in p.items() if k != "__name__"}
+            wb = op.apply(wb, bare)
+            scale = scale * op.time_factor(bare).to(device=device, dtype=torch.float64)
         fbanks = None
         for slot in range(self._wave_end, self._spec_start):
             op = self.ops[slot]
@@ -176,7 +184,10 @@ class Policy:
             recorded.append(p)
             fbanks = op.filterbanks(logmel.cfg, p).to(wave.dtype)
         feats, frames = logmel(wb.audio, wb.lengths, fbanks=fbanks)
-        batch, spec_params = self._run(Batch(feats, frames, wb.targets), draw, start=self._spec_start)
+        if frame_targets is not None:
+            frame_targets = _rescale_frames(frame_targets.to(device), scale, frames, feats.shape[-1])
+        batch, spec_params = self._run(Batch(feats, frames, wb.targets, frame_targets), draw,
+                                       start=self._spec_start)
         return AugmentResult(batch.features, batch.lengths, batch.targets, recorded + spec_params,
                              batch.frame_targets)
 
@@ -227,6 +238,16 @@ class Policy:
             except TypeError as e:
                 raise ValueError(f"augment.ops[{n}] ({name}): {e}") from None
         return cls(ops, num_classes=num_classes)
+
+
+def _rescale_frames(ft: torch.Tensor, scale: torch.Tensor, frames: torch.Tensor, T: int) -> torch.Tensor:
+    """Frame targets after a change of time scale: output frame j takes input frame
+    round(j * scale) (nearest, clamped to the input), zero past each sample's frames."""
+    j = torch.arange(T, device=ft.device, dtype=torch.float64)[None, :]
+    src = torch.round(j * scale[:, None]).to(torch.int64).clamp_(0, ft.shape[1] - 1)
+    out = gather_frames(ft, src)
+    valid = (torch.arange(T, device=ft.device)[None, :] < frames[:, None])
+    return out * valid.reshape(valid.shape + (1,) * (out.dim() - 2)).to(out.dtype)
 
 
 def specaugment(W: int, F: int, mF: int, T: int, p: float, mT: int, fill="zero") -> Policy:

@@ -104,6 +104,10 @@ def _put(x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class WaveOp(Op):
     domain = "wave"
 
+    def time_factor(self, params: Params) -> torch.Tensor:
+        """Per sample, input duration / output duration (1 for ops that keep time)."""
+        return torch.ones_like(params["active"], dtype=torch.float64)
+
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -347,6 +351,9 @@ class Speed(WaveOp):
         f = torch.tensor(self.factors, device=ctx.device)
         return {"factor": f[randint(ctx.uniform(1)[:, 0], 0, len(self.factors) - 1)]}
 
+    def time_factor(self, params):
+        return torch.where(params["active"], params["factor"].double(), 1.0)
+
     @staticmethod
     def rates(sample_rate: int, factor: float) -> Tuple[int, int]:
         orig = int(round(sample_rate * factor))
@@ -384,6 +391,9 @@ class Tempo(WaveOp):
     def draw(self, ctx, batch):
         f = torch.tensor(self.factors, device=ctx.device)
         return {"factor": f[randint(ctx.uniform(1)[:, 0], 0, len(self.factors) - 1)]}
+
+    def time_factor(self, params):
+        return torch.where(params["active"], params["factor"].double(), 1.0)
 
     def apply(self, batch, params):
         x, L = batch.audio, batch.lengths
