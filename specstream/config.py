@@ -54,6 +54,9 @@ class LabelsConfig:
     num_classes: Optional[int] = None
     multi_label: bool = False
     required: bool = True  # a sample without a usable label is quarantined
+    # frame-level labels: json:<name> holding [[start_s, end_s, label], ...] (same vocabulary);
+    # delivered as frame_target [T, C] multi-hot on the feature frames, moved by the time ops
+    frame_field: Optional[str] = None
 
 
 @dataclass
@@ -113,6 +116,8 @@ class PipelineConfig:
             raise ConfigError(f"labels.vocab_file: {lab.vocab_file!r} does not exist")
         if not (lab.field in ("cls", "txt") or lab.field.startswith("json:")):
             raise ConfigError("labels.field: must be cls, txt or json:<name>")
+        if lab.frame_field is not None and not lab.frame_field.startswith("json:"):
+            raise ConfigError("labels.frame_field: must be json:<name> (a list of [start_s, end_s, label])")
         if a.compute not in ("auto", "actors", "tasks"):
             raise ConfigError("actors.compute: must be 'auto', 'actors' or 'tasks'")
         if a.compute == "tasks" and a.num_gpus > 0:

@@ -84,3 +84,36 @@ def encode_target(vocab: LabelVocab, value, multi_label: bool) -> Union[int, np.
     for item in items:
         hot[vocab.lookup(item)] = 1.0
     return hot
+
+
+def segments_of(field: str, json_text: Optional[str], vocab: LabelVocab) -> list:
+    """Timed segments ``[[start_s, end_s, label], ...]`` from ``json:<name>`` (an empty list
+    is fine: no event), as (start, end, class index) triples. LabelError when malformed."""
+    if not field.startswith("json:"):
+        raise ValueError("labels.frame_field: must be json:<name>")
+    value = None if json_text is None else json.loads(json_text).get(field[5:])
+    if value is None:
+        raise LabelError(f"no frame segments in field {field!r}")
+    if not isinstance(value, list):
+        raise LabelError(f"{field}: expected a list of [start_s, end_s, label], got {type(value).__name__}")
+    out = []
+    for seg in value:
+        if not (isinstance(seg, (list, tuple)) and len(seg) == 3 and all(isinstance(v, (int, float))
+                                                                       for v in seg[:2])):
+            raise LabelError(f"{field}: bad segment {seg!r} (expected [start_s, end_s, label])")
+        start, end = float(seg[0]), float(seg[1])
+        if not 0 <= start <= end:
+            raise LabelError(f"{field}: segment {seg!r} needs 0 <= start <= end")
+        out.append((start, end, vocab.lookup(seg[2])))
+    return out
+
+
+def frame_matrix(segments, num_frames: int, num_classes: int, frame_seconds: float,
+                 offset_seconds: float = 0.0) -> np.ndarray:
+    """[num_frames, num_classes] multi-hot: frame i (at time offset + i * frame_seconds) is
+    on for class c when a segment of c holds that time (start <= t < end)."""
+    out = np.zeros((num_frames, num_classes), dtype=np.float32)
+    t = offset_seconds + np.arange(num_frames) * frame_seconds
+    for start, end, c in segments:
+        out[(t >= start) & (t < end), c] = 1.0
+    return out

@@ -4,6 +4,7 @@ import json
 import os
 import threading
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -269,3 +270,35 @@ def test_waveform_augmentation_through_ray_with_banks(ray_session, clean_shards,
         cfg["augment"] = {"ops": [{"op": "reverb", "bank": bad}]}
         with pytest.raises(ConfigError, match=f"augment \\(reverb\\): bank .*{match}"):
             build_pipeline(cfg)
+
+
+def test_frame_labels_stream_to_padded_batches(ray_session, tmp_path):
+    """Timed events in the shards' json -> frame_target [B, T_max, C] on the delivered
+    batches, ragged clips padded with zeros, event onsets where the energy starts."""
+    d = tmp_path / "events"
+    d.mkdir()
+    samples, events = [], {}
+    for i in range(10):
+        sec, on = 0.8 + 0.1 * i, 0.2 + 0.03 * i
+        t = np.arange(int(sec * 16000)) / 16000
+        x = np.where((t >= on) & (t < on + 0.3), 0.3 * np.sin(2 * np.pi * 600 * t), 0.0).astype(np.float32)
+        events[f"e{i}"] = on
+        samples.append({"__key__": f"e{i}", "flac": flac_bytes(x), "cls": str(i % 10).encode(),
+                        "json": json.dumps({"events": [[on, on + 0.3, str(i % 10)]]}).encode()})
+    write_shard(str(d / "shard-000000.tar"), samples)
+    cfg = base_config(str(d), decode={"mode": "full"}, labels={"frame_field": "json:events"})
+    cfg["augment"] = {"ops": [{"op": "time_warp", "W": 5}]}
+    pipe = build_pipeline(cfg)
+    seen = set()
+    for b in torch_batches(pipe.dataset, batch_size=4, device="cpu", ledger=pipe.ledger):
+        ft = b["frame_target"]
+        assert ft.shape == (len(b["key"]), b["features"].shape[-1], 10)
+        for i, k in enumerate(b["key"]):
+            n, c = int(b["length"][i]), int(k[1:]) % 10
+            assert torch.all(ft[i, n:] == 0) and ft[i, :n, c].sum() > 20  # ~30 frames of event
+            energy = b["features"][i, :, :n].exp().sum(0)
+            e_on = int(torch.nonzero(energy > 0.1 * energy.max())[0])
+            l_on = int(torch.nonzero(ft[i, :n, c])[0])
+            assert abs(e_on - l_on) <= 2 and abs(l_on - events[k] * 100) <= 6
+            seen.add(k)
+    assert seen == set(events) and pipe.report()["totals"]["balanced"]

@@ -260,3 +260,60 @@ def test_featurize_stage_runs_waveform_chain_from_config(tmp_path):
         assert 0.9 <= p["3:vtlp"]["alpha"] <= 1.1 and p["2:background_noise"]["snr_db"] == 10.0
     again = stage(batch)  # same keys, seed and epoch: same features
     np.testing.assert_array_equal(again["features"], out["features"])
+
+
+def burst(seconds, on, off, sr=16000, freq=700.0):
+    t = np.arange(int(seconds * sr)) / sr
+    return np.where((t >= on) & (t < off), 0.3 * np.sin(2 * np.pi * freq * t), 0.0).astype(np.float32)
+
+
+def onsets(features, frame_target, n, c):
+    energy = np.exp(features[:, :n]).sum(0)
+    e_on = int(np.nonzero(energy > 0.1 * energy.max())[0][0])
+    lab = np.nonzero(frame_target[:n, c] > 0.5)[0]
+    return e_on, (int(lab[0]) if len(lab) else None)
+
+
+def test_frame_labels_from_segments_follow_crop_speed_and_warp():
+    """json segments -> frame multi-hot on the feature frames; random crops shift them,
+    speed and time warp move them with the content; malformed segments are quarantined."""
+    rows = []
+    for i in range(8):
+        on = 0.4 + 0.05 * i
+        rows.append({"key": f"b{i}", "audio": flac_bytes(burst(1.6, on, on + 0.5)), "cls": "dog",
+                     "json": json.dumps({"events": [[on, on + 0.5, "bird"]]})})
+    rows.append({"key": "bad", "audio": flac_bytes(burst(1.6, 0.5, 1.0)), "cls": "dog",
+                 "json": json.dumps({"events": [[1.0, 0.5, "bird"]]})})
+    rows.append({"key": "unknown", "audio": flac_bytes(burst(1.6, 0.5, 1.0)), "cls": "dog",
+                 "json": json.dumps({"events": [[0.1, 0.5, "horse"]]})})
+    c = cfg(labels={"frame_field": "json:events"}, decode={"crop": "random"},
+            augment={"ops": [{"op": "speed", "factors": [0.9, 1.1]}, {"op": "time_warp", "W": 8}]})
+    sink = Sink()
+    dec = DecodeStage(c, sink)(table(rows))
+    assert sorted(e["key"] for e in sink) == ["bad", "unknown"]
+    assert "start <= end" in [e for e in sink if e["key"] == "bad"][0]["reason"]
+    out = FeaturizeStage(c, device="cpu")(dec)
+    ft = out["frame_target"]
+    assert ft.shape == (8, 101, 3) and ft.dtype == np.float32
+    assert np.all(ft[:, :, :2] == 0)  # only "bird" (class 2) is ever on
+    for i in range(8):
+        e_on, l_on = onsets(out["features"][i], ft[i], int(out["length"][i]), 2)
+        assert l_on is not None and abs(e_on - l_on) <= 2, (i, e_on, l_on)
+        assert np.all(ft[i, out["length"][i]:] == 0)
+    # the crop moved the events: onsets differ from the uncropped times
+    starts = {int(np.nonzero(ft[i, :, 2])[0][0]) for i in range(8)}
+    assert len(starts) > 3
+
+
+def test_mixup_mixes_frame_labels_where_features_mixed():
+    rows = [{"key": f"m{i}", "audio": flac_bytes(burst(1.0, 0.1 * i, 0.1 * i + 0.3)), "cls": "dog",
+             "json": json.dumps({"ev": [[0.1 * i, 0.1 * i + 0.3, ["dog", "cat", "bird"][i % 3]]]})}
+            for i in range(6)]
+    c = cfg(labels={"frame_field": "json:ev"}, augment={"ops": [{"op": "mixup", "alpha": 1.0}]}, log_params=True)
+    dec = DecodeStage(c)(table(rows))
+    clean = FeaturizeStage(cfg(labels={"frame_field": "json:ev"}), device="cpu")(dec)["frame_target"]
+    out = FeaturizeStage(c, device="cpu")(dec)
+    for i in range(6):
+        p = json.loads(out["aug_params"][i])["0:mixup"]
+        lam, j = p["lam"], p["partner"]
+        np.testing.assert_allclose(out["frame_target"][i], lam * clean[i] + (1 - lam) * clean[j], atol=1e-6)

@@ -580,7 +580,13 @@ class Mixup(Op):
             y = lam[:, None] * y + (1 - lam[:, None]) * y[j]
             if self.smoothing:
                 y = y * (1 - self.smoothing) + self.smoothing / y.shape[-1]
-        return batch.replace(features=out, targets=y)
+        ft = batch.frame_targets
+        if ft is not None:  # frame labels mix where the features mixed (both samples hold signal)
+            ft = _soft_targets(ft, self.num_classes) if ft.dim() == 2 else ft.float()
+            both_t = time_valid(torch.minimum(L, L[j]), ft.shape[1])[:, :, None]
+            lam3 = lam[:, None, None].to(ft.dtype)
+            ft = torch.where(both_t, lam3 * ft + (1 - lam3) * ft[j], ft)
+        return batch.replace(features=out, targets=y, frame_targets=ft)
 
 
 class Overlay(Op):
@@ -619,7 +625,11 @@ class Overlay(Op):
         y = batch.targets
         if y is not None and self.multi_label:
             y = torch.where(active[:, None], torch.maximum(y, y[j]), y)
-        return batch.replace(features=out, targets=y)
+        ft = batch.frame_targets
+        if ft is not None and self.multi_label and ft.dim() == 3:  # union where both hold signal
+            on = (both.bool()[:, 0, :] & active[:, None])[:, :, None]
+            ft = torch.where(on, torch.maximum(ft, ft[j]), ft)
+        return batch.replace(features=out, targets=y, frame_targets=ft)
 
 
 class Vtlp(Op):

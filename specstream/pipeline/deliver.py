@@ -14,7 +14,8 @@ from .stages import pad_stack
 def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
     """numpy batch -> torch batch: ``features`` [B, n_mels, T_max] zero-padded, ``length`` [B],
     ``target`` ([B] int64 or [B, C] float32), ``key`` and ``shard`` as lists of str (and
-    ``aug_params``, JSON per sample, when the pipeline logs them)."""
+    ``aug_params``, JSON per sample, when the pipeline logs them; ``frame_target`` [B, T_max, C]
+    with ``labels.frame_field``)."""
     feats = pad_stack(batch["features"], length_axis=-1)
     out = {
         "features": torch.from_numpy(np.array(feats, dtype=np.float32)),
@@ -26,6 +27,9 @@ def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
         out["epoch"] = torch.from_numpy(np.array(batch["epoch"], dtype=np.int64))
     if "aug_params" in batch:
         out["aug_params"] = [str(p) for p in batch["aug_params"]]
+    if "frame_target" in batch:  # [B, T_max, C], zero past each sample's frames
+        out["frame_target"] = torch.from_numpy(np.array(pad_stack(batch["frame_target"], length_axis=-2),
+                                                        dtype=np.float32))
     target = batch.get("target")
     if target is not None:
         t = np.asarray(target) if getattr(target, "dtype", None) != object else np.stack(list(target))
@@ -59,7 +63,7 @@ def torch_batches(source, batch_size: int = 64, device: Union[str, torch.device,
         for batch in source.iter_batches(batch_size=batch_size, batch_format="numpy",
                                          prefetch_batches=prefetch_batches, drop_last=drop_last):
             out = collate(batch)
-            for name in ("features", "length", "target"):
+            for name in ("features", "length", "target", "frame_target"):
                 if name in out:
                     t = out[name].pin_memory() if pin else out[name]
                     out[name] = t.to(device, non_blocking=pin)

@@ -23,7 +23,7 @@ from ..io.audio import AudioError, decode_audio
 from ..io.banks import cached_loader
 from ..io.shards import Storage
 from ..io.samples import quarantine_entry
-from ..labels import LabelError, LabelVocab, encode_target, label_of
+from ..labels import LabelError, LabelVocab, encode_target, frame_matrix, label_of, segments_of
 
 Sink = Callable[[List[dict]], None]
 Batch = Dict[str, np.ndarray]
@@ -58,7 +58,8 @@ class DecodeStage:
 
     Output columns: ``key``, ``shard``, ``key_id`` (int64), ``audio`` ([B, N] float32 in
     fixed mode; one 1-D array per row in full mode), ``num_samples`` (int64, samples of
-    signal before padding), ``target`` (int64 class, or [B, C] float32 multi-hot).
+    signal before padding), ``target`` (int64 class, or [B, C] float32 multi-hot), and with
+    ``labels.frame_field`` ``segments`` (JSON, times relative to the kept audio).
     """
 
     def __init__(self, config, sink: Optional[Sink] = None):
@@ -106,7 +107,7 @@ class DecodeStage:
         if d.mode == "fixed" and d.crop == "random":
             crop_u = uniform(self.cfg.seed, torch.from_numpy(epochs), torch.from_numpy(ids), CROP_OP)[:, 0].numpy()
 
-        good, waves, lengths, targets, bad = [], [], [], [], []
+        good, waves, lengths, targets, bad, segments = [], [], [], [], [], []
         for i, key in enumerate(keys):
             try:
                 target = None
@@ -117,15 +118,26 @@ class DecodeStage:
                     if lab.required:
                         raise
                     target = np.zeros(len(self.vocab), np.float32) if lab.multi_label else -1
+                segs = (segments_of(lab.frame_field, jsn[i], self.vocab) if lab.frame_field is not None
+                        else None)
+                crop_start = [0.0]
                 if d.mode == "fixed":
-                    x, sr = decode_audio(audio[i], d.max_seconds,
-                                         window=self._crop_window(crop_u[i] if crop_u is not None else 0.0))
+                    base = self._crop_window(crop_u[i] if crop_u is not None else 0.0)
+
+                    def window(sr, frames, base=base, crop_start=crop_start):
+                        start, n = base(sr, frames)
+                        crop_start[0] = start / sr
+                        return start, n
+
+                    x, sr = decode_audio(audio[i], d.max_seconds, window=window)
                 else:
                     x, sr = decode_audio(audio[i], max_seconds=d.max_seconds)
                 x = self._resample(x, sr)
             except (AudioError, LabelError) as e:
                 bad.append(quarantine_entry(shards[i], key, "decode", str(e)))
                 continue
+            if segs is not None:  # segment times relative to the kept audio's first sample
+                segments.append(json.dumps([[a - crop_start[0], b - crop_start[0], c] for a, b, c in segs]))
             good.append(i)
             waves.append(x)
             lengths.append(min(len(x), clip_n) if d.mode == "fixed" else len(x))
@@ -155,6 +167,8 @@ class DecodeStage:
                              else np.zeros((0, len(self.vocab)), np.float32))
         else:
             out["target"] = np.asarray(targets, dtype=np.int64)
+        if lab.frame_field is not None:
+            out["segments"] = np.array(segments, dtype=object)  # JSON [[start_s, end_s, class], ...]
         return out
 
 
@@ -210,7 +224,9 @@ class FeaturizeStage:
 
     For ``map_batches(FeaturizeStage, compute=ActorPoolStrategy(...), num_gpus=...)``. Output
     columns: ``key``, ``shard``, ``features`` ([B, n_mels, T] float32; in full mode one
-    [n_mels, T_i] array per row, trimmed to its length), ``length`` (frames), ``target``.
+    [n_mels, T_i] array per row, trimmed to its length), ``length`` (frames), ``target``,
+    and with ``labels.frame_field`` ``frame_target`` ([B, T, C] multi-hot, moved by the
+    time ops like the features; [T_i, C] per row in full mode).
     """
 
     def __init__(self, config, sink: Optional[Sink] = None, device: Optional[str] = None):
@@ -224,6 +240,16 @@ class FeaturizeStage:
         for op in self.policy.bank_ops():  # onto the device now, not inside the first batch
             op.loaded(self.device)
 
+    def _frame_targets(self, segments, T: int) -> np.ndarray:
+        """[B, T, C] multi-hot on the clean log-mel frames (frame i at i * hop, or at
+        i * hop + n_fft / 2 without centring) from the decode stage's segments."""
+        f = self.cfg.features
+        hop_s = f.hop_length / f.sample_rate
+        offset = 0.0 if f.center else f.n_fft / 2 / f.sample_rate
+        C = len(vocab_from_config(self.cfg))
+        return np.stack([frame_matrix(json.loads(s), T, C, hop_s, offset) for s in segments]) if len(segments) \
+            else np.zeros((0, T, C), np.float32)
+
     @torch.no_grad()
     def __call__(self, batch: Batch) -> Batch:
         wave = _tensor(pad_stack(batch["audio"]), self.device)
@@ -232,14 +258,20 @@ class FeaturizeStage:
         targets = _tensor(batch["target"], self.device)
         T = int(self.cfg.features.num_frames(torch.tensor(wave.shape[-1])))
         epoch = _tensor(batch["epoch"], self.device, np.int64) if "epoch" in batch else self.cfg.epoch
+        frame_targets = None
+        if self.cfg.labels.frame_field is not None:
+            frame_targets = _tensor(self._frame_targets(batch["segments"], T), self.device)
         out = self.policy.featurize(wave, nsamp, self.logmel, self.cfg.decode.sample_rate, key_ids=ids,
-                                    targets=targets, seed=self.cfg.seed, epoch=epoch)
+                                    targets=targets, seed=self.cfg.seed, epoch=epoch, frame_targets=frame_targets)
         feats, lengths = finalize(out.features, out.lengths, self.cfg.features), out.lengths
+        ft = out.frame_targets
         if self.cfg.decode.mode == "fixed" and feats.shape[-1] != T:
             # fixed mode keeps a fixed shape: a stretched (slowed) sample is cut to the clip's
             # frames, a batch of sped-up samples is zero-padded back to them
             feats = torch.nn.functional.pad(feats, (0, T - feats.shape[-1])) if feats.shape[-1] < T \
                 else feats[..., :T]
+            if ft is not None:
+                ft = torch.nn.functional.pad(ft, (0, 0, 0, T - ft.shape[1])) if ft.shape[1] < T else ft[:, :T]
             lengths = lengths.clamp(max=T)
         feats = feats.float().cpu().numpy()
         lengths = lengths.cpu().numpy().astype(np.int64)
@@ -247,12 +279,20 @@ class FeaturizeStage:
                          "epoch": np.asarray(batch["epoch"]) if "epoch" in batch
                          else np.full(len(lengths), self.cfg.epoch, dtype=np.int64),
                          "target": out.targets.cpu().numpy()}
+        if ft is not None:
+            ft = ft.float().cpu().numpy()
         if self.cfg.decode.mode == "full":
             rows = np.empty(len(lengths), dtype=object)
             rows[:] = [feats[i, :, : lengths[i]] for i in range(len(lengths))]
             result["features"] = rows
+            if ft is not None:
+                frows = np.empty(len(lengths), dtype=object)
+                frows[:] = [ft[i, : lengths[i]] for i in range(len(lengths))]
+                result["frame_target"] = frows
         else:
             result["features"] = feats
+            if ft is not None:
+                result["frame_target"] = ft
         if self.cfg.log_params:
             result["aug_params"] = np.array([json.dumps(out.params_for(i, max_values=64))
                                              for i in range(len(lengths))], dtype=object)
