@@ -20,8 +20,9 @@ NAMES = ["speech", "music", "noise"]
 
 @pytest.fixture(scope="module")
 def labelled_shards(tmp_path_factory):
-    """3 shards x 12 clips with both label schemes the configs use: .cls = class index
-    0..9 and .json {"label": speech|music|noise}; durations 0.5..1.6 s."""
+    """3 shards x 12 clips with the label schemes the configs use: .cls = class index 0..9
+    and .json {"label": speech|music|noise, "events": [[start_s, end_s, label], ...]};
+    durations 0.5..1.6 s."""
     d = tmp_path_factory.mktemp("cfgdata")
     keys = []
     for s in range(3):
@@ -29,8 +30,10 @@ def labelled_shards(tmp_path_factory):
         for i in range(12):
             key = f"c{s}_{i:02d}"
             n = s * 12 + i
+            events = [[0.1, 0.3, NAMES[n % 3]], [0.2, 0.4, NAMES[(n + 1) % 3]]]
             samples.append({"__key__": key, "flac": flac_bytes(tone(0.5 + 0.03 * n, freq=150 + 40 * (n % 10))),
-                            "cls": str(n % 10).encode(), "json": json.dumps({"label": NAMES[n % 3]}).encode()})
+                            "cls": str(n % 10).encode(),
+                            "json": json.dumps({"label": NAMES[n % 3], "events": events}).encode()})
             keys.append(key)
         write_shard(str(d / f"shard-{s:06d}.tar"), samples)
     return str(d), keys
@@ -76,7 +79,8 @@ def run_cli(config, sets, tmp_path):
 
 def test_configs_are_all_here():
     assert {os.path.basename(c) for c in CONFIGS} >= {"reference-corpus.yaml", "s3-example.yaml",
-                                                      "cluster-gpu.yaml", "waveform-augment.yaml"}
+                                                      "cluster-gpu.yaml", "waveform-augment.yaml",
+                                                      "sound-events.yaml"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=os.path.basename)

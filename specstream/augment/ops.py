@@ -547,7 +547,9 @@ class Mixup(Op):
     hold signal (frames past the partner's length keep the sample's own). Targets become
     soft: lambda * y_i + (1 - lambda) * y_j (one-hot for class indices, with optional
     label smoothing), or the same mix of multi-hot vectors. ``params`` hold (partner,
-    lam) per sample, for mixing sequence losses (CTC, seq2seq) too."""
+    lam) per sample, for mixing sequence losses (CTC, seq2seq) too. Soft or multi-hot
+    frame targets [B, T, C] mix like the features; integer frame targets are left as they
+    are (mix their losses with the recorded partner and lambda)."""
 
     name = "mixup"
 
@@ -581,8 +583,9 @@ class Mixup(Op):
             if self.smoothing:
                 y = y * (1 - self.smoothing) + self.smoothing / y.shape[-1]
         ft = batch.frame_targets
-        if ft is not None:  # frame labels mix where the features mixed (both samples hold signal)
-            ft = _soft_targets(ft, self.num_classes) if ft.dim() == 2 else ft.float()
+        if ft is not None and ft.dim() == 3 and ft.dtype.is_floating_point:
+            # soft / multi-hot frame labels mix where the features mixed (both hold signal);
+            # integer frame labels (class per frame) stay: mix their losses with (partner, lam)
             both_t = time_valid(torch.minimum(L, L[j]), ft.shape[1])[:, :, None]
             lam3 = lam[:, None, None].to(ft.dtype)
             ft = torch.where(both_t, lam3 * ft + (1 - lam3) * ft[j], ft)
