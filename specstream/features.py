@@ -144,12 +144,17 @@ class LogMel(torch.nn.Module):
         return feats * valid[:, None, :], frames
 
 
+def lengths_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, n] bool: position t holds signal (t < the sample's length)."""
+    return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
+
+
 def finalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
     """After augmentation: natural log -> dB (``log: db``, with the per-sample ``top_db``
     floor below each sample's own maximum), then mean/variance normalisation."""
     if cfg.log == "db":
         feats = feats * (10.0 / math.log(10.0))
-        valid = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < lengths[:, None])[:, None, :]
+        valid = lengths_mask(lengths, feats.shape[-1])[:, None, :]
         if cfg.top_db is not None:
             peak = torch.where(valid, feats, torch.full_like(feats, -math.inf)).amax((1, 2), keepdim=True)
             feats = torch.maximum(feats, peak - cfg.top_db)
@@ -164,7 +169,7 @@ def normalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig, eps: f
         return feats
     if cfg.normalize == "utterance":
         return utterance_mvn(feats, lengths, eps)
-    valid = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < lengths[:, None])[:, None, :]
+    valid = lengths_mask(lengths, feats.shape[-1])[:, None, :]
     mean = torch.tensor(cfg.global_mean, dtype=feats.dtype, device=feats.device)[None, :, None]
     std = torch.tensor(cfg.global_std, dtype=feats.dtype, device=feats.device)[None, :, None]
     return (feats - mean) / std * valid
@@ -172,7 +177,7 @@ def normalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig, eps: f
 
 def utterance_mvn(feats: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Per sample and bin: zero mean, unit variance over the sample's own frames; padding 0."""
-    valid = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < lengths[:, None])[:, None, :]
+    valid = lengths_mask(lengths, feats.shape[-1])[:, None, :]
     n = valid.sum(-1, keepdim=True).clamp(min=1).to(feats.dtype)
     mean = (feats * valid).sum(-1, keepdim=True) / n
     var = (((feats - mean) * valid) ** 2).sum(-1, keepdim=True) / n

@@ -101,19 +101,22 @@ def s3_client(endpoint):
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
+def write_shard_set(d, shards: int, per_shard: int, make):
+    """``shards`` tars shard-NNNNNN.tar in d, sample i of shard s = make(s, i) (a dict with
+    __key__); returns (str(d), keys in order)."""
+    keys = []
+    for s in range(shards):
+        samples = [make(s, i) for i in range(per_shard)]
+        keys.extend(x["__key__"] for x in samples)
+        write_shard(os.path.join(d, f"shard-{s:06d}.tar"), samples)
+    return str(d), keys
+
+
 @pytest.fixture(scope="session")
 def clean_shards(tmp_path_factory):
     """4 shards x 25 one-second 16 kHz FLAC clips, labels 0..9; returns (dir, keys)."""
-    d = tmp_path_factory.mktemp("clean")
-    keys = []
-    for s in range(4):
-        samples = []
-        for i in range(25):
-            key = f"s{s}_{i:03d}"
-            samples.append(good_sample(key, (s * 25 + i) % 10))
-            keys.append(key)
-        write_shard(os.path.join(d, f"shard-{s:06d}.tar"), samples)
-    return str(d), keys
+    return write_shard_set(tmp_path_factory.mktemp("clean"), 4, 25,
+                           lambda s, i: good_sample(f"s{s}_{i:03d}", (s * 25 + i) % 10))
 
 
 # Real recordings from Debian packages, installed by .ci/run (never committed):

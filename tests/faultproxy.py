@@ -32,48 +32,48 @@ class FaultProxy:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             state = {"doomed": False, "sent": 0}
-            threading.Thread(target=self._requests, args=(client, upstream, state), daemon=True).start()
-            threading.Thread(target=self._responses, args=(upstream, client, state), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, self._request, state), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self._response, state), daemon=True).start()
 
-    def _requests(self, src, dst, state):
+    @staticmethod
+    def _pump(src, dst, forward, state):
+        """Copy src -> dst; ``forward(data, state)`` returns the bytes to send and whether to
+        cut the connection (RST) after them."""
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if data.startswith(b"GET ") and self.match in data.split(b"\r\n", 1)[0]:
-                    with self.lock:
-                        if self.skip > 0:
-                            self.skip -= 1
-                        elif self.faults > 0:
-                            self.faults -= 1
-                            self.cut += 1
-                            state["doomed"], state["sent"] = True, 0
+                data, cut = forward(data, state)
                 dst.sendall(data)
+                if cut:
+                    _reset(dst)
+                    _close(src)
+                    return
         except OSError:
             pass
         finally:
             _close(dst)
 
-    def _responses(self, src, dst, state):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if state["doomed"]:
-                    room = self.cut_after - state["sent"]
-                    if len(data) >= room:
-                        dst.sendall(data[:room])
-                        _reset(dst)
-                        _close(src)
-                        return
-                    state["sent"] += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(dst)
+    def _request(self, data, state):
+        if data.startswith(b"GET ") and self.match in data.split(b"\r\n", 1)[0]:
+            with self.lock:
+                if self.skip > 0:
+                    self.skip -= 1
+                elif self.faults > 0:
+                    self.faults -= 1
+                    self.cut += 1
+                    state["doomed"], state["sent"] = True, 0
+        return data, False
+
+    def _response(self, data, state):
+        if not state["doomed"]:
+            return data, False
+        room = self.cut_after - state["sent"]
+        if len(data) >= room:
+            return data[:room], True
+        state["sent"] += len(data)
+        return data, False
 
     def stop(self):
         self._stop = True

@@ -11,7 +11,7 @@ import matplotlib.image
 import pytest
 import yaml
 
-from conftest import ALSA, flac_bytes, free_port, need_recordings, s3_client, tone, write_shard
+from conftest import ALSA, flac_bytes, free_port, need_recordings, s3_client, tone, write_shard, write_shard_set
 from specstream.cli import apply_overrides, main
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
@@ -23,20 +23,13 @@ def labelled_shards(tmp_path_factory):
     """3 shards x 12 clips with the label schemes the configs use: .cls = class index 0..9
     and .json {"label": speech|music|noise, "events": [[start_s, end_s, label], ...]};
     durations 0.5..1.6 s."""
-    d = tmp_path_factory.mktemp("cfgdata")
-    keys = []
-    for s in range(3):
-        samples = []
-        for i in range(12):
-            key = f"c{s}_{i:02d}"
-            n = s * 12 + i
-            events = [[0.1, 0.3, NAMES[n % 3]], [0.2, 0.4, NAMES[(n + 1) % 3]]]
-            samples.append({"__key__": key, "flac": flac_bytes(tone(0.5 + 0.03 * n, freq=150 + 40 * (n % 10))),
-                            "cls": str(n % 10).encode(),
-                            "json": json.dumps({"label": NAMES[n % 3], "events": events}).encode()})
-            keys.append(key)
-        write_shard(str(d / f"shard-{s:06d}.tar"), samples)
-    return str(d), keys
+    def make(s, i):
+        n = s * 12 + i
+        events = [[0.1, 0.3, NAMES[n % 3]], [0.2, 0.4, NAMES[(n + 1) % 3]]]
+        return {"__key__": f"c{s}_{i:02d}", "flac": flac_bytes(tone(0.5 + 0.03 * n, freq=150 + 40 * (n % 10))),
+                "cls": str(n % 10).encode(), "json": json.dumps({"label": NAMES[n % 3], "events": events}).encode()}
+
+    return write_shard_set(tmp_path_factory.mktemp("cfgdata"), 3, 12, make)
 
 
 @pytest.fixture(scope="module")

@@ -63,15 +63,6 @@ class AudioBank:
         idx.remainder_(self.lengths[clip][:, None]).add_(self.starts[clip][:, None])
         return self.data[idx]
 
-    def padded(self) -> torch.Tensor:
-        """[R, max length], zero-padded."""
-        out = self.data.new_zeros(len(self), int(self.lengths.max()))
-        for i in range(len(self)):
-            s, n = int(self.starts[i]), int(self.lengths[i])
-            out[i, :n] = self.data[s:s + n]
-        return out
-
-
 @dataclass
 class RIRBank:
     """Room impulse responses aligned on their direct path: row i holds RIR i shifted so

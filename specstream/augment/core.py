@@ -14,6 +14,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
+from ..features import lengths_mask as time_valid  # [B, T] bool: frame t holds signal
 from .random import hash32, keyed_words, uniform, unit_float
 
 Params = Dict[str, torch.Tensor]
@@ -91,9 +92,12 @@ def randint(u: torch.Tensor, low, high) -> torch.Tensor:
     return (low + torch.floor(u * span).to(torch.int64)).minimum(high.to(torch.int64)).to(torch.int64)
 
 
-def time_valid(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """[B, T] bool: frame t holds signal."""
-    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+def move_frames(ft: torch.Tensor, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Frame targets [B, T] or [B, T, C] taken at integer source frames src [B, T_out]
+    (clamped to the input), zero past each sample's new ``lengths``."""
+    out = gather_frames(ft, src.clamp(0, ft.shape[1] - 1))
+    valid = time_valid(lengths, src.shape[1])
+    return out * valid.reshape(valid.shape + (1,) * (out.dim() - 2)).to(out.dtype)
 
 
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

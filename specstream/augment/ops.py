@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..features import MelConfig, warped_fbanks
-from .core import (Batch, Context, Op, Params, gather_frames, interp_time, masked_mean, randint,
-                   select, time_valid, zero_padding)
+from .core import (Batch, Context, Op, Params, gather_frames, interp_time, masked_mean, move_frames,
+                   randint, select, time_valid, zero_padding)
 
 Fill = Union[str, float]
 _NAT_PER_DB = math.log(10.0) / 10.0  # log-power change per dB
@@ -336,9 +336,7 @@ class TimeStretch(Op):
         out = zero_padding(interp_time(x, src), newL, inplace=True)
         ft = batch.frame_targets
         if ft is not None:
-            idx = src.round().to(torch.int64).clamp(0, ft.shape[1] - 1)
-            ft = gather_frames(ft, idx) * time_valid(newL, T_out).reshape(
-                (ft.shape[0], T_out) + (1,) * (ft.dim() - 2)).to(ft.dtype)
+            ft = move_frames(ft, src.round().to(torch.int64), newL)
         return batch.replace(features=out, lengths=newL, frame_targets=ft)
 
 
@@ -379,8 +377,7 @@ class FrameDropDup(Op):
         out = zero_padding(torch.gather(x, 2, src[:, None, :].expand(-1, x.shape[1], -1)), newL)
         ft = batch.frame_targets
         if ft is not None:
-            ft = gather_frames(ft, src.clamp(max=ft.shape[1] - 1)) * time_valid(newL, T_out).reshape(
-                (ft.shape[0], T_out) + (1,) * (ft.dim() - 2)).to(ft.dtype)
+            ft = move_frames(ft, src, newL)
         return batch.replace(features=out, lengths=newL, frame_targets=ft)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .core import Batch, Context, Op, gather_frames
+from .core import Batch, Context, Op, move_frames
 from .ops import OPS as SPEC_OPS
 from .ops import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, apply_masks
 from .random import key_ids as _key_ids
@@ -244,10 +244,7 @@ def _rescale_frames(ft: torch.Tensor, scale: torch.Tensor, frames: torch.Tensor,
     """Frame targets after a change of time scale: output frame j takes input frame
     round(j * scale) (nearest, clamped to the input), zero past each sample's frames."""
     j = torch.arange(T, device=ft.device, dtype=torch.float64)[None, :]
-    src = torch.round(j * scale[:, None]).to(torch.int64).clamp_(0, ft.shape[1] - 1)
-    out = gather_frames(ft, src)
-    valid = (torch.arange(T, device=ft.device)[None, :] < frames[:, None])
-    return out * valid.reshape(valid.shape + (1,) * (out.dim() - 2)).to(out.dtype)
+    return move_frames(ft, torch.round(j * scale[:, None]).to(torch.int64), frames)
 
 
 def specaugment(W: int, F: int, mF: int, T: int, p: float, mT: int, fill="zero") -> Policy:

@@ -21,7 +21,7 @@ import torch
 import torchaudio.functional as AF
 
 from .bank import AudioBank, BankError, RIRBank
-from .core import Context, Op, Params, randint, stream_uniform
+from .core import Context, Op, Params, randint, select, stream_uniform, time_valid
 
 Range = Tuple[float, float]
 
@@ -37,15 +37,10 @@ class WaveBatch:
         return replace(self, **kw)
 
 
-def sample_valid(lengths: torch.Tensor, n: int) -> torch.Tensor:
-    """[B, n] bool: sample t holds signal."""
-    return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def power(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Mean square over each sample's own length: [B]."""
-    valid = sample_valid(lengths, x.shape[-1]).to(x.dtype)
-    return (x * x * valid).sum(-1) / lengths.clamp(min=1).to(x.dtype)
+    """Mean square over each sample's own length, [B], for x that is zero past each length
+    (the batch contract): no mask and no full-size temporary."""
+    return torch.linalg.vector_norm(x, dim=-1).square_() / lengths.clamp(min=1).to(x.dtype)
 
 
 def _range(name: str, value, lo: float = -math.inf, hi: float = math.inf) -> Range:
@@ -61,28 +56,20 @@ def _lerp(r: Range, u: torch.Tensor) -> torch.Tensor:
     return r[0] + (r[1] - r[0]) * u
 
 
-def _where(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    return torch.where(active.reshape((-1,) + (1,) * (new.dim() - 1)), new, old)
-
-
-def mix_at_snr(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor,
-               active: torch.Tensor) -> torch.Tensor:
+def mix_at_snr(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
     """x + g * noise with g per sample such that power(x) / power(g * noise), both over the
     sample's own length, equals 10 ** (snr_db / 10). A silent sample (or silent noise) gets
-    no noise: its SNR is undefined. ``noise`` is scratch: it is cut at each length in place;
-    ``x`` has zero padding (the batch contract), so its power needs no mask."""
-    L = lengths.clamp(min=1).to(x.dtype)
-    noise.mul_(sample_valid(lengths, x.shape[-1]))
-    ps = torch.linalg.vector_norm(x, dim=-1).square_() / L
-    pn = torch.linalg.vector_norm(noise, dim=-1).square_() / L
+    no noise: its SNR is undefined. ``noise`` is scratch: it is cut at each length in place."""
+    noise.mul_(time_valid(lengths, x.shape[-1]))
+    ps, pn = power(x, lengths), power(noise, lengths)
     g = torch.sqrt(ps / (pn.clamp(min=1e-20) * 10.0 ** (snr_db / 10.0)))
-    g = torch.where(active & (pn > 0), g, torch.zeros_like(g))
+    g = torch.where(pn > 0, g, torch.zeros_like(g))
     return torch.addcmul(x, g[:, None].to(x.dtype), noise)
 
 
 def fft_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Full linear convolution of [B, N] with [B, K] through a power-of-two real FFT (about
-    3x faster on CPU than an FFT of the exact N + K - 1 size)."""
+    """Full linear convolution of [B, N] with [B, K] through a real FFT of power-of-two size
+    (N + K - 1 itself is often a slow FFT size)."""
     n = x.shape[-1] + h.shape[-1] - 1
     m = 1 << (n - 1).bit_length()
     return torch.fft.irfft(torch.fft.rfft(x, m) * torch.fft.rfft(h, m), m)[..., :n]
@@ -184,7 +171,7 @@ class Noise(WaveOp):
         if rows.numel() == 0:
             return batch
         noise = coloured_noise(params["stream"][rows], x.shape[-1], params["colour"][rows]).to(x.dtype)
-        y = mix_at_snr(x[rows], noise, batch.lengths[rows], params["snr_db"][rows], params["active"][rows])
+        y = mix_at_snr(x[rows], noise, batch.lengths[rows], params["snr_db"][rows])
         return batch.replace(audio=_put(x, rows, y))
 
 
@@ -246,13 +233,13 @@ class BackgroundNoise(BankOp):
         L, N = batch.lengths[rows], x.shape[-1]
         count, clip, offset = params["count"][rows], params["clip"][rows], params["offset"][rows]
         noise = x.new_zeros(rows.numel(), N)
-        valid = sample_valid(L, N)
+        valid = time_valid(L, N)
         for k in range(int(count.max())):
             seg = bank.segments(clip[:, k], offset[:, k], N).to(x.dtype).mul_(valid)
-            level = torch.rsqrt((torch.linalg.vector_norm(seg, dim=-1).square_() / L.clamp(min=1)).clamp(min=1e-20))
+            level = torch.rsqrt(power(seg, L).clamp(min=1e-20))
             on = (k < count).to(x.dtype)
             noise.addcmul_(seg, (level * on)[:, None])
-        y = mix_at_snr(x[rows], noise, L, params["snr_db"][rows], params["active"][rows])
+        y = mix_at_snr(x[rows], noise, L, params["snr_db"][rows])
         return batch.replace(audio=_put(x, rows, y))
 
 
@@ -297,14 +284,13 @@ class Reverb(BankOp):
     def apply(self, batch, params):
         x, L = batch.audio, batch.lengths
         bank = self.rirs(x.device)
-        active = params["active"]
-        rows = active.nonzero()[:, 0]
+        rows = _active_rows(params["active"])
         if rows.numel() == 0:
             return batch
         h = bank.rirs[params["rir"][rows]].to(x.dtype)
         N = x.shape[-1]
         wet = fft_convolve(x[rows], h)[:, bank.pre:bank.pre + N]
-        wet = wet * sample_valid(L[rows], N).to(x.dtype)
+        wet = wet * time_valid(L[rows], N).to(x.dtype)
         if self.keep_level:
             wet = wet * torch.sqrt(power(x[rows], L[rows]) / power(wet, L[rows]).clamp(min=1e-20))[:, None]
         return batch.replace(audio=_put(x, rows, wet))
@@ -326,7 +312,7 @@ def _place(x: torch.Tensor, groups, lengths: torch.Tensor):
     new_len = lengths.clone()
     for rows, y, nl in groups:
         y = y[:, :n_out]
-        y = y * sample_valid(nl, y.shape[-1]).to(y.dtype)
+        y = y * time_valid(nl, y.shape[-1]).to(y.dtype)
         out[rows] = 0
         out[rows, : y.shape[-1]] = y
         new_len[rows] = nl
@@ -334,18 +320,14 @@ def _place(x: torch.Tensor, groups, lengths: torch.Tensor):
     return out[:, : max(n_used, 1)], new_len
 
 
-class Speed(WaveOp):
-    """Speed perturbation (Ko et al. 2015): resample by a factor drawn from ``factors``,
-    changing tempo and pitch; a sample of L samples becomes ceil(L / factor) long.
-    Band-limited sinc resampling (torchaudio), batched per distinct factor."""
-
-    name = "speed"
+class _FactorOp(WaveOp):
+    """An op that changes durations by a factor drawn from ``factors`` (> 1: shorter)."""
 
     def __init__(self, factors: Sequence[float] = (0.9, 1.0, 1.1), p: float = 1.0):
         super().__init__(p)
         self.factors = tuple(float(f) for f in factors)
         if not self.factors or min(self.factors) <= 0:
-            raise ValueError("speed.factors: need positive factors")
+            raise ValueError(f"{self.name}.factors: need positive factors")
 
     def draw(self, ctx, batch):
         f = torch.tensor(self.factors, device=ctx.device)
@@ -353,6 +335,14 @@ class Speed(WaveOp):
 
     def time_factor(self, params):
         return torch.where(params["active"], params["factor"].double(), 1.0)
+
+
+class Speed(_FactorOp):
+    """Speed perturbation (Ko et al. 2015): resample by a factor drawn from ``factors``,
+    changing tempo and pitch; a sample of L samples becomes ceil(L / factor) long.
+    Band-limited sinc resampling (torchaudio), batched per distinct factor."""
+
+    name = "speed"
 
     @staticmethod
     def rates(sample_rate: int, factor: float) -> Tuple[int, int]:
@@ -373,7 +363,7 @@ class Speed(WaveOp):
         return batch.replace(audio=audio, lengths=lengths)
 
 
-class Tempo(WaveOp):
+class Tempo(_FactorOp):
     """Tempo perturbation without a pitch change: phase-vocoder time stretch of the STFT
     (zero-padded frames, so a sample never reads past its length), then inverse STFT.
     A sample of L samples becomes round(L / factor) long."""
@@ -382,18 +372,8 @@ class Tempo(WaveOp):
 
     def __init__(self, factors: Sequence[float] = (0.9, 1.0, 1.1), n_fft: int = 512, hop_length: int = 128,
                  p: float = 1.0):
-        super().__init__(p)
-        self.factors = tuple(float(f) for f in factors)
-        if not self.factors or min(self.factors) <= 0:
-            raise ValueError("tempo.factors: need positive factors")
+        super().__init__(factors, p)
         self.n_fft, self.hop_length = int(n_fft), int(hop_length)
-
-    def draw(self, ctx, batch):
-        f = torch.tensor(self.factors, device=ctx.device)
-        return {"factor": f[randint(ctx.uniform(1)[:, 0], 0, len(self.factors) - 1)]}
-
-    def time_factor(self, params):
-        return torch.where(params["active"], params["factor"].double(), 1.0)
 
     def apply(self, batch, params):
         x, L = batch.audio, batch.lengths
@@ -443,27 +423,26 @@ class Distortion(WaveOp):
         else:
             y = torch.tanh(g * (xn + self.bias)) - torch.tanh(g * self.bias)  # y(0) = 0: padding stays 0
         y = y * (peak / y.abs().amax(-1, keepdim=True).clamp(min=1e-12))
-        return batch.replace(audio=_where(params["active"], y, x))
+        return batch.replace(audio=select(params["active"], y, x))
 
 
 def _biquad(kind: str, f0: torch.Tensor, sr: int, q: float):
     """RBJ cookbook biquad coefficients per sample: (b [B, 3], a [B, 3])."""
     w0 = 2 * math.pi * f0 / sr
     cos, alpha = torch.cos(w0), torch.sin(w0) / (2 * q)
-    one = torch.ones_like(w0)
     if kind == "lowpass":
         b = torch.stack([(1 - cos) / 2, 1 - cos, (1 - cos) / 2], -1)
     else:
         b = torch.stack([(1 + cos) / 2, -(1 + cos), (1 + cos) / 2], -1)
     a = torch.stack([1 + alpha, -2 * cos, 1 - alpha], -1)
-    return b / a[:, :1], a / a[:, :1] * one[:, None]
+    return b / a[:, :1], a / a[:, :1]
 
 
 def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Zero-phase IIR filtering with per-sample coefficients (b, a [B, order + 1]): forward,
     the output cut at each sample's length, then backward. The cut makes the result the
     same as filtering the sample alone, whatever padding follows it."""
-    valid = sample_valid(lengths, x.shape[-1]).to(x.dtype)
+    valid = time_valid(lengths, x.shape[-1]).to(x.dtype)
     y = AF.lfilter(x, a, b, clamp=False, batching=True) * valid
     y = AF.lfilter(y.flip(-1), a, b, clamp=False, batching=True).flip(-1)
     return y * valid

@@ -5,7 +5,7 @@ Limits are checked on the header before any sample is decoded (design invariant 
 from __future__ import annotations
 
 import io
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -47,3 +47,24 @@ def decode_audio(data: bytes, max_seconds: Optional[float] = None,
     if not np.isfinite(mono).all():
         raise AudioError("audio contains NaN or infinite samples")
     return np.ascontiguousarray(mono, dtype=np.float32), sr
+
+
+class Resampler:
+    """Mono float32 arrays at any rate -> ``target`` Hz with torchaudio's windowed-sinc
+    resampler, one kernel built per source rate and reused."""
+
+    def __init__(self, target: int):
+        self.target = int(target)
+        self._kernels: Dict[int, object] = {}
+
+    def __call__(self, x: np.ndarray, sr: int) -> np.ndarray:
+        if sr == self.target:
+            return x
+        import torch
+        import torchaudio
+
+        rs = self._kernels.get(sr)
+        if rs is None:
+            rs = self._kernels[sr] = torchaudio.transforms.Resample(sr, self.target)
+        with torch.no_grad():
+            return rs(torch.from_numpy(np.ascontiguousarray(x))).numpy()

@@ -9,21 +9,16 @@ are reported in the bank's ``problems`` (and logged), never silently dropped.
 """
 from __future__ import annotations
 
-import fnmatch
-import glob
 import logging
-import os
 from typing import Dict, List, Optional, Tuple
 
 import braceexpand
-import numpy as np
 import torch
-import torchaudio
 
 from ..augment.bank import AudioBank, BankError
-from .audio import AudioError, decode_audio
+from .audio import AudioError, Resampler, decode_audio
 from .samples import AUDIO_EXTS, ReaderOptions, iter_samples
-from .shards import Storage, _has_glob, open_shard
+from .shards import Storage, match_url, open_shard
 
 log = logging.getLogger(__name__)
 
@@ -35,60 +30,28 @@ def _usable(path: str) -> bool:
 
 
 def bank_items(source: str, storage: Optional[Storage] = None) -> List[str]:
-    """The audio files and tar shards a bank source names, sorted; BankError if none."""
+    """The audio files and tar shards a bank source names (a folder is listed recursively),
+    sorted; BankError if none."""
     storage = storage or Storage()
     found: List[str] = []
     for url in braceexpand.braceexpand(source):
-        fs, path = storage.filesystem(url)
-        if fs is None:
-            if os.path.isdir(path):
-                items = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
-            elif _has_glob(path):
-                items = glob.glob(path, recursive=True)
-            else:
-                items = [path] if os.path.isfile(path) else []
-            found.extend(sorted(p for p in items if _usable(p)))
-            continue
-        from pyarrow import fs as pafs
-
-        prefix = url[: len(url) - len(path)]
         try:
-            if _has_glob(path):
-                base = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-                infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-                items = [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, path)]
-            else:
-                info = fs.get_file_info(path)
-                if info.type == pafs.FileType.File:
-                    items = [path]
-                elif info.type == pafs.FileType.Directory:
-                    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                    items = [i.path for i in infos if i.type == pafs.FileType.File]
-                else:
-                    items = []
+            found.extend(p for p in match_url(url, storage, _usable, recursive=True) if _usable(p))
         except OSError as e:
             raise BankError(f"bank {source!r}: cannot list {url}: {e}") from None
-        found.extend(sorted(prefix + p for p in items if _usable(p)))
     if not found:
         raise BankError(f"bank {source!r}: no audio files or .tar shards there "
                         f"(looked for {', '.join(_EXTS)})")
     return found
 
 
-def _read_bytes(url: str, storage: Storage) -> bytes:
-    fs, path = storage.filesystem(url)
-    if fs is None:
-        with open(path, "rb") as f:
-            return f.read()
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
 def _iter_clips(url: str, storage: Storage):
     """(name, audio bytes) of a file, or of every sample's audio in a tar shard; problems
     as (name, None, reason)."""
     if not url.lower().endswith(".tar"):
-        yield url, _read_bytes(url, storage), None
+        with open_shard(url, storage) as f:  # a remote read resumes after transient errors
+            data = f.read()
+        yield url, data, None
         return
     with open_shard(url, storage) as stream:
         for kind, obj in iter_samples(stream, url, ReaderOptions()):
@@ -104,7 +67,7 @@ def load_bank(source: str, sample_rate: int, storage: Optional[Storage] = None,
     ``max_clip_seconds`` when given). BankError when nothing usable is there."""
     storage = storage or Storage()
     clips, names, problems = [], [], []
-    resamplers: Dict[int, torchaudio.transforms.Resample] = {}
+    resample = Resampler(sample_rate)
     for url in bank_items(source, storage):
         try:
             for name, data, reason in _iter_clips(url, storage):
@@ -118,13 +81,7 @@ def load_bank(source: str, sample_rate: int, storage: Optional[Storage] = None,
                     continue
                 if max_clip_seconds is not None:
                     x = x[: int(max_clip_seconds * sr)]
-                t = torch.from_numpy(np.ascontiguousarray(x))
-                if sr != sample_rate:
-                    rs = resamplers.get(sr)
-                    if rs is None:
-                        rs = resamplers[sr] = torchaudio.transforms.Resample(sr, sample_rate)
-                    with torch.no_grad():
-                        t = rs(t)
+                t = torch.from_numpy(resample(x, sr))
                 if float(t.abs().max()) == 0.0:
                     problems.append((name, "silent clip"))
                     continue

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import braceexpand
 
@@ -70,23 +70,31 @@ def expand_shards(spec: Union[str, Sequence[str]], storage: Optional[Storage] = 
     urls: List[str] = []
     for item in items:
         for url in braceexpand.braceexpand(item):
-            fs, path = storage.filesystem(url)
-            if fs is None:
-                if os.path.isdir(path):
-                    found = sorted(glob.glob(os.path.join(path, "*.tar")))
-                elif _has_glob(path):
-                    found = sorted(glob.glob(path))
-                else:
-                    found = [path] if os.path.exists(path) else []
-            else:
-                found = _remote_matches(fs, url, path)
+            found = match_url(url, storage, lambda p: p.endswith(".tar"), recursive=False)
             if not found:
                 raise FileNotFoundError(f"shard pattern {url!r} matches no file")
             urls.extend(found)
     return urls
 
 
-def _remote_matches(fs, url: str, path: str) -> List[str]:
+def match_url(url: str, storage: Storage, in_dir: Callable[[str], bool], recursive: bool) -> List[str]:
+    """The files one URL (no braces) names: itself if a file; the files of a directory that
+    ``in_dir`` accepts (its subdirectories too when ``recursive``); a glob's matches, sorted."""
+    fs, path = storage.filesystem(url)
+    if fs is None:
+        if os.path.isdir(path):
+            if recursive:
+                items = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+            else:
+                items = [e.path for e in os.scandir(path) if e.is_file() and not e.name.startswith(".")]
+            return sorted(p for p in items if in_dir(p))
+        if _has_glob(path):
+            return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+        return [path] if os.path.isfile(path) else []
+    return _remote_matches(fs, url, path, in_dir, recursive)
+
+
+def _remote_matches(fs, url: str, path: str, in_dir: Callable[[str], bool], recursive: bool) -> List[str]:
     from pyarrow import fs as pafs
 
     prefix = url[: len(url) - len(path)]
@@ -95,9 +103,9 @@ def _remote_matches(fs, url: str, path: str) -> List[str]:
         if info.type == pafs.FileType.File:
             return [url]
         if info.type == pafs.FileType.Directory:
-            sel = pafs.FileSelector(path, recursive=False)
+            sel = pafs.FileSelector(path, recursive=recursive)
             return sorted(prefix + i.path for i in fs.get_file_info(sel)
-                          if i.type == pafs.FileType.File and i.path.endswith(".tar"))
+                          if i.type == pafs.FileType.File and in_dir(i.path))
         return []
     # list the deepest directory without glob characters, then match
     parts = path.split("/")
@@ -107,8 +115,8 @@ def _remote_matches(fs, url: str, path: str) -> List[str]:
             break
         base_parts.append(p)
     base = "/".join(base_parts)
-    recursive = len(base_parts) < len(parts) - 1
-    sel = pafs.FileSelector(base, recursive=recursive, allow_not_found=True)
+    deep = len(base_parts) < len(parts) - 1
+    sel = pafs.FileSelector(base, recursive=deep, allow_not_found=True)
     return sorted(prefix + i.path for i in fs.get_file_info(sel)
                   if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, path))
 
@@ -142,10 +150,11 @@ class ResumableStream:
         self._s = pa.BufferedInputStream(raw, self.buffer_size)
 
     def read(self, n: int = -1) -> bytes:
+        """Up to n bytes; all that is left when n is negative or None."""
         failures = 0
         while True:
             try:
-                data = self._s.read(n)
+                data = self._s.read(n) if n is not None and n >= 0 else self._s.read()
                 self.pos += len(data)
                 return data
             except OSError as e:

@@ -29,8 +29,7 @@ __all__ = ["Pipeline", "build_pipeline", "check_resources", "build_dataset", "to
            "DecodeStage", "FeaturizeStage", "FeaturizeActor", "storage_from_config", "shard_order"]
 
 
-def storage_from_config(cfg: PipelineConfig) -> Storage:
-    return storage_of(cfg)
+storage_from_config = storage_of  # the S3/local Storage a config's source names
 
 
 def check_banks(cfg: PipelineConfig, storage: Storage) -> None:

@@ -12,14 +12,13 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-import torchaudio
 
 from ..augment import build_policy
 from ..augment.random import key_ids as make_key_ids
 from ..augment.random import uniform
 from ..config import PipelineConfig, load_config
 from ..features import LogMel, finalize
-from ..io.audio import AudioError, decode_audio
+from ..io.audio import AudioError, Resampler, decode_audio
 from ..io.banks import cached_loader
 from ..io.shards import Storage
 from ..io.samples import quarantine_entry
@@ -66,17 +65,7 @@ class DecodeStage:
         self.cfg = load_config(config)
         self.sink = sink
         self.vocab = vocab_from_config(self.cfg)
-        self._resamplers: Dict[int, torchaudio.transforms.Resample] = {}
-
-    def _resample(self, x: np.ndarray, sr: int) -> np.ndarray:
-        target = self.cfg.decode.sample_rate
-        if sr == target:
-            return x
-        rs = self._resamplers.get(sr)
-        if rs is None:
-            rs = self._resamplers[sr] = torchaudio.transforms.Resample(sr, target)
-        with torch.no_grad():
-            return rs(torch.from_numpy(x)).numpy()
+        self._resample = Resampler(self.cfg.decode.sample_rate)
 
     def _crop_window(self, u: float):
         """(sr, frames) -> (start, n): a clip_seconds window placed by the crop policy
