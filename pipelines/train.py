@@ -6,7 +6,8 @@ or run locally:
     python pipelines/train.py --config configs/reference-corpus.yaml --workers 2 --epochs 2
 
 Prints per-epoch loss and samples/s of rank 0 and the reconciliation totals; writes the
-full per-shard report (with the quarantine list) to --report.
+full per-shard report (with the quarantine list) to --report, and with --metrics rank 0's
+per-epoch history (losses, accuracy, samples/s) and the totals as JSON.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--report", default="specstream-report.json")
+    p.add_argument("--metrics", help="write rank 0's per-epoch history and the totals here (JSON)")
+    p.add_argument("--storage-path", help="Ray Train results/checkpoints folder (default: Ray's, ~/ray_results)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (YAML), e.g. source.shards=s3://bucket/train/*.tar")
     args = p.parse_args(argv)
@@ -49,10 +52,14 @@ def main(argv=None) -> int:
                           num_workers=args.workers, epochs=args.epochs, lr=args.lr,
                           batch_size=pipe.config.deliver.batch_size, use_gpu=args.gpu,
                           cpus_per_worker=args.cpus_per_worker,
-                          multi_label=pipe.config.labels.multi_label)
+                          multi_label=pipe.config.labels.multi_label, storage_path=args.storage_path)
     wall = time.perf_counter() - t0
     report = pipe.write_report(args.report)
-    for h in json.loads(result.metrics["history"]):
+    history = json.loads(result.metrics["history"])
+    if args.metrics:
+        with open(args.metrics, "w") as f:
+            json.dump({"history_rank0": history, "totals": report["totals"]}, f, indent=2)
+    for h in history:
         print(f"epoch {h['epoch']} rank 0: loss {h['loss_first_quarter']:.3f} -> {h['loss_last_quarter']:.3f}  "
               f"acc {h['accuracy']:.3f}  {h['samples'] / h['seconds']:.0f} samples/s  "
               f"waiting for data {100 * h['data_wait_fraction']:.0f}% of the time")

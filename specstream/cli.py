@@ -13,7 +13,7 @@ def _cmd_make_shards(args) -> int:
     summary = make_shards(args.src, args.out, manifest=args.manifest, max_count=args.max_count,
                           max_bytes=int(args.max_mb * (1 << 20)), reencode=args.format,
                           prefix=args.prefix, shuffle=not args.no_shuffle, seed=args.seed,
-                          progress=not args.quiet)
+                          progress=not args.quiet, compress=args.compress)
     print(summary.to_text())
     if summary.skipped:
         print("skipped by reason: " + ", ".join(f"{k}: {v}" for k, v in summary.skipped_by_reason().items()))
@@ -77,10 +77,11 @@ def apply_overrides(data: dict, overrides: List[str]) -> dict:
 
 def config_data(path: str, overrides: List[str]) -> dict:
     """A config file's data with ``--set`` overrides applied (validated later, on load)."""
-    import yaml
+    from .config import ConfigError, load_yaml
 
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top of the config, got {type(data).__name__}")
     return apply_overrides(data, overrides)
 
 
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--format", choices=["keep", "flac"], default="keep",
                    help="keep audio bytes as they are (default) or re-encode everything to FLAC")
     m.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
+    m.add_argument("--compress", choices=["gz"], default=None,
+                   help="write gzip-compressed shards (.tar.gz; read by specstream, webdataset and tar)")
     m.add_argument("--no-shuffle", action="store_true",
                    help="keep the folder/manifest order (default: seeded shuffle, so shards mix classes)")
     m.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
@@ -207,8 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .config import ConfigError
+    from .io.shards import StorageAccessError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, StorageAccessError, FileNotFoundError) as e:
+        # a user's mistake (config, credentials, a pattern matching nothing): one readable line
+        print(f"specstream {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

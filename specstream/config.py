@@ -26,8 +26,12 @@ class SourceConfig:
     endpoint_url: Optional[str] = None  # S3-compatible endpoint, e.g. http://127.0.0.1:9000
     region: Optional[str] = None
     buffer_mb: int = 8
-    read_retries: int = 5  # a remote read that fails resumes at the same byte this many times
-    retry_backoff: float = 0.2  # seconds before the first resume, doubling each time
+    # a remote open or read that fails is retried (reads resume at the same byte) until failures in
+    # a row have lasted retry_budget_s seconds; backoff doubles from retry_backoff up to retry_backoff_max
+    retry_budget_s: float = 60.0
+    retry_backoff: float = 0.2
+    retry_backoff_max: float = 5.0
+    read_retries: Optional[int] = None  # optional cap on attempts in a row, besides the time budget
     max_member_mb: float = 256.0  # members larger than this are quarantined unread
     block_rows: int = 256  # samples per Arrow block emitted by the reader
     shuffle_shards: bool = False  # seeded per-epoch permutation of the shard order
@@ -129,6 +133,11 @@ class PipelineConfig:
                 if k in ("CPU", "GPU", "memory") or v <= 0:
                     raise ConfigError(f"{where}.{k}: custom resources only (use num_cpus/num_gpus), "
                                       f"and amounts > 0")
+        if s.retry_budget_s < 0 or s.retry_backoff < 0 or s.retry_backoff_max < s.retry_backoff:
+            raise ConfigError("source: retry_budget_s and retry_backoff must be >= 0 and retry_backoff_max "
+                              ">= retry_backoff")
+        if s.read_retries is not None and s.read_retries < 0:
+            raise ConfigError("source.read_retries: must be >= 0 (or null: only the time budget)")
         if (a.fault_exit_after is None) != (a.fault_file is None):
             raise ConfigError("actors.fault_exit_after and actors.fault_file go together")
         if a.num_gpus < 0 or a.batch_size < 1 or self.deliver.batch_size < 1:
@@ -211,13 +220,48 @@ def _build(cls, data, where: str):
     return cls(**kwargs)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+
+
+def load_yaml(path: Union[str, os.PathLike], what: str = "config"):
+    """``yaml.safe_load`` of a file, bounded: a file over 1 MiB, or one whose aliases expand
+    to more than 100,000 values (a "billion laughs" alias bomb), is a ConfigError."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {what} file is over {MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid YAML {what}: {' '.join(str(e).split())}") from None
+    bounded_size(data, f"{path}")
+    return data
+
+
+def bounded_size(data, where: str, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Raise ConfigError when ``data`` (YAML aliases followed, so shared nodes count once
+    per reference) holds more than ``limit`` values; stops counting at the limit."""
+    count = 0
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(f"{where}: expands to more than {limit:,} values (a YAML alias bomb?); refused")
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+
+
 def load_config(config: Union[str, os.PathLike, Dict[str, Any], PipelineConfig]) -> PipelineConfig:
     """A validated PipelineConfig from a dict, a YAML path, or a PipelineConfig."""
     if isinstance(config, PipelineConfig):
         return config.validate()
     if isinstance(config, (str, os.PathLike)):
-        with open(config, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        data = load_yaml(config)
     else:
         data = dict(config)
     data = dict(data or {})

@@ -36,9 +36,16 @@ def run(config, epochs: int = 1, report_path: Optional[str] = None, progress: bo
     lines.append(f"read {t['read']} = delivered {t['delivered']} + quarantined {t['quarantined']} over "
                  f"{t['shards']} shard(s): {'balanced' if t['balanced'] else 'NOT BALANCED'}"
                  + (f"; {t['resumes']} transient read error(s) resumed" if t.get("resumes") else ""))
+    if t.get("shards_unread"):
+        lines.append(f"NOT READ: {t['shards_unread']} shard(s) not read to their end "
+                     f"({t['bytes_unread'] / 1e6:.1f} MB unread; how many samples they hold is unknown):")
+        lines += [f"  {name}: from byte {s['unread']['from_byte']}: {s['unread']['reason']}"
+                  for name, s in report["shards"].items() if s["unread"]][:10]
     if report["quarantine"]:
         lines.append(f"quarantined ({len(report['quarantine'])}):")
         lines += [f"  {q['shard']}  {q['key']}  [{q['stage']}] {q['reason']}" for q in report["quarantine"][:10]]
+        if len(report["quarantine"]) > 10:
+            lines.append(f"  ... {len(report['quarantine']) - 10} more in the report")
     if report_path:
         lines.append(f"report: {report_path}")
     return {"epochs": per_epoch, "seconds": wall, "report": report, "text": "\n".join(lines)}

@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -49,7 +50,10 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    import tempfile
+
+    # SPECSTREAM_TEST_FAULT_DIR: the pipeline's test hook for crashing a read task (datasource._test_fault)
+    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "SPECSTREAM_TEST_FAULT_DIR": tempfile.mkdtemp(prefix="specstream-faults-")}
     os.environ.update(env)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "resources": {"cpu_node": 100}, "object_store_memory": 512 << 20,
@@ -72,27 +76,51 @@ def ray_session(ray_cluster):
     return ray
 
 
-def free_port(avoid=()) -> int:
-    import socket
-
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            return port
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    """A real S3 server for the suite: moto's ThreadedMotoServer on 127.0.0.1."""
-    from moto.server import ThreadedMotoServer
+    """A real S3 server for the suite: moto on 127.0.0.1, on a port the kernel picks
+    (tests/servers.py: no window between choosing the port and binding it)."""
+    from servers import MotoS3
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with MotoS3() as server:
+        yield server.endpoint
+
+
+def fields(d: dict, expected: dict) -> dict:
+    """The items of ``d`` named by ``expected``'s keys (missing ones as "<missing>"), for an
+    exact comparison that does not break when a report gains fields:
+    ``assert fields(report["totals"], want) == want``."""
+    return {k: d.get(k, "<missing>") for k in expected}
+
+
+def run_in_threads(fns, timeout: float):
+    """Run each no-argument callable in its own (daemon) thread and return their results in
+    order. Fails the test if a thread is still running after ``timeout`` seconds (a hang)
+    and re-raises the first exception a thread raised (a bare join would lose both)."""
+    import threading
+
+    results, errors = [None] * len(fns), [None] * len(fns)
+
+    def call(i):
+        try:
+            results[i] = fns[i]()
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread below
+            errors[i] = e
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True, name=f"test-worker-{i}")
+               for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    alive = [t.name for t in threads if t.is_alive()]
+    if alive:
+        pytest.fail(f"threads still running after {timeout} s: {alive}")
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
 
 
 def s3_client(endpoint):

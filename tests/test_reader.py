@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from conftest import good_sample, write_shard
+from conftest import good_sample, tone, write_shard
 from specstream.io.samples import ReaderOptions, ShardStats, iter_samples, read_shard
 from specstream.io.shards import expand_shards
 
@@ -116,10 +116,133 @@ def test_oversized_member_quarantines_its_sample_only(tmp_path):
     assert [e["key"] for e in bad] == ["k1"] and "over the limit" in bad[0]["reason"]
 
 
-def test_unopenable_shard_is_reported_not_raised(tmp_path):
+def test_unopenable_shard_is_reported_unread_not_raised(tmp_path):
     rows, bad, stats = _collect(str(tmp_path / "missing.tar"))
-    assert rows == [] and len(bad) == 1 and bad[0]["key"] == "<shard>"
-    assert "cannot open shard" in bad[0]["reason"]
+    assert rows == [] and len(bad) == 1 and bad[0]["key"] == "<unread:0>" and bad[0]["unread"]
+    assert "cannot open shard" in bad[0]["reason"] and "No such file" in bad[0]["reason"]
+    # an unopened shard holds an unknown number of samples: it is not counted as one
+    assert stats.samples == stats.quarantined == 0 and stats.unread["from_byte"] == 0
+
+
+def _compressors():
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    return {"gzip": gzip.compress, "zstd": zstandard.ZstdCompressor().compress, "bzip2": bz2.compress,
+            "xz": lzma.compress}
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "zstd", "bzip2", "xz"])
+def test_compressed_shards_stream_like_plain_ones_detected_by_magic(tmp_path, fmt):
+    """.tar.gz / .tar.zst / .tar.bz2 / .tar.xz give the plain tar's rows, byte for byte, and
+    the format is found from the magic bytes (a gzip shard named .tar reads too)."""
+    plain = str(tmp_path / "p.tar")
+    write_shard(plain, [good_sample(f"k{i:02d}", i % 10) for i in range(30)])
+    data = open(plain, "rb").read()
+    packed = _compressors()[fmt](data)
+    named = {"gzip": "c.tar.gz", "zstd": "c.tar.zst", "bzip2": "c.tar.bz2", "xz": "c.tar.xz"}[fmt]
+    for name in (named, "misnamed.tar"):
+        (tmp_path / name).write_bytes(packed)
+        rows, bad, stats = _collect(str(tmp_path / name))
+        assert [(r["key"], r["audio"], r["json"]) for r in rows] == \
+            [(r["key"], r["audio"], r["json"]) for r in _collect(plain)[0]]
+        assert bad == [] and stats.compression == fmt and stats.unread is None and stats.corrupt is None
+        assert stats.bytes_read == stats.bytes_total == len(packed)
+    from specstream.io.shards import expand_shards
+
+    assert str(tmp_path / named) in expand_shards(str(tmp_path))  # a folder lists compressed shards
+
+
+def test_damage_inside_a_compressed_stream_keeps_what_came_before(tmp_path):
+    """Truncating or flipping a byte of a .tar.gz: the samples before the damage flow
+    byte-identical; the damage is one shard-level entry that says where; the shard reports
+    an unread rest (unknown count) or a checksum failure, never a clean read."""
+    import gzip
+    import random
+    import zlib
+
+    plain = str(tmp_path / "p.tar")
+    write_shard(plain, [good_sample(f"k{i:02d}", i % 10) for i in range(30)])
+    ref = {r["key"]: r["audio"] for r in _collect(plain)[0]}
+    packed = gzip.compress(open(plain, "rb").read())
+    cut = len(packed) // 2
+    (tmp_path / "t.tar.gz").write_bytes(packed[:cut])
+    rows, bad, stats = _collect(str(tmp_path / "t.tar.gz"))
+    assert 0 < len(rows) < 30 and all(ref[r["key"]] == r["audio"] for r in rows)
+    assert [r["key"] for r in rows] == sorted(ref)[: len(rows)]
+    assert stats.unread is not None and "truncated" in stats.unread["reason"]
+    assert bad[-1]["key"] == f"<unread:{stats.unread['from_byte']}>" and 0 < stats.unread["from_byte"] <= cut
+    assert stats.samples == stats.rows + stats.quarantined == len(rows) + len(bad) - 1
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(40):
+        flipped = bytearray(packed)
+        flipped[rng.randrange(20, len(packed) - 8)] ^= 1 << rng.randrange(8)
+        (tmp_path / "f.tar.gz").write_bytes(bytes(flipped))
+        rows, bad, stats = _collect(str(tmp_path / "f.tar.gz"))
+        assert stats.samples == stats.rows + stats.quarantined
+        try:
+            harmless = gzip.decompress(bytes(flipped)) == open(plain, "rb").read()
+        except (OSError, EOFError, zlib.error):
+            harmless = False
+        if harmless:  # e.g. a bit of an unused Huffman code length: same bytes out
+            assert stats.unread is None and stats.corrupt is None and len(rows) == 30
+            continue
+        assert stats.unread is not None or stats.corrupt is not None  # damage is never reported clean
+        outcomes.add("unread" if stats.unread else "corrupt")
+        if stats.corrupt:
+            assert bad[-1]["key"] == "<checksum>" and "checksum" in bad[-1]["reason"]
+    assert outcomes == {"unread", "corrupt"}
+
+
+def test_make_shards_compress_gz_round_trip_and_inspect(tmp_path):
+    import soundfile as sf
+
+    from specstream.io.inspect import inspect_shards
+    from specstream.io.make_shards import make_shards
+
+    src = tmp_path / "src" / "dog"
+    src.mkdir(parents=True)
+    for i in range(6):
+        sf.write(str(src / f"a{i}.wav"), tone(0.5, 16000, 300 + 10 * i), 16000)
+    summary = make_shards(str(tmp_path / "src"), str(tmp_path / "out"), compress="gz", max_count=4, progress=False)
+    assert [os.path.basename(p) for p in summary.shards] == ["shard-000000.tar.gz", "shard-000001.tar.gz"]
+    assert all(open(p, "rb").read(2) == b"\x1f\x8b" for p in summary.shards)
+    got = inspect_shards(str(tmp_path / "out"))
+    assert got["samples"] == got["readable"] == 6 and got["compression"] == {"gzip": 2}
+    assert got["labels"] == {"dog": 6} and not got["problems"] and not got["unread_shards"]
+
+
+def test_make_shards_stays_inside_the_source_folder(tmp_path):
+    """A manifest naming ../x, an absolute path elsewhere, or a symlink leading out of the
+    folder: each skipped with its reason, none read."""
+    import soundfile as sf
+
+    from specstream.io.make_shards import make_shards
+
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    sf.write(str(outside / "o.wav"), tone(0.2), 16000)
+    src = tmp_path / "src"
+    src.mkdir()
+    sf.write(str(src / "in.wav"), tone(0.2), 16000)
+    os.symlink(outside / "o.wav", src / "link.wav")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps({"path": p, "label": "x"}) for p in
+                                  ["in.wav", "../secret/o.wav", str(outside / "o.wav"), "link.wav",
+                                   str(src / "in.wav")]))
+    summary = make_shards(str(src), str(tmp_path / "out"), manifest=str(manifest), progress=False, shuffle=False)
+    assert summary.samples_written == 1  # in.wav once (its absolute spelling is the same key)
+    reasons = dict(summary.skipped)
+    for p in ["../secret/o.wav", str(outside / "o.wav"), "link.wav"]:
+        assert reasons[p].startswith("outside the source folder")
+    assert reasons[str(src / "in.wav")].startswith("duplicate key")
+    # the folder walk (no manifest) does not follow the symlink out either
+    summary = make_shards(str(src), str(tmp_path / "out2"), progress=False)
+    assert summary.samples_written == 1 and dict(summary.skipped)["link.wav"].startswith("outside")
 
 
 def test_blocks_are_bounded_by_rows(tmp_path):

@@ -104,7 +104,9 @@ def _proxy(endpoint, **kw):
 
 def test_transient_error_mid_shard_resumes_at_the_same_byte(s3_shards, big_shard):
     """The 2nd ranged GET of the shard is cut mid-body 4 times in a row (more than the S3
-    client's own 3 attempts): the stream resumes where it was; rows equal the local read."""
+    client's own 3 attempts): the stream resumes where it was, with a ranged GET from that
+    byte (not from byte 0: re-reading the start and discarding it would also give the right
+    rows); rows equal the local read."""
     endpoint, _, _ = s3_shards
     path, keys = big_shard
     proxy = _proxy(endpoint, faults=4, skip=1)
@@ -113,14 +115,65 @@ def test_transient_error_mid_shard_resumes_at_the_same_byte(s3_shards, big_shard
         chunks = list(read_shard("s3://audio/big/big-000000.tar", storage))
     finally:
         proxy.stop()
-    assert proxy.cut == 4
-    stats = chunks[-1][2]
-    assert stats.resumes >= 1
     remote = [r for t, _, _ in chunks if t is not None for r in t.to_pylist()]
     local = [r for t, _, _ in read_shard(path) if t is not None for r in t.to_pylist()]
     assert [r["key"] for r in remote] == keys
     assert [r["audio"] for r in remote] == [r["audio"] for r in local]
     assert not [e for _, bad, _ in chunks for e in bad]
+    assert chunks[-1][2].resumes >= 1
+    assert_resumed_in_place(proxy.requests)
+
+
+def test_resume_requests_the_range_from_the_stream_position(s3_shards, big_shard):
+    """Read the shard's byte stream in 100 kB reads (so the stream is only ever at a multiple
+    of 100 000 between reads, and the 1 MiB buffer's own GETs are not): each GET that
+    resumes after a cut asks for ``Range: bytes=N-...`` with N the position where the stream
+    was, N > 0; the bytes equal the file's."""
+    from specstream.io.shards import open_shard
+
+    endpoint, _, _ = s3_shards
+    path, _ = big_shard
+    step = 100_000
+    proxy = _proxy(endpoint, faults=4, skip=1)
+    try:
+        storage = Storage(endpoint_url=proxy.endpoint, region="us-east-1", buffer_size=1 << 20)
+        parts = []
+        with open_shard("s3://audio/big/big-000000.tar", storage) as stream:
+            while True:
+                data = stream.read(step)
+                parts.append(data)
+                if not data:
+                    break
+    finally:
+        proxy.stop()
+    with open(path, "rb") as f:
+        assert b"".join(parts) == f.read()
+    assert all(len(p) == step for p in parts[:-2])  # every read but the last ones is full
+    resumed = assert_resumed_in_place(proxy.requests)
+    assert resumed, "no GET resumed after a cut (did the S3 client retry the cut range 4 times?)"
+    assert all(r["range"][0] % step == 0 for r in resumed), [r["range"] for r in resumed]
+
+
+def assert_resumed_in_place(requests):
+    """Each GET of the shard after a cut one asks for a Range from a byte N with 0 < N <= the
+    offset where the proxy cut (nothing skipped, never again from byte 0): either the S3
+    client's own retry of the same range, or the stream resuming at its position. Returns
+    the resuming GETs (those after a cut with another range than the cut one)."""
+    cuts = [i for i, r in enumerate(requests) if r["cut"]]
+    assert cuts, "the proxy cut no response: the test tested nothing"
+    assert requests[0]["range"] is None or requests[0]["range"][0] == 0  # the first GET reads from 0
+    resumed = []
+    for i in cuts:
+        cut = requests[i]
+        assert cut["range"] is not None and cut["cut_at"] is not None and cut["cut_at"] > cut["range"][0], cut
+        assert i + 1 < len(requests), f"nothing read after the cut at {cut['cut_at']}"
+        nxt = requests[i + 1]
+        assert nxt["range"] is not None, f"a GET without Range after the cut at byte {cut['cut_at']}: {nxt['line']}"
+        assert 0 < nxt["range"][0] <= cut["cut_at"], (cut["range"], cut["cut_at"], nxt["range"])
+        if nxt["range"] != cut["range"]:
+            resumed.append(nxt)
+    assert all(r["range"] and r["range"][0] > 0 for r in requests[1:]), [r["range"] for r in requests]
+    return resumed
 
 
 def test_persistent_error_quarantines_the_unread_rest(s3_shards, big_shard):
@@ -138,7 +191,11 @@ def test_persistent_error_quarantines_the_unread_rest(s3_shards, big_shard):
     assert rows == keys[: len(rows)] and 0 < len(rows) < len(keys)  # what was read is kept
     assert bad[-1]["key"].startswith("<unread:") and "the rest of the shard was not read" in bad[-1]["reason"]
     stats = chunks[-1][2]
-    assert stats.samples == stats.rows + stats.quarantined == len(rows) + len(bad)
+    # the unread rest is listed, but it is not a sample (how many it held is unknown)
+    samples_bad = [e for e in bad if not e.get("unread")]
+    assert [e for e in bad if e.get("unread")] == [bad[-1]]
+    assert stats.samples == stats.rows + stats.quarantined == len(rows) + len(samples_bad)
+    assert stats.unread is not None and 0 < stats.unread["from_byte"] < os.path.getsize(path)
 
 
 def test_pipeline_survives_a_transient_error_mid_shard(ray_session, s3_shards, big_shard):
@@ -154,8 +211,8 @@ def test_pipeline_survives_a_transient_error_mid_shard(ray_session, s3_shards, b
                for k in b["key"]]
     finally:
         proxy.stop()
-    assert proxy.cut == 4
     assert sorted(got) == sorted(keys + big_keys)  # nothing lost, nothing twice
+    assert_resumed_in_place(proxy.requests)
     report = pipe.report()
     assert report["totals"]["balanced"] and report["totals"]["quarantined"] == 0
     assert report["shards"]["s3://audio/big/big-000000.tar"]["resumes"] >= 1

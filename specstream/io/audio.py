@@ -5,6 +5,7 @@ Limits are checked on the header before any sample is decoded (design invariant 
 from __future__ import annotations
 
 import io
+import re
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -40,13 +41,23 @@ def decode_audio(data: bytes, max_seconds: Optional[float] = None,
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"undecodable audio: {e}") from None
+        raise AudioError(f"undecodable audio ({len(data)} bytes): {_sf_reason(e)}") from None
     if x.shape[0] == 0:
         raise AudioError("decoded no samples")
     mono = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
     if not np.isfinite(mono).all():
         raise AudioError("audio contains NaN or infinite samples")
     return np.ascontiguousarray(mono, dtype=np.float32), sr
+
+
+_OPENING = re.compile(r"^Error opening <[^>]*>: ")
+
+
+def _sf_reason(e: Exception) -> str:
+    """libsndfile's message without the object repr soundfile puts in it
+    ("Error opening <_io.BytesIO object at 0x...>: Format not recognised.")."""
+    msg = " ".join(str(e).split())
+    return _OPENING.sub("", msg).rstrip(".") or type(e).__name__
 
 
 class Resampler:

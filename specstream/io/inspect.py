@@ -13,16 +13,19 @@ from typing import Dict, List, Optional
 import soundfile as sf
 
 from ..labels import LabelError, label_of
-from .samples import ReaderOptions, read_shard
+from .audio import _sf_reason
+from .samples import ReaderOptions, quarantine_entry, read_shard
 from .shards import Storage, expand_shards
 
 
 def _inspect_shard(url: str, storage: Storage, label_field: str) -> dict:
     out = {"shard": url, "samples": 0, "rows": 0, "durations": [], "rates": Counter(), "channels": Counter(),
-           "formats": Counter(), "labels": Counter(), "problems": [], "bytes": 0}
+           "formats": Counter(), "labels": Counter(), "problems": [], "bytes": 0, "unread": None,
+           "compression": None, "shard_bytes": None}
     for table, bad, stats in read_shard(url, storage, ReaderOptions()):
         out["problems"].extend(bad)
         out["samples"] = stats.samples
+        out["unread"], out["compression"], out["shard_bytes"] = stats.unread, stats.compression, stats.bytes_total
         if table is None:
             continue
         for row in table.to_pylist():
@@ -35,8 +38,8 @@ def _inspect_shard(url: str, storage: Storage, label_field: str) -> dict:
                 out["rates"][info.samplerate] += 1
                 out["channels"][info.channels] += 1
             except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-                out["problems"].append({"shard": url, "key": row["key"], "stage": "inspect",
-                                        "reason": f"undecodable audio header: {e}"})
+                out["problems"].append(quarantine_entry(url, row["key"], "inspect",
+                                                        f"undecodable audio header: {_sf_reason(e)}"))
             try:
                 label = label_of(label_field, row["cls"], row["json"], row["txt"])
                 for lab in (label if isinstance(label, list) else [label]):
@@ -70,7 +73,10 @@ def inspect_shards(spec, storage: Optional[Storage] = None, label_field: str = "
         "formats": dict(sorted(merged["formats"].items())),
         "labels": dict(sorted(merged["labels"].items())),
         "problems": problems,
-        "per_shard": {p["shard"]: {"samples": p["samples"], "readable": p["rows"],
+        "compression": dict(Counter(p["compression"] or "none" for p in parts)),
+        "unread_shards": {p["shard"]: p["unread"] for p in parts if p["unread"]},
+        "per_shard": {p["shard"]: {"samples": p["samples"], "readable": p["rows"], "bytes": p["shard_bytes"],
+                                   "compression": p["compression"], "unread": p["unread"],
                                    "problems": len(p["problems"])} for p in parts},
     }
 
@@ -87,6 +93,10 @@ def format_inspection(s: dict, max_problems: int = 20) -> str:
     labels = sorted(s["labels"].items(), key=lambda kv: -kv[1])
     lines.append(f"labels ({len(labels)}): " + ", ".join(f"{k}: {v}" for k, v in labels[:30])
                  + (" ..." if len(labels) > 30 else ""))
+    lines.append("compression: " + ", ".join(f"{k}: {v}" for k, v in sorted(s["compression"].items())))
+    if s["unread_shards"]:
+        lines.append(f"NOT READ to the end: {len(s['unread_shards'])} shard(s) (sample counts above are partial)")
+        lines += [f"  {u}: from byte {v['from_byte']}: {v['reason']}" for u, v in s["unread_shards"].items()]
     lines.append(f"problems: {len(s['problems'])}")
     for e in s["problems"][:max_problems]:
         lines.append(f"  {e['shard']}  {e['key']}  [{e['stage']}] {e['reason']}")

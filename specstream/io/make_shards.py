@@ -102,31 +102,46 @@ def _entries(src: str, manifest: Optional[str]) -> Iterator[dict]:
 
 def make_shards(src: str, out: str, manifest: Optional[str] = None, max_count: int = 1000,
                 max_bytes: int = 1 << 30, reencode: str = "keep", prefix: str = "shard",
-                shuffle: bool = True, seed: int = 0, progress: bool = True) -> MakeShardsSummary:
+                shuffle: bool = True, seed: int = 0, progress: bool = True,
+                compress: Optional[str] = None) -> MakeShardsSummary:
     """Write shards ``OUT/{prefix}-000000.tar...``; returns the summary (also on skips).
 
     ``shuffle`` (default) writes the files in a seeded random order, so that shards mix
     classes: streamed training reads shards mostly in order, and a folder-per-class
     corpus written in folder order would feed one class at a time.
+
+    ``compress="gz"`` writes gzip-compressed shards (``.tar.gz``), which the reader streams.
+    Every file must resolve (symlinks followed) inside ``src``: a manifest path with ``..``,
+    an absolute path elsewhere or a symlink leading out of the folder is skipped with that
+    reason, never read.
     """
     import webdataset as wds
 
     if reencode not in ("keep", "flac"):
         raise ValueError("reencode must be 'keep' or 'flac'")
+    if compress not in (None, "gz"):
+        raise ValueError("compress must be None or 'gz'")
+    root = os.path.realpath(src)
     os.makedirs(out, exist_ok=True)
     summary = MakeShardsSummary()
     entries = list(_entries(src, manifest))
     if shuffle:
         random.Random(seed).shuffle(entries)
     seen_keys = set()
-    pattern = os.path.join(out, f"{prefix}-%06d.tar")
+    pattern = os.path.join(out, f"{prefix}-%06d.tar" + (".gz" if compress == "gz" else ""))
     writer = wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_bytes, verbose=0)
     try:
         for entry in tqdm(entries, desc="make-shards", unit="file", disable=not progress):
             summary.files_seen += 1
             rel = str(entry.pop("path"))
             path = rel if os.path.isabs(rel) else os.path.join(src, rel)
-            key = sample_key(os.path.relpath(path, src) if not os.path.isabs(rel) else rel.lstrip("/"))
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, root]) != root:
+                summary.skipped.append((rel, "outside the source folder: resolves (.., absolute path or symlink) "
+                                             f"to a file outside {src}; not read"))
+                continue
+            relk = os.path.relpath(os.path.abspath(path), os.path.abspath(src))
+            key = sample_key(relk if not relk.startswith("..") else os.path.relpath(real, root))
             if key in seen_keys:
                 summary.skipped.append((rel, "duplicate key: another file maps to key " + key))
                 continue

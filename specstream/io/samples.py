@@ -13,13 +13,15 @@ readable member names becomes one entry with a ``<corrupt:START-END>`` key.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import pyarrow as pa
 from webdataset.tariterators import base_plus_ext
 
-from .shards import Storage, open_shard
+from .compress import CompressedDataError
+from .shards import Storage, StorageAccessError, open_shard, redact, storage_message
 from .tar import Member, Problem, iter_members
 
 AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus", "aiff", "aif", "au")
@@ -50,13 +52,40 @@ class ShardStats:
     samples: int = 0  # samples (and corrupt regions) met: rows + quarantined
     rows: int = 0
     quarantined: int = 0
-    bytes_read: int = 0
+    bytes_read: int = 0  # bytes taken from storage (compressed bytes for a compressed shard)
+    bytes_total: Optional[int] = None  # the object's size, when known
+    compression: Optional[str] = None  # gzip, zstd, bzip2, xz; None for a plain tar
     resumes: int = 0  # transient read errors survived by resuming at the same byte
+    # set when the shard was not read to its end (it could not be opened, the store stayed down
+    # past the retry budget, or the compressed stream is damaged): how many samples the unread
+    # rest held is unknown, so the shard cannot balance
+    unread: Optional[dict] = None  # {"from_byte": int, "reason": str}
+    # set when a compressed shard's checksum fails at its end: bytes already delivered from it
+    # may be corrupt (tar itself has no data checksum), so the shard cannot balance
+    corrupt: Optional[str] = None
     ignored_fields: Dict[str, int] = field(default_factory=dict)
 
 
+_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
+
+
+def clean_reason(reason: str) -> str:
+    """One line, no object reprs (``<_io.BytesIO object at 0x7f...>`` becomes ``<BytesIO>``),
+    no credentials: a reason that reads well and is the same on every run."""
+    reason = _REPR.sub(lambda m: "<" + m.group(1).rsplit(".", 1)[-1] + ">", reason)
+    return redact(" ".join(reason.split()))
+
+
 def quarantine_entry(shard: str, key: str, stage: str, reason: str) -> dict:
-    return {"shard": shard, "key": key, "stage": stage, "reason": reason}
+    return {"shard": shard, "key": key, "stage": stage, "reason": clean_reason(reason)}
+
+
+def unread_entry(shard: str, from_byte: int, reason: str) -> dict:
+    """The quarantine-list entry for a shard's unread rest: listed with the samples, but not
+    a sample (its count is unknown): ``unread: True`` keeps it out of the sample counts."""
+    e = quarantine_entry(shard, f"<unread:{from_byte}>", "read", reason)
+    e["unread"] = True
+    return e
 
 
 class _Pending:
@@ -92,51 +121,74 @@ def iter_samples(stream, shard: str, options: Optional[ReaderOptions] = None,
         return "quarantine", quarantine_entry(shard, p.key, "read", p.problem)
 
     region: Optional[str] = None  # reason of a corrupt region just met, if any
+
+    def start(key: str):
+        """Make ``cur`` the sample ``key`` belongs to, finishing the previous one; a region met
+        just before taints the samples on both sides of it."""
+        nonlocal cur, region
+        if region is not None and cur is not None:
+            cur.problem = cur.problem or (
+                f"sample spans a corrupt tar region ({region})" if cur.key == key else
+                f"a corrupt tar region follows this sample ({region}); a member of it may be lost")
+        if cur is None or cur.key != key:
+            if cur is not None:
+                yield finish(cur)
+            cur = _Pending(key)
+            if region is not None:
+                cur.problem = f"a corrupt tar region precedes this sample ({region}); a member of it may be lost"
+        region = None
+
     members = iter_members(stream, options.max_member_bytes)
     while True:
         try:
             item = next(members)
         except StopIteration:
             break
-        except OSError as e:
-            # the storage failed for good (a remote stream has already resumed and retried):
-            # the sample in progress may be incomplete, the rest of the shard is unread
+        except StorageAccessError:
+            raise  # wrong or expired credentials: a clear error, not a quarantine entry
+        except (OSError, CompressedDataError) as e:
+            # The storage failed for good (a remote stream has already retried for its whole
+            # budget) or the compressed stream is damaged: the sample in progress may be
+            # incomplete and the rest of the shard is unread (how many samples it held is unknown).
+            pos = getattr(stream, "raw_pos", None)
+            pos = getattr(stream, "pos", 0) if pos is None else pos
             if cur is not None:
-                cur.problem = cur.problem or f"read failed inside this sample: {e}"
+                cur.problem = cur.problem or f"the shard could not be read past this sample: {e}"
                 yield finish(cur)
-            stats.samples += 1
-            stats.quarantined += 1
-            yield "quarantine", quarantine_entry(shard, f"<unread:{getattr(stream, 'pos', '?')}>", "read",
-                                                 f"read failed; the rest of the shard was not read: {e}")
+            what = "storage error" if isinstance(e, OSError) else "damaged compressed stream"
+            stats.unread = {"from_byte": int(pos),
+                            "reason": clean_reason(f"{what}; the rest of the shard was not read: {e}")}
+            yield "quarantine", unread_entry(shard, int(pos), stats.unread["reason"])
             return
         if isinstance(item, Problem):
             if item.name is None:
-                # A stretch with no readable member names: one entry for the region. The
-                # sample in progress stays open: if it goes on after the region, the region
-                # split it and it is quarantined; if not, it is judged on what it holds.
+                # A stretch with no readable member names: one entry for the region. Which
+                # sample the lost members belonged to cannot be known, so the sample in
+                # progress and the sample after the region are both quarantined (unless they
+                # are one sample, which the region split): none is delivered with a member
+                # silently missing.
                 stats.samples += 1
                 stats.quarantined += 1
                 yield "quarantine", quarantine_entry(shard, f"<corrupt:{item.offset}>", "read", item.reason)
                 if item.fatal:
                     if cur is not None:
+                        cur.problem = cur.problem or (
+                            f"the readable tar ends inside or after this sample ({item.reason})")
                         yield finish(cur)
                     return
                 region = item.reason
                 continue
-            key, _ = base_plus_ext(item.name)
+            key, ext = base_plus_ext(item.name)
+            if item.not_a_file and (key is None or not (ext.lower() in audio_exts or ext.lower() in TEXT_FIELDS)):
+                continue  # a link, directory...: a problem only where a sample field of that name is missing
             key = key if key is not None else item.name
-            if cur is None or cur.key != key:
-                if cur is not None:
-                    yield finish(cur)
-                cur = _Pending(key)
-            region = None
+            yield from start(key)
             cur.problem = cur.problem or f"{item.name}: {item.reason}"
             if item.fatal:
                 yield finish(cur)
                 return
             continue
         assert isinstance(item, Member)
-        stats.bytes_read += len(item.data)
         key, ext = base_plus_ext(item.name)
         if key is None:
             stats.ignored_fields["<no extension>"] = stats.ignored_fields.get("<no extension>", 0) + 1
@@ -145,13 +197,7 @@ def iter_samples(stream, shard: str, options: Optional[ReaderOptions] = None,
         if base.startswith("__") and base.endswith("__"):
             continue  # webdataset metadata members
         ext = ext.lower()
-        if region is not None and cur is not None and cur.key == key:
-            cur.problem = cur.problem or f"sample spans a corrupt tar region ({region})"
-        region = None
-        if cur is None or cur.key != key:
-            if cur is not None:
-                yield finish(cur)
-            cur = _Pending(key)
+        yield from start(key)
         if ext in audio_exts or ext in TEXT_FIELDS:
             if ext in cur.fields:
                 cur.problem = cur.problem or f"duplicate member {item.name!r} in one sample"
@@ -159,7 +205,18 @@ def iter_samples(stream, shard: str, options: Optional[ReaderOptions] = None,
         else:
             stats.ignored_fields[ext] = stats.ignored_fields.get(ext, 0) + 1
     if cur is not None:
+        if region is not None:
+            cur.problem = cur.problem or (
+                f"a corrupt tar region follows this sample ({region}); a member of it may be lost")
         yield finish(cur)
+    verify = getattr(stream, "verify_end", None)
+    damage = verify() if verify is not None else None
+    if damage:
+        stats.corrupt = clean_reason(f"{damage}: the checksum at the end of the compressed stream does not "
+                                     f"match; samples delivered from this shard may be corrupt")
+        e = quarantine_entry(shard, "<checksum>", "read", stats.corrupt)
+        e["unread"] = True  # a shard-level entry, not a sample
+        yield "quarantine", e
 
 
 def _build_row(p: _Pending, shard: str, audio_exts) -> Tuple[Optional[dict], Optional[str]]:
@@ -194,37 +251,50 @@ def rows_to_table(rows: List[dict]) -> pa.Table:
 
 
 def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[ReaderOptions] = None,
-               ) -> Iterator[Tuple[Optional[pa.Table], List[dict], ShardStats]]:
-    """Stream a shard as ``(table or None, quarantine entries, running stats)`` chunks.
+               size: Optional[int] = None) -> Iterator[Tuple[Optional[pa.Table], List[dict], ShardStats]]:
+    """Stream a shard (plain or compressed tar) as ``(table or None, quarantine entries,
+    running stats)`` chunks.
 
     A chunk is emitted when ``block_rows`` rows or ``block_bytes`` audio bytes have gathered,
     and at the end of the shard; the stats object is the same one, updated as it goes. A
-    shard that cannot be opened at all yields one quarantine entry with key ``<shard>``.
+    shard that cannot be opened, or is abandoned part-way, sets ``stats.unread`` and yields
+    an ``unread`` entry (``<unread:N>``) that is not counted as a sample.
+    Access denied (403) raises :class:`~specstream.io.shards.StorageAccessError`.
+    ``size``: the object's size when the caller knows it (else it is looked up for local
+    files only).
     """
     options = options or ReaderOptions()
-    stats = ShardStats(url)
+    stats = ShardStats(url, bytes_total=size)
     try:
-        stream = open_shard(url, storage)
-    except Exception as e:  # noqa: BLE001 - any open failure is reported, not raised
-        stats.samples += 1
-        stats.quarantined += 1
-        yield None, [quarantine_entry(url, "<shard>", "read", f"cannot open shard: {type(e).__name__}: {e}")], stats
+        stream = open_shard(url, storage, size)
+    except StorageAccessError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any other open failure is reported, not raised
+        msg = storage_message(e, url) if isinstance(e, OSError) else str(e)
+        stats.unread = {"from_byte": 0, "reason": clean_reason(f"cannot open shard: {msg}")}
+        yield None, [unread_entry(url, 0, stats.unread["reason"])], stats
         return
+    stats.bytes_total = stream.size if stats.bytes_total is None else stats.bytes_total
+    stats.compression = stream.compression
     rows: List[dict] = []
     bad: List[dict] = []
     nbytes = 0
+    chunks = 0
     try:
         for kind, obj in iter_samples(stream, url, options, stats):
             if kind == "row":
                 rows.append(obj)
                 nbytes += len(obj["audio"])
                 if len(rows) >= options.block_rows or nbytes >= options.block_bytes:
+                    stats.bytes_read = stream.raw_pos
+                    chunks += 1
                     yield rows_to_table(rows), bad, stats
                     rows, bad, nbytes = [], [], 0
             else:
                 bad.append(obj)
     finally:
-        stats.resumes = getattr(stream, "resumes", 0)
+        stats.resumes = stream.resumes
+        stats.bytes_read = stream.raw_pos
         stream.close()
-    if rows or bad:
+    if rows or bad or not chunks:  # the last chunk carries the final stats (even of an empty shard)
         yield (rows_to_table(rows) if rows else None), bad, stats

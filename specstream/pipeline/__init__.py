@@ -147,7 +147,7 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
         ray.init()
     if check_fit:
         check_resources(cfg, reserved_cpus, reserved_gpus)
-    ledger = Ledger.remote()
+    ledger = Ledger.remote(urls)
     sink = LedgerSink(ledger)
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),
                             block_rows=cfg.source.block_rows)

@@ -15,6 +15,7 @@ there.)
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from typing import Callable, List, Optional
 
@@ -55,11 +56,12 @@ class ShardDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
                        data_context=None) -> List[ReadTask]:
         tasks = []
+        sizes = {u: s for u, s in zip(self.urls, self._sizes) if s is not None}
         for slot, (url, size) in enumerate(zip(self.urls, self._sizes)):
             meta = BlockMetadata(num_rows=None, size_bytes=None if size is None else int(size),
                                  exec_stats=None, input_files=(url,) if self.shuffle_seed is None else None)
             tasks.append(ReadTask(_make_read_fn(slot, self.urls, self.storage, self.options, self.ledger,
-                                                self.decode, self.base_epoch, self.shuffle_seed),
+                                                self.decode, self.base_epoch, self.shuffle_seed, sizes),
                                   meta, schema=OUT_SCHEMA if self.decode is None else None,
                                   per_task_row_limit=per_task_row_limit))
         return tasks
@@ -73,8 +75,30 @@ def shard_order(urls: List[str], seed: int, epoch: int) -> List[str]:
     return order
 
 
+def _test_fault(stage: str, shard: str, chunk: int) -> None:
+    """Test hook (not configuration): when ``SPECSTREAM_TEST_FAULT_DIR`` is set and holds a
+    file ``{stage}-exit`` whose text is ``<shard substring> <chunk>``, the first process to
+    reach that chunk of a matching shard removes the file and exits at once, as a crashed
+    worker would. Costs one environment lookup per chunk otherwise."""
+    d = os.environ.get("SPECSTREAM_TEST_FAULT_DIR")
+    if not d:
+        return
+    path = os.path.join(d, f"{stage}-exit")
+    try:
+        with open(path, encoding="utf-8") as f:
+            what, _, at = f.read().strip().rpartition(" ")
+    except FileNotFoundError:
+        return
+    if what in shard and chunk == int(at):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            return  # another process got there first
+        os._exit(1)
+
+
 def _make_read_fn(slot: int, urls: List[str], storage: Storage, options: ReaderOptions, ledger, decode,
-                  base_epoch: int, shuffle_seed: Optional[int]):
+                  base_epoch: int, shuffle_seed: Optional[int], sizes: dict):
     def read_fn():
         # Every pass over the dataset (each epoch of a Ray Train dataset shard) re-reads
         # the shards: rows carry epoch = base_epoch + pass, so augmentation differs per
@@ -94,7 +118,9 @@ def _make_read_fn(slot: int, urls: List[str], storage: Storage, options: ReaderO
         seen = 0
         chunk = 0
         pending = None
-        for table, bad, stats in read_shard(url, storage, options):
+        stats = None
+        for table, bad, stats in read_shard(url, storage, options, size=sizes.get(url)):
+            _test_fault("read", url, chunk)
             if ledger is not None:
                 if pending is not None:
                     ray.get(pending)
@@ -112,8 +138,11 @@ def _make_read_fn(slot: int, urls: List[str], storage: Storage, options: ReaderO
         if ledger is not None:
             if pending is not None:
                 ray.get(pending)
-            # the closing record marks the shard as finished (an empty chunk)
-            ray.get(ledger.record_read.remote(url, chunk, 0, [], True, stats.resumes if chunk else 0))
+            # the closing record marks the shard as finished (an empty chunk) and says how much
+            # of it was read: bytes, and where an unread rest starts (if any)
+            info = {"bytes_read": stats.bytes_read, "bytes_total": stats.bytes_total,
+                    "compression": stats.compression, "unread": stats.unread, "corrupt": stats.corrupt}
+            ray.get(ledger.record_read.remote(url, chunk, 0, [], True, stats.resumes, info))
             ray.get(ledger.slot_done.remote(slot))
 
     return read_fn

@@ -3,7 +3,10 @@
 One small Ray actor per pipeline. Readers record every chunk they emit (idempotently, keyed
 by (shard, chunk), so a retried read task does not count twice); stages record quarantine
 entries (keyed by (shard, key)); consumers record what they delivered. ``report()``
-reconciles: for each shard, read == delivered + quarantined.
+reconciles: for each shard, read == delivered + quarantined, and the shard was read to its
+end. A shard that could not be opened, or was abandoned part-way (the store stayed down past
+the retry budget, a damaged compressed stream), has an ``unread`` rest whose sample count is
+unknown: it never balances, whatever the counts say.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ class Ledger:
     dataset shard) re-reads every shard; a shard's pass ends with its reader's closing
     record. Quarantine entries count once per (shard, key, pass)."""
 
-    def __init__(self):
+    def __init__(self, shards: Optional[List[str]] = None):
+        self.expected = list(shards or [])  # every shard of the run: one never read is reported unread
+        self.reads: Dict[str, dict] = {}  # shard -> bytes read/total, compression, unread (latest pass)
         self.chunks: Dict[str, Dict[int, int]] = {}  # current pass: chunk -> samples
         self.done_total: Counter = Counter()  # samples of completed passes
         self.passes: Counter = Counter()
@@ -53,11 +58,20 @@ class Ledger:
         self.nodes.setdefault(stage, set()).add(node)
 
     def record_read(self, shard: str, chunk: int, samples: int, entries: List[dict], done: bool,
-                    resumes: int = 0) -> None:
+                    resumes: int = 0, info: Optional[dict] = None) -> None:
+        """One chunk of a read task. The closing record (``done``) carries ``info``: bytes read
+        and total, compression, and ``unread`` (from_byte, reason) when the shard was not read
+        to its end."""
         self.chunks.setdefault(shard, {})[chunk] = samples
         self.quarantine(entries)
         if resumes:
             self.resumes[shard] += resumes
+        if info is not None:
+            prev = self.reads.get(shard)
+            # an unread rest in any pass stays reported (a later clean pass does not hide it)
+            if prev is not None:
+                info = {**info, **{k: prev[k] for k in ("unread", "corrupt") if prev.get(k) and not info.get(k)}}
+            self.reads[shard] = info
         if done:
             self.done_total[shard] += sum(self.chunks.pop(shard).values())
             self.passes[shard] += 1
@@ -73,7 +87,12 @@ class Ledger:
         read = Counter(self.done_total)
         for shard, chunks in self.chunks.items():
             read[shard] += sum(chunks.values())
-        report = build_report(dict(read), dict(self.passes), list(self.bad.values()), dict(self.delivered))
+        reads = dict(self.reads)
+        for shard in self.expected:
+            if shard not in read and shard not in reads:
+                reads[shard] = {}  # listed in the report as never read
+        report = build_report(dict(read), dict(self.passes), list(self.bad.values()), dict(self.delivered),
+                              reads=reads, in_progress=set(self.chunks))
         report["nodes"] = {stage: sorted(n) for stage, n in self.nodes.items()}
         for shard, n in self.resumes.items():
             if shard in report["shards"]:
@@ -85,17 +104,47 @@ class Ledger:
 
 
 def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[dict],
-                 delivered: Dict[str, int]) -> dict:
+                 delivered: Dict[str, int], reads: Optional[Dict[str, dict]] = None,
+                 in_progress: frozenset = frozenset()) -> dict:
     """Per-shard reconciliation plus totals and the quarantine list (one entry per
-    (shard, key); counts include every pass)."""
-    q_by_shard: Counter = Counter(e["shard"] for e in quarantine)
+    (shard, key); counts include every pass).
+
+    Per shard: ``read``, ``delivered``, ``quarantined`` samples, ``passes``, ``bytes_read``
+    of ``bytes_total``, ``unread`` (null, or where the unread rest starts and why: its
+    sample count is unknown) and ``balanced`` = the counts reconcile and nothing is unread
+    or still being read, and a compressed shard's end checksum (when read to its end) held
+    (``corrupt`` says otherwise). Totals add ``shards_corrupt``, ``shards_unread`` and ``bytes_unread`` (of the shards
+    whose size is known)."""
+    reads = reads or {}
+    counted = [e for e in quarantine if not e.get("unread")]
+    q_by_shard: Counter = Counter(e["shard"] for e in counted)
     shards = {}
-    for shard in sorted(set(read) | set(delivered) | set(q_by_shard)):
+    for shard in sorted(set(read) | set(delivered) | set(q_by_shard) | set(reads)):
         r, d, q = read.get(shard, 0), delivered.get(shard, 0), q_by_shard.get(shard, 0)
-        shards[shard] = {"read": r, "delivered": d, "quarantined": q,
-                         "passes": passes.get(shard, 0), "balanced": r == d + q}
+        info = reads.get(shard)
+        unread = None
+        if info is not None and info.get("unread"):
+            unread = dict(info["unread"])
+        elif shard not in read and info == {}:
+            unread = {"from_byte": 0, "reason": "never read: the run ended before this shard was opened"}
+        row = {"read": r, "delivered": d, "quarantined": q, "passes": passes.get(shard, 0),
+               "bytes_read": (info or {}).get("bytes_read"), "bytes_total": (info or {}).get("bytes_total"),
+               "unread": unread}
+        if (info or {}).get("compression"):
+            row["compression"] = info["compression"]
+        if (info or {}).get("corrupt"):
+            row["corrupt"] = info["corrupt"]
+        if shard in in_progress:
+            row["reading"] = True  # a read of this shard has started and not finished
+        row["balanced"] = r == d + q and unread is None and not row.get("corrupt") and shard not in in_progress
+        shards[shard] = row
     totals = {k: sum(s[k] for s in shards.values()) for k in ("read", "delivered", "quarantined")}
     totals["shards"] = len(shards)
+    unread_rows = [s for s in shards.values() if s["unread"] is not None]
+    totals["shards_unread"] = len(unread_rows)
+    totals["bytes_unread"] = sum(s["bytes_total"] - (s["unread"].get("from_byte") or 0)
+                                 for s in unread_rows if s["bytes_total"] is not None)
+    totals["shards_corrupt"] = sum(1 for s in shards.values() if s.get("corrupt"))
     totals["balanced"] = all(s["balanced"] for s in shards.values())
     unique = {(e["shard"], e["key"]): e for e in quarantine}
     return {"totals": totals, "shards": shards,

@@ -201,7 +201,8 @@ def resolve_device(requested: Optional[str] = None) -> torch.device:
 def storage_of(cfg: PipelineConfig) -> Storage:
     s = cfg.source
     return Storage(endpoint_url=s.endpoint_url, region=s.region, buffer_size=s.buffer_mb << 20,
-                   read_retries=s.read_retries, retry_backoff=s.retry_backoff)
+                   retry_budget_s=s.retry_budget_s, retry_backoff=s.retry_backoff,
+                   retry_backoff_max=s.retry_backoff_max, read_retries=s.read_retries)
 
 
 class FeaturizeStage:
