@@ -127,7 +127,7 @@ def _cmd_inspect(args) -> int:
     storage = Storage(endpoint_url=args.endpoint_url, region=args.region)
     summary = inspect_shards(args.shards, storage, label_field=args.label_field)
     print(to_json(summary) if args.json else format_inspection(summary))
-    return 0
+    return 1 if summary["unread_shards"] or summary["corrupt_shards"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,11 +214,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .io.shards import StorageAccessError
 
     args = build_parser().parse_args(argv)
+    user_errors = (ConfigError, StorageAccessError, FileNotFoundError)
     try:
         return args.func(args)
-    except (ConfigError, StorageAccessError, FileNotFoundError) as e:
-        # a user's mistake (config, credentials, a pattern matching nothing): one readable line
-        print(f"specstream {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - only the user's mistakes become one line; the rest re-raise
+        # a user's mistake (config, credentials, a pattern matching nothing): one readable line, also
+        # when it was raised inside a Ray task (the RayTaskError carries it as its cause)
+        cause = e if isinstance(e, user_errors) else getattr(e, "cause", None)
+        if not isinstance(cause, user_errors):
+            raise
+        print(f"specstream {args.command}: error: {cause}", file=sys.stderr)
         return 2
 
 

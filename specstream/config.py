@@ -16,8 +16,7 @@ import yaml
 from .features import MelConfig
 
 
-class ConfigError(ValueError):
-    pass
+from .errors import ConfigError  # noqa: E402,F401 - defined in a leaf module, raised by every layer
 
 
 @dataclass
@@ -153,7 +152,7 @@ class PipelineConfig:
             from .augment import build_policy
 
             try:
-                build_policy(self.augment)
+                build_policy(self.augment).check(self.decode.sample_rate)
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"augment: {e}") from None
         return self
@@ -235,6 +234,8 @@ def load_yaml(path: Union[str, os.PathLike], what: str = "config"):
         data = yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not a valid YAML {what}: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: {what} nests too deeply to be a configuration; refused") from None
     bounded_size(data, f"{path}")
     return data
 

@@ -54,3 +54,51 @@ def test_retry_settings_are_validated():
                      "labels": {"num_classes": 2}})
     with pytest.raises(ConfigError, match="read_retries"):
         load_config({"source": {"shards": "x", "read_retries": -1}, "labels": {"num_classes": 2}})
+
+
+def test_deeply_nested_yaml_is_a_config_error(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("source: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ConfigError, match="nests too deeply"):
+        load_config(str(deep))
+
+
+def test_make_shards_never_opens_a_fifo(tmp_path):
+    """A FIFO named like audio in the source folder would block a reader forever: it is
+    skipped with its reason."""
+    import os
+
+    import soundfile as sf
+
+    from conftest import tone
+    from specstream.io.make_shards import make_shards
+
+    src = tmp_path / "src"
+    src.mkdir()
+    sf.write(str(src / "a.wav"), tone(0.2), 16000)
+    os.mkfifo(src / "hang.wav")
+    summary = make_shards(str(src), str(tmp_path / "out"), progress=False)
+    assert summary.samples_written == 1
+    assert dict(summary.skipped)["hang.wav"].startswith("not a regular file")
+
+
+def test_plain_tar_named_like_bzip2_magic_is_read_as_tar(tmp_path):
+    """GNU/ustar tars put the first member's name at byte 0: a key starting with 'BZh'
+    must not be mistaken for bzip2's magic."""
+    import io
+    import tarfile
+
+    from conftest import flac_bytes, tone
+    from specstream.io.samples import read_shard
+
+    path = tmp_path / "bzh.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as t:
+        for i in range(3):
+            for ext, data in (("flac", flac_bytes(tone(0.1))), ("cls", b"1")):
+                info = tarfile.TarInfo(f"BZh9_spk{i}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    assert open(path, "rb").read(3) == b"BZh"
+    chunks = list(read_shard(str(path)))
+    stats = chunks[-1][2]
+    assert stats.compression is None and stats.unread is None and stats.rows == 3

@@ -320,3 +320,15 @@ def test_crashed_read_task_is_retried_without_double_counting(ray_session, clean
     assert Counter(got) == Counter(keys)
     t = pipe.report()["totals"]
     assert t["balanced"] and t["read"] == t["delivered"] == len(keys)
+
+
+def test_an_object_gone_after_listing_costs_a_short_budget(moto_shard):
+    """A 404 (object deleted after the listing) is retried for a few seconds, not the whole
+    retry budget, and reported unread with a reason that says so."""
+    endpoint, _, _ = moto_shard
+    storage = Storage(endpoint_url=endpoint, region="us-east-1", retry_budget_s=60.0, retry_backoff=0.05)
+    t0 = time.monotonic()
+    chunks = list(read_shard("s3://throttled/x/gone-000000.tar", storage))
+    assert time.monotonic() - t0 < 30
+    stats = chunks[-1][2]
+    assert stats.unread is not None and "not found" in stats.unread["reason"] and stats.unread["from_byte"] == 0

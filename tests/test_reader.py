@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 
 from conftest import good_sample, tone, write_shard
@@ -277,3 +278,49 @@ def test_expand_shards_braces_globs_dirs(clean_shards, tmp_path):
         os.path.join(d, "shard-000003.tar"), os.path.join(d, "shard-000000.tar")]
     with pytest.raises(FileNotFoundError, match="matches no file"):
         expand_shards(os.path.join(d, "nope-*.tar"))
+
+
+def test_storage_failure_at_a_compressed_streams_end_is_unread_not_raised(tmp_path):
+    """The store fails while the trailer of a .tar.gz (after the tar's end marker) is read:
+    every sample was delivered, the checksum could not be verified, so the shard is reported
+    unread from there; no exception escapes."""
+    import gzip
+
+    from specstream.io.samples import ShardStats, iter_samples
+    from specstream.io.shards import ShardStream
+
+    plain = str(tmp_path / "p.tar")
+    write_shard(plain, [good_sample(f"k{i:02d}", i % 10) for i in range(20)])
+    # 1 MiB of incompressible bytes after the end marker: the failure comes long after the members
+    filler = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    packed = gzip.compress(open(plain, "rb").read() + filler)
+
+    class FailsNearTheEnd(io.BytesIO):
+        def read(self, n=-1):  # everything but the last 8 bytes (the CRC-32 and size), then a failure
+            stop = len(packed) - 8
+            if self.tell() >= stop:
+                raise OSError("connection reset by peer")
+            n = stop - self.tell() if n is None or n < 0 else min(n, stop - self.tell())
+            return super().read(n)
+
+    stats = ShardStats("x.tar.gz")
+    out = list(iter_samples(ShardStream(FailsNearTheEnd(packed), len(packed)), "x.tar.gz", stats=stats))
+    rows = [o for kind, o in out if kind == "row"]
+    assert len(rows) == 20 and stats.unread is not None and "checksum was not verified" in stats.unread["reason"]
+    assert out[-1][1]["key"] == f"<unread:{stats.unread['from_byte']}>"
+
+
+def test_gzip_trailing_garbage_is_not_a_checksum_failure_but_a_crc_failure_is(tmp_path):
+    import gzip
+
+    plain = str(tmp_path / "p.tar")
+    write_shard(plain, [good_sample(f"k{i:02d}", i % 10) for i in range(10)])
+    packed = gzip.compress(open(plain, "rb").read())
+    (tmp_path / "g.tar.gz").write_bytes(packed + b"RBtrailing garbage")
+    rows, bad, stats = _collect(str(tmp_path / "g.tar.gz"))
+    assert len(rows) == 10 and bad == [] and stats.corrupt is None and stats.unread is None
+    crc = bytearray(packed)
+    crc[-6] ^= 0xFF  # the CRC-32 in the trailer
+    (tmp_path / "c.tar.gz").write_bytes(bytes(crc))
+    rows, bad, stats = _collect(str(tmp_path / "c.tar.gz"))
+    assert len(rows) == 10 and stats.corrupt is not None and "CRC check failed" in stats.corrupt

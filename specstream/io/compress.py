@@ -25,7 +25,7 @@ MAGIC = (
     (b"BZh", "bzip2"),
     (b"\xfd7zXZ\x00", "xz"),
 )
-SNIFF_BYTES = 6
+SNIFF_BYTES = 512  # a tar header's worth: enough to tell a tar from compressed data
 # names that mark a shard in a directory listing (magic bytes decide the format when read)
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd", ".tar.bz2", ".tar.xz")
 
@@ -35,47 +35,63 @@ class CompressedDataError(ValueError):
 
 
 def sniff(head: bytes) -> Optional[str]:
-    """The compression format whose magic number ``head`` starts with, else None."""
+    """The compression format whose magic number ``head`` starts with, else None. ``head``
+    should be a tar header's worth (512 bytes) when the stream has it: a plain tar whose
+    first block is a valid tar header is never taken for compressed data (a member named
+    ``BZh...`` starts with bzip2's short magic)."""
+    if len(head) >= 512 and _looks_like_tar(head[:512]):
+        return None
     for magic, name in MAGIC:
         if head.startswith(magic):
             return name
     return None
 
 
+def _looks_like_tar(block: bytes) -> bool:
+    from .tar import _parse_header
+
+    return _parse_header(block) is not None
+
+
 class CountingReader:
     """Forward-only reader over a raw stream that serves ``head`` (already read) first,
     counts the bytes it hands out (``pos``: bytes taken from storage) and remembers the
     last exception the raw stream raised, so a decompressor's error can be told apart
-    from a storage failure."""
+    from a storage failure. Once ``head`` is served, ``read`` is the lean path."""
 
     def __init__(self, raw: BinaryIO, head: bytes = b""):
         self.raw, self._head = raw, head
         self.pos = 0
         self.failed: Optional[BaseException] = None
+        if not head:
+            self.read = self._read  # type: ignore[method-assign]
 
     def read(self, n: int = -1) -> bytes:
-        if self._head:
-            if n is None or n < 0:
-                data = self._head + self._raw_read(-1)
-            else:
-                data, self._head = self._head[:n], self._head[n:]
-                if len(data) < n and not self._head:
-                    data += self._raw_read(n - len(data))
-                self.pos += len(data)
-                return data
-            self._head = b""
+        head = self._head
+        if n is None or n < 0:
+            data = head + self._read(-1)
+            self.pos += len(head)
+        elif n <= len(head):
+            data = head[:n]
+            self._head = head[n:]
+            self.pos += n
         else:
-            data = self._raw_read(n)
-        self.pos += len(data)
+            data = head + self._read(n - len(head))
+            self._head = b""
+            self.pos += len(head)
+        if not self._head:
+            self.read = self._read  # type: ignore[method-assign]
         return data
 
-    def _raw_read(self, n: int) -> bytes:
+    def _read(self, n: int = -1) -> bytes:
         try:
             data = self.raw.read(n) if n is not None and n >= 0 else self.raw.read()
         except BaseException as e:
             self.failed = e
             raise
-        return data or b""
+        data = data or b""
+        self.pos += len(data)
+        return data
 
     # gzip/bz2/lzma file objects probe these
     def readable(self) -> bool:

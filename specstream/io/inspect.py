@@ -21,11 +21,12 @@ from .shards import Storage, expand_shards
 def _inspect_shard(url: str, storage: Storage, label_field: str) -> dict:
     out = {"shard": url, "samples": 0, "rows": 0, "durations": [], "rates": Counter(), "channels": Counter(),
            "formats": Counter(), "labels": Counter(), "problems": [], "bytes": 0, "unread": None,
-           "compression": None, "shard_bytes": None}
+           "compression": None, "shard_bytes": None, "corrupt": None}
     for table, bad, stats in read_shard(url, storage, ReaderOptions()):
         out["problems"].extend(bad)
         out["samples"] = stats.samples
         out["unread"], out["compression"], out["shard_bytes"] = stats.unread, stats.compression, stats.bytes_total
+        out["corrupt"] = stats.corrupt
         if table is None:
             continue
         for row in table.to_pylist():
@@ -75,8 +76,9 @@ def inspect_shards(spec, storage: Optional[Storage] = None, label_field: str = "
         "problems": problems,
         "compression": dict(Counter(p["compression"] or "none" for p in parts)),
         "unread_shards": {p["shard"]: p["unread"] for p in parts if p["unread"]},
+        "corrupt_shards": {p["shard"]: p["corrupt"] for p in parts if p["corrupt"]},
         "per_shard": {p["shard"]: {"samples": p["samples"], "readable": p["rows"], "bytes": p["shard_bytes"],
-                                   "compression": p["compression"], "unread": p["unread"],
+                                   "compression": p["compression"], "unread": p["unread"], "corrupt": p["corrupt"],
                                    "problems": len(p["problems"])} for p in parts},
     }
 
@@ -97,6 +99,9 @@ def format_inspection(s: dict, max_problems: int = 20) -> str:
     if s["unread_shards"]:
         lines.append(f"NOT READ to the end: {len(s['unread_shards'])} shard(s) (sample counts above are partial)")
         lines += [f"  {u}: from byte {v['from_byte']}: {v['reason']}" for u, v in s["unread_shards"].items()]
+    if s["corrupt_shards"]:
+        lines.append(f"CORRUPT: {len(s['corrupt_shards'])} compressed shard(s) whose end checksum failed")
+        lines += [f"  {u}: {v}" for u, v in s["corrupt_shards"].items()]
     lines.append(f"problems: {len(s['problems'])}")
     for e in s["problems"][:max_problems]:
         lines.append(f"  {e['shard']}  {e['key']}  [{e['stage']}] {e['reason']}")

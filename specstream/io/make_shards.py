@@ -145,6 +145,10 @@ def make_shards(src: str, out: str, manifest: Optional[str] = None, max_count: i
             if key in seen_keys:
                 summary.skipped.append((rel, "duplicate key: another file maps to key " + key))
                 continue
+            if not os.path.isfile(real):  # FIFOs, devices, sockets, folders: never opened (a FIFO would block)
+                summary.skipped.append((rel, "missing: file not found" if not os.path.lexists(path)
+                                        else "not a regular file (a FIFO, device or folder); not read"))
+                continue
             try:
                 with open(path, "rb") as f:
                     data = f.read()

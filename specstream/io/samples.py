@@ -210,7 +210,16 @@ def iter_samples(stream, shard: str, options: Optional[ReaderOptions] = None,
                 f"a corrupt tar region follows this sample ({region}); a member of it may be lost")
         yield finish(cur)
     verify = getattr(stream, "verify_end", None)
-    damage = verify() if verify is not None else None
+    try:
+        damage = verify() if verify is not None else None
+    except StorageAccessError:
+        raise
+    except OSError as e:  # the store failed while the end of a compressed stream was read
+        pos = getattr(stream, "raw_pos", 0)
+        stats.unread = {"from_byte": int(pos), "reason": clean_reason(
+            f"storage error at the end of the compressed stream (its checksum was not verified): {e}")}
+        yield "quarantine", unread_entry(shard, int(pos), stats.unread["reason"])
+        return
     if damage:
         stats.corrupt = clean_reason(f"{damage}: the checksum at the end of the compressed stream does not "
                                      f"match; samples delivered from this shard may be corrupt")

@@ -170,9 +170,14 @@ def redact(text: str) -> str:
     return _USERINFO.sub("***@", text)
 
 
+_REQUEST_ID = re.compile(r"\s*\((?:Request|Host) ID: [^)]*\)", re.I)
+_AFTER_MS = re.compile(r" after \d+ ms")
+
+
 def storage_message(e: BaseException, url: str) -> str:
-    """A one-line, credential-free description of a storage error on ``url``."""
-    msg = " ".join(str(e).split()) or type(e).__name__
+    """A one-line, credential-free description of a storage error on ``url``, the same on
+    every run (request ids and timings left out)."""
+    msg = _AFTER_MS.sub("", _REQUEST_ID.sub("", " ".join(str(e).split()))) or type(e).__name__
     if "://" in url and is_auth_error(e):
         bucket, _, key = url.split("://", 1)[-1].partition("/")
         msg = (f"access denied to bucket {bucket!r} key {key!r}: check the credentials (AWS_* variables "
@@ -191,11 +196,14 @@ class ResumableStream:
     have lasted ``budget_s`` seconds (a time budget: long enough for a server restart), or
     after ``max_retries`` attempts when that is set, raising :class:`ShardUnreadable`; the
     shard's unread rest is then accounted for as unread. Access denied (403/401) is not
-    retried: :class:`StorageAccessError` names bucket and key.
+    retried: :class:`StorageAccessError` names bucket and key. An object reported missing
+    (404, e.g. deleted after listing) is retried for ``missing_budget_s`` only.
 
     Opening is lazy (the first read opens), so an outage at open time is retried like
     one mid-shard. This is also the guard against re-reading a half-consumed stream from
     its start, which would duplicate every sample already emitted from the shard."""
+
+    missing_budget_s = 5.0  # an object reported missing (404) is retried this long at most
 
     def __init__(self, fs, path: str, buffer_size: int, budget_s: float = 60.0, backoff: float = 0.2,
                  backoff_max: float = 5.0, max_retries: Optional[int] = None, url: Optional[str] = None):
@@ -210,8 +218,8 @@ class ResumableStream:
     def _open(self):
         import pyarrow as pa
 
-        if self.pos == 0:
-            return self.fs.open_input_stream(self.path, buffer_size=self.buffer_size)
+        if self.pos == 0:  # compression=None: the bytes as stored (ShardStream detects compression itself)
+            return self.fs.open_input_stream(self.path, compression=None, buffer_size=self.buffer_size)
         raw = self.fs.open_input_file(self.path)
         raw.seek(self.pos)
         return pa.BufferedInputStream(raw, self.buffer_size)
@@ -246,16 +254,18 @@ class ResumableStream:
                 attempts += 1
                 self.failures += 1
                 waited = now - first_failure
-                if waited >= self.budget_s or (self.max_retries is not None and attempts > self.max_retries):
+                # an object that is gone (404 while the store answers) gets a short budget of its own
+                budget = min(self.budget_s, self.missing_budget_s) if isinstance(e, FileNotFoundError) \
+                    else self.budget_s
+                if waited >= budget or (self.max_retries is not None and attempts > self.max_retries):
+                    what = "not found" if isinstance(e, FileNotFoundError) else "failed"
                     raise ShardUnreadable(
-                        f"{'open' if self.pos == 0 else 'read'} failed at byte {self.pos}; gave up after "
-                        f"{attempts} attempt(s) over {waited:.1f} s, the retry budget (source.retry_budget_s = "
-                        f"{self.budget_s:g}): {storage_message(e, self.url)}") from None
-                delay = min(self.backoff_max, self.backoff * 2 ** (attempts - 1),
-                            max(0.0, self.budget_s - waited))
+                        f"{'open' if self.pos == 0 else 'read'} {what} at byte {self.pos} past the retry budget "
+                        f"(source.retry_budget_s = {self.budget_s:g}): {storage_message(e, self.url)}") from None
+                delay = min(self.backoff_max, self.backoff * 2 ** (attempts - 1), max(0.0, budget - waited))
                 log.warning("%s: %s error at byte %d (%s); retrying there in %.2f s (attempt %d)",
-                            redact(self.url), "open" if self.pos == 0 and self.resumes == 0 else "read",
-                            self.pos, storage_message(e, self.url), delay, attempts)
+                            redact(self.url), "open" if self.pos == 0 else "read", self.pos,
+                            storage_message(e, self.url), delay, attempts)
                 time.sleep(delay)
 
     def close(self) -> None:
@@ -279,10 +289,12 @@ class ShardStream:
 
         self._storage = raw
         self.size = size
+        self.tail_error: Optional[BaseException] = None  # set by the tar reader past the end marker
         head = _read_upto(raw, SNIFF_BYTES)
         self._raw = CountingReader(raw, head)
         self.compression = sniff(head)
         self._s = Decompressed(self._raw, self.compression) if self.compression else self._raw
+        self.read = self._s.read  # no extra call layer per read
 
     @property
     def raw_pos(self) -> int:
@@ -296,18 +308,25 @@ class ShardStream:
     def resumes(self) -> int:
         return getattr(self._storage, "resumes", 0)
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1) -> bytes:  # replaced per instance by the inner stream's read
         return self._s.read(n)
 
     def verify_end(self, limit: int = 16 << 20) -> Optional[str]:
         """After the tar's end-of-archive marker: read a compressed stream to its end (at most
         ``limit`` more decompressed bytes) so that its checksum (gzip CRC-32, zstd/xz
-        checks) is verified. Returns the damage found, else None. The tar reader stops at
-        the end-of-archive marker, before the trailer that holds the checksum."""
-        if not self.compression:
-            return None
+        checks) is verified. Returns the damage found, else None; a storage failure raises
+        (OSError). The tar reader stops at the end-of-archive marker, before the trailer that
+        holds the checksum. Data after a complete compressed stream that is not another
+        stream is reported as such, not as a checksum failure."""
         from .compress import CompressedDataError
 
+        if self.tail_error is not None:
+            e, self.tail_error = self.tail_error, None
+            if isinstance(e, CompressedDataError):
+                return None if _trailing_data(e) else str(e)
+            raise e
+        if not self.compression:
+            return None
         left = limit
         try:
             while left > 0:
@@ -316,7 +335,7 @@ class ShardStream:
                     return None
                 left -= len(chunk)
         except CompressedDataError as e:
-            return str(e)
+            return None if _trailing_data(e) else str(e)
         return None
 
     def close(self) -> None:
@@ -327,6 +346,12 @@ class ShardStream:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _trailing_data(e: BaseException) -> bool:
+    """gzip's complaint about bytes after a complete stream that are not another gzip member
+    (the stream itself, checksum included, was whole): not damage to the shard."""
+    return "Not a gzipped file" in str(e)
 
 
 def _read_upto(raw: BinaryIO, n: int) -> bytes:

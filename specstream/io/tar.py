@@ -37,6 +37,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, NamedTuple, Optional, Tuple, Union
 
+import numpy as np
+
 BLOCK = 512
 CHUNK = 1 << 20  # the most the reader asks of the stream in one read()
 MAX_EXTENDED = 1 << 20  # a pax / GNU long-name header over this many bytes is damage
@@ -178,14 +180,21 @@ def _is_ustar_header(block: bytes) -> bool:
 
 
 def _find_header(buf: bytes, end: Optional[int] = None) -> int:
-    """Offset of the first block-aligned valid ustar header in ``buf[:end]``, else -1."""
+    """Offset of the first block-aligned valid ustar header in ``buf[:end]``, else -1. Only
+    the magic bytes of each block are looked at (a strided view), then candidates parsed:
+    this runs over every member's data, so it must cost far less than a pass over it."""
     end = len(buf) if end is None else end
-    i = buf.find(b"ustar", 257, end)
-    while i >= 0:
-        b = i - 257
-        if b % BLOCK == 0 and b + BLOCK <= end and _parse_header(buf[b:b + BLOCK]) is not None:
+    n = end // BLOCK
+    if n == 0:
+        return -1
+    a = np.frombuffer(buf, dtype=np.uint8, count=n * BLOCK).reshape(n, BLOCK)
+    hit = a[:, 257] == 0x75  # "ustar"
+    for k, c in enumerate(b"star", 258):
+        hit &= a[:, k] == c
+    for i in np.flatnonzero(hit).tolist():
+        b = i * BLOCK
+        if _parse_header(buf[b:b + BLOCK]) is not None:
             return b
-        i = buf.find(b"ustar", i + 1, end)
     return -1
 
 
@@ -336,9 +345,12 @@ def iter_members(
                 # a wrong size that landed in zeros (silence in a WAV), or shards joined together
                 try:
                     tail = inp.read(_TAIL_SCAN) if len(nxt) == BLOCK else b""
-                except Exception:  # noqa: BLE001 - past the marker, a failed read is just the end:
-                    tail = b""  # (a compressed stream's checksum error is sticky: the caller's
-                    # next read, ShardStream.verify_end, meets it again and reports it)
+                except Exception as e:  # noqa: BLE001 - past the marker, a failed read is just the end
+                    tail = b""  # of the members; the error is kept for the stream's owner (a compressed
+                    try:  # stream's checksum check, ShardStream.verify_end, reports it)
+                        inp.stream.tail_error = e
+                    except AttributeError:
+                        pass
                 if _find_header(tail) < 0:
                     if ext is not None:
                         yield Problem(ext.start, f"extended header at byte {ext.start} is followed by the "

@@ -19,7 +19,7 @@ import ray
 
 from ..config import PipelineConfig, load_config
 from ..io.samples import ReaderOptions
-from ..io.shards import Storage, expand_shards
+from ..io.shards import Storage, expand_shards, shard_sizes
 from .datasource import ShardDatasource, shard_order
 from .deliver import collate, torch_batches
 from .ledger import Ledger, LedgerSink, write_report
@@ -147,13 +147,14 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
         ray.init()
     if check_fit:
         check_resources(cfg, reserved_cpus, reserved_gpus)
-    ledger = Ledger.remote(urls)
+    sizes = shard_sizes(urls, storage)
+    ledger = Ledger.remote(urls, sizes)
     sink = LedgerSink(ledger)
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),
                             block_rows=cfg.source.block_rows)
     cfg_dict = cfg.to_dict()
     source = ShardDatasource(urls, storage, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink),
-                             base_epoch=cfg.epoch,
+                             base_epoch=cfg.epoch, sizes=sizes,
                              shuffle_seed=cfg.seed if cfg.source.shuffle_shards else None)
     read_res = dict(cfg.decode.resources) or None
     ds = ray.data.read_datasource(source, override_num_blocks=len(urls),

@@ -34,7 +34,7 @@ class ShardDatasource(Datasource):
     def __init__(self, urls: List[str], storage: Optional[Storage] = None,
                  options: Optional[ReaderOptions] = None, ledger=None,
                  decode: Optional[Callable] = None, base_epoch: int = 0,
-                 shuffle_seed: Optional[int] = None):
+                 shuffle_seed: Optional[int] = None, sizes: Optional[List[Optional[int]]] = None):
         super().__init__()
         self.shuffle_seed = shuffle_seed
         self.decode = decode
@@ -43,7 +43,7 @@ class ShardDatasource(Datasource):
         self.storage = storage or Storage()
         self.options = options or ReaderOptions()
         self.ledger = ledger
-        self._sizes = shard_sizes(self.urls, self.storage)
+        self._sizes = list(sizes) if sizes is not None else shard_sizes(self.urls, self.storage)
 
     def get_name(self) -> str:
         return "WebDatasetShards"

@@ -23,8 +23,9 @@ class Ledger:
     dataset shard) re-reads every shard; a shard's pass ends with its reader's closing
     record. Quarantine entries count once per (shard, key, pass)."""
 
-    def __init__(self, shards: Optional[List[str]] = None):
+    def __init__(self, shards: Optional[List[str]] = None, sizes: Optional[List[Optional[int]]] = None):
         self.expected = list(shards or [])  # every shard of the run: one never read is reported unread
+        self.sizes = dict(zip(self.expected, sizes or []))
         self.reads: Dict[str, dict] = {}  # shard -> bytes read/total, compression, unread (latest pass)
         self.chunks: Dict[str, Dict[int, int]] = {}  # current pass: chunk -> samples
         self.done_total: Counter = Counter()  # samples of completed passes
@@ -90,7 +91,7 @@ class Ledger:
         reads = dict(self.reads)
         for shard in self.expected:
             if shard not in read and shard not in reads:
-                reads[shard] = {}  # listed in the report as never read
+                reads[shard] = {"bytes_read": 0, "bytes_total": self.sizes.get(shard), "never": True}
         report = build_report(dict(read), dict(self.passes), list(self.bad.values()), dict(self.delivered),
                               reads=reads, in_progress=set(self.chunks))
         report["nodes"] = {stage: sorted(n) for stage, n in self.nodes.items()}
@@ -125,7 +126,7 @@ def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[
         unread = None
         if info is not None and info.get("unread"):
             unread = dict(info["unread"])
-        elif shard not in read and info == {}:
+        elif shard not in read and info is not None and info.get("never"):
             unread = {"from_byte": 0, "reason": "never read: the run ended before this shard was opened"}
         row = {"read": r, "delivered": d, "quarantined": q, "passes": passes.get(shard, 0),
                "bytes_read": (info or {}).get("bytes_read"), "bytes_total": (info or {}).get("bytes_total"),
