@@ -209,26 +209,35 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.reps}")
 
     if args.part in ("masks", "all"):
-        masks = Policy([FreqMask(max_width=27, count=2), TimeMask(max_width=100, count=2)])
-        ta = torchaudio.transforms.SpecAugment(n_time_masks=2, time_mask_param=100, n_freq_masks=2,
-                                               freq_mask_param=27, iid_masks=True, zero_masking=True)
-        t_ours, t_ta, t_loop = timed([lambda: masks(x, lengths, key_ids=ids, seed=0), lambda: ta(x),
-                                      lambda: loop_masks(x, lengths)], args.reps, device)
-        print(f"2F+2T masks  ours {t_ours * 1e3:8.2f} ms | torchaudio SpecAugment {t_ta * 1e3:8.2f} ms | "
+        # like with like: zero fill vs torchaudio's zero_masking, mean fill (our default: each
+        # sample's own mean) vs torchaudio's mean fill (the mean of the whole batch)
+        zero = Policy([FreqMask(max_width=27, count=2, fill="zero"), TimeMask(max_width=100, count=2, fill="zero")])
+        mean = Policy([FreqMask(max_width=27, count=2), TimeMask(max_width=100, count=2)])
+        ta0 = torchaudio.transforms.SpecAugment(n_time_masks=2, time_mask_param=100, n_freq_masks=2,
+                                                freq_mask_param=27, iid_masks=True, zero_masking=True)
+        tam = torchaudio.transforms.SpecAugment(n_time_masks=2, time_mask_param=100, n_freq_masks=2,
+                                                freq_mask_param=27, iid_masks=True, zero_masking=False)
+        t_zero, t_ta0, t_mean, t_tam, t_loop = timed(
+            [lambda: zero(x, lengths, key_ids=ids, seed=0), lambda: ta0(x),
+             lambda: mean(x, lengths, key_ids=ids, seed=0), lambda: tam(x),
+             lambda: loop_masks(x, lengths)], args.reps, device)
+        print(f"2F+2T masks, zero fill  ours {t_zero * 1e3:8.2f} ms | torchaudio SpecAugment {t_ta0 * 1e3:8.2f} ms | "
               f"per-sample loop {t_loop * 1e3:8.2f} ms")
-        print(f"  ratio vs torchaudio SpecAugment(iid_masks=True): {t_ta / t_ours:.1f}x  (target >= 3x on CPU)")
-        print(f"  ratio vs per-sample loop:                        {t_loop / t_ours:.1f}x")
+        print(f"  ratio vs torchaudio SpecAugment(iid_masks=True, zero_masking=True): {t_ta0 / t_zero:.1f}x")
+        print(f"  ratio vs per-sample loop:                        {t_loop / t_zero:.1f}x")
+        print(f"2F+2T masks, mean fill  ours {t_mean * 1e3:8.2f} ms | torchaudio SpecAugment {t_tam * 1e3:8.2f} ms")
+        print(f"  ratio vs torchaudio SpecAugment(iid_masks=True, zero_masking=False): {t_tam / t_mean:.1f}x")
         if device.type == "cuda":
             moved = 2 * x.numel() * x.element_size()  # one read + one write of the features
-            print(f"  effective bandwidth {moved / t_ours / 1e9:.0f} GB/s = "
-                  f"{100 * moved / t_ours / 1e9 / args.peak_gbs:.1f}% of {args.peak_gbs:.0f} GB/s")
+            print(f"  effective bandwidth (zero fill) {moved / t_zero / 1e9:.0f} GB/s = "
+                  f"{100 * moved / t_zero / 1e9 / args.peak_gbs:.1f}% of {args.peak_gbs:.0f} GB/s")
 
     if args.part in ("warp", "all"):
         warp = Policy([TimeWarp(W=80)])
         t_warp, t_warp_loop = timed([lambda: warp(x, lengths, key_ids=ids, seed=0),
                                      lambda: loop_time_warp(x, lengths)], args.reps, device)
         print(f"time warp    ours {t_warp * 1e3:8.2f} ms | per-sample loop {t_warp_loop * 1e3:8.2f} ms")
-        print(f"  ratio vs per-sample loop: {t_warp_loop / t_warp:.1f}x  (target >= 10x on CPU)")
+        print(f"  ratio vs per-sample loop: {t_warp_loop / t_warp:.1f}x")
     if args.part == "all":
         bench_stages(args, device)
     return 0

@@ -7,6 +7,9 @@ from typing import List, Optional
 
 import torch
 
+from .functional.frames import lengths_mask  # noqa: F401 - public here too
+from .functional.mel import hz_to_mel, mel_fbanks, mel_to_hz, vtlp_warp  # noqa: F401 - public here too
+
 WINDOWS = {
     "hann": torch.hann_window,
     "hamming": torch.hamming_window,
@@ -102,7 +105,7 @@ class LogMel(torch.nn.Module):
         win = cfg.win_length or cfg.n_fft
         self.register_buffer("window", WINDOWS[cfg.window](win, periodic=True).float(), persistent=False)
         # torchaudio's melscale_fbanks triangles, computed in float64 (warped_fbanks at alpha = 1)
-        fb = warped_fbanks(cfg, torch.ones(1), boundary_hz=cfg.sample_rate / 2)[0]
+        fb = mel_fbanks(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale, cfg.norm)[0]
         self.register_buffer("fbanks", fb, persistent=False)  # [n_mels, n_freqs]
 
     def _center_pad(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -144,11 +147,6 @@ class LogMel(torch.nn.Module):
         return feats * valid[:, None, :], frames
 
 
-def lengths_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
-    """[B, n] bool: position t holds signal (t < the sample's length)."""
-    return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def finalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
     """After augmentation: natural log -> dB (``log: db``, with the per-sample ``top_db``
     floor below each sample's own maximum), then mean/variance normalisation."""
@@ -184,53 +182,11 @@ def utterance_mvn(feats: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5)
     return (feats - mean) / torch.sqrt(var + eps) * valid
 
 
-# ------------------------------------------------------------- warped filterbanks (VTLP)
-
-def hz_to_mel(f: torch.Tensor, scale: str = "htk") -> torch.Tensor:
-    if scale == "htk":
-        return 2595.0 * torch.log10(1.0 + f / 700.0)
-    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
-    return torch.where(f < min_log_hz, f / f_sp, min_log_hz / f_sp + torch.log(f / min_log_hz) / logstep)
-
-
-def mel_to_hz(m: torch.Tensor, scale: str = "htk") -> torch.Tensor:
-    if scale == "htk":
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
-    min_log_mel = min_log_hz / f_sp
-    return torch.where(m < min_log_mel, f_sp * m, min_log_hz * torch.exp(logstep * (m - min_log_mel)))
-
-
-def vtlp_warp(freqs: torch.Tensor, alpha: torch.Tensor, sample_rate: int, boundary_hz: float) -> torch.Tensor:
-    """Jaitly & Hinton (2013) piecewise-linear VTLP warp of frequencies [..., n] by per-sample
-    factors alpha [B] -> [B, n]: f * alpha up to F_hi * min(alpha, 1) / alpha, then the line
-    that maps the Nyquist frequency onto itself."""
-    nyq = sample_rate / 2.0
-    a = alpha[:, None].to(freqs.dtype)
-    f = freqs.reshape(1, -1)
-    edge = boundary_hz * torch.clamp(a, max=1.0) / a
-    upper = nyq - (nyq - boundary_hz * torch.clamp(a, max=1.0)) / (nyq - edge) * (nyq - f)
-    return torch.where(f <= edge, f * a, upper)
-
+# ------------------------------------------------------------- filterbanks (VTLP): functional.mel
 
 def warped_fbanks(cfg: MelConfig, alpha: torch.Tensor, boundary_hz: float) -> torch.Tensor:
-    """Per-sample mel filterbanks [B, n_mels, n_freqs] on VTLP-warped frequency axes: energy
-    at frequency f lands in the mel filter of warp(f). alpha = 1 gives exactly torchaudio's
-    ``melscale_fbanks`` (same triangles, same Slaney normalisation)."""
-    n_freqs = cfg.n_fft // 2 + 1
-    f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
-    dev, f64 = alpha.device, torch.float64  # in float64 (as librosa): narrow low filters are
-    all_freqs = torch.linspace(0, cfg.sample_rate // 2, n_freqs, device=dev, dtype=f64)  # sensitive
-    m = torch.linspace(float(hz_to_mel(torch.tensor(float(cfg.f_min), dtype=f64), cfg.mel_scale)),
-                       float(hz_to_mel(torch.tensor(float(f_max), dtype=f64), cfg.mel_scale)), cfg.n_mels + 2,
-                       device=dev, dtype=f64)
-    f_pts = mel_to_hz(m, cfg.mel_scale)
-    warped = vtlp_warp(all_freqs, alpha.to(f64), cfg.sample_rate, boundary_hz)  # [B, n_freqs]
-    f_diff = f_pts[1:] - f_pts[:-1]
-    slopes = f_pts[None, None, :] - warped[:, :, None]  # [B, n_freqs, n_mels + 2]
-    down = -slopes[..., :-2] / f_diff[:-1]
-    up = slopes[..., 2:] / f_diff[1:]
-    fb = torch.clamp(torch.minimum(down, up), min=0.0)
-    if cfg.norm == "slaney":
-        fb = fb * (2.0 / (f_pts[2:cfg.n_mels + 2] - f_pts[: cfg.n_mels]))
-    return fb.transpose(1, 2).to(torch.float32).contiguous()
+    """Per-sample mel filterbanks [B, n_mels, n_freqs] of ``cfg`` on VTLP-warped frequency
+    axes (:func:`specstream.functional.mel.mel_fbanks`); alpha = 1 gives torchaudio's
+    ``melscale_fbanks``."""
+    return mel_fbanks(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale, cfg.norm,
+                      alpha=alpha, boundary_hz=boundary_hz)

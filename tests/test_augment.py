@@ -1,6 +1,7 @@
 """Augmentation ops: bounds, lengths, padding, keyed reproducibility, replay, mixing maths."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,31 +20,45 @@ def batch(B=6, F=40, T=200, lengths=None, seed=0):
     return zero_padding(x, L), L, [f"utt{i}" for i in range(B)]
 
 
-def runs(mask_1d):
-    """Contiguous True runs of a 1-D bool tensor as (start, width)."""
-    out, start = [], None
-    for i, v in enumerate(mask_1d.tolist() + [False]):
-        if v and start is None:
-            start = i
-        if not v and start is not None:
-            out.append((start, i - start))
-            start = None
+def _draws(op, n_keys=2000, F=40, T=200, lengths=None, seed=0):
+    """The recorded parameters of ``op`` over ``n_keys`` keys (tiny features: only the draws)."""
+    L = torch.full((n_keys,), T) if lengths is None else torch.as_tensor(lengths)
+    x = torch.zeros(len(L), F, T)
+    p = Policy([op])(x, L, keys=[f"key{i}" for i in range(len(L))], seed=seed).params[0]
+    return {k: v for k, v in p.items() if k != "__name__"}
+
+
+def expected_bands(starts, widths, on, size, upto=None):
+    """numpy: [B, size] bool, True in [start, start + width) of every mask slot that is on
+    (and below ``upto[b]`` when given)."""
+    s, w, on = np.asarray(starts), np.asarray(widths), np.asarray(on)
+    out = np.zeros((s.shape[0], size), dtype=bool)
+    for b in range(s.shape[0]):
+        for m in range(s.shape[1]):
+            if on[b, m]:
+                out[b, s[b, m]: s[b, m] + w[b, m]] = True
+        if upto is not None:
+            assert not out[b, int(upto[b]):].any()  # a mask inside the sample's own frames
     return out
 
 
 def test_freq_mask_bounds_and_no_padding_writes():
     x, L, keys = batch()
     out = Policy([FreqMask(max_width=7, count=3, fill=SENTINEL)])(x, L, keys=keys, seed=1)
-    masked = out.features == SENTINEL
-    for b in range(x.shape[0]):
-        assert not masked[b, :, L[b]:].any()  # never into padding
-        rows = masked[b, :, : L[b]]
-        # a masked bin is masked over every valid frame
-        assert torch.equal(rows.any(1), rows.all(1))
-        bands = runs(rows.any(1))
-        assert sum(w for _, w in bands) <= 3 * 7 and all(w <= 3 * 7 for _, w in bands)
-        assert len(bands) <= 3
-    assert torch.equal(out.features[~masked], x[~masked])
+    p = out.params[0]
+    masked = (out.features == SENTINEL).numpy()
+    bands_ = expected_bands(p["starts"], p["widths"], np.ones(p["starts"].shape, bool), x.shape[1])
+    valid = np.arange(x.shape[-1])[None, :] < L.numpy()[:, None]
+    expected = bands_[:, :, None] & valid[:, None, :]  # the drawn bands, over each sample's own frames
+    assert np.array_equal(masked, expected)
+    assert expected.any(axis=(1, 2)).sum() >= 4  # not a vacuous pass: most samples masked something
+    assert torch.equal(out.features[~torch.from_numpy(masked)], x[~torch.from_numpy(masked)])
+    # the draws cover the whole range: every width 0..max_width, starts at both ends
+    p = _draws(FreqMask(max_width=7, count=2), F=40)
+    s, w = p["starts"].numpy(), p["widths"].numpy()
+    assert set(w.ravel().tolist()) == set(range(8))
+    assert s.min() == 0 and (s + w).max() == 40 and (s + w).min() >= 0 and (s + w <= 40).all()
+    assert (s + w == 40)[w == 7].any() and (s == 0)[w == 7].any()  # the widest masks reach both ends too
 
 
 @pytest.mark.parametrize("op,limit", [
@@ -55,29 +70,55 @@ def test_time_masks_stay_inside_each_sample(op, limit):
     x, L, keys = batch(B=8, T=400, lengths=[400, 333, 250, 101, 64, 20, 5, 1])
     out = Policy([op])(x, L, keys=keys, seed=2)
     p = out.params[0]
-    masked = out.features == SENTINEL
+    masked = (out.features == SENTINEL).numpy()
+    counts = p["counts"].numpy()
     for b in range(8):
-        Lb = int(L[b])
-        cols = masked[b].any(0)
-        assert not cols[Lb:].any()
-        assert torch.equal(masked[b][:, cols], torch.ones_like(masked[b][:, cols]))
-        n = int(p["counts"][b])
-        expected_n = min(20, math.floor(0.04 * Lb)) if op.count_fraction else 2
-        assert n == expected_n
-        widths = p["widths"][b, :n]
-        starts = p["starts"][b, :n]
-        assert (widths <= limit(Lb)).all() and (starts + widths <= Lb).all()
-        assert cols.sum() <= widths.sum()
+        expected_n = min(20, math.floor(0.04 * int(L[b]))) if op.count_fraction else 2
+        assert counts[b] == expected_n
+    on = np.arange(p["starts"].shape[1])[None, :] < counts[:, None]
+    cols = expected_bands(p["starts"], p["widths"], on, x.shape[-1], upto=L.numpy())
+    assert np.array_equal(masked, np.broadcast_to(cols[:, None, :], masked.shape))  # every bin of a masked frame
+    assert cols.any(1).sum() >= 4  # not a vacuous pass
+    for b in range(8):
+        n = counts[b]
+        assert (p["widths"][b, :n] <= limit(int(L[b]))).all()
+    assert torch.equal(out.features[~torch.from_numpy(masked)], x[~torch.from_numpy(masked)])
+    # over many keys the widths take every value 0..limit and the starts reach both ends
+    Lb = 400
+    d = _draws(TimeMask(max_width=op.max_width, count=op.count, max_fraction=op.max_fraction,
+                        width_fraction=op.width_fraction, count_fraction=op.count_fraction,
+                        max_count=op.max_count), n_keys=2000, F=4, T=Lb)
+    n = int(d["counts"][0])
+    s, w = d["starts"][:, :n].numpy(), d["widths"][:, :n].numpy()
+    assert set(w.ravel().tolist()) == set(range(limit(Lb) + 1))
+    assert s.min() == 0 and (s + w).max() == Lb and (s + w <= Lb).all()
 
 
 def test_mean_fill_is_the_samples_own_mean():
-    x, L, keys = batch(B=3)
-    out = Policy([TimeMask(max_width=30, count=1, fill="mean")])(x, L, keys=keys, seed=0)
-    for b in range(3):
-        mean = x[b, :, : L[b]].mean()
-        s, w = int(out.params[0]["starts"][b, 0]), int(out.params[0]["widths"][b, 0])
-        if w:
-            assert torch.allclose(out.features[b, :, s:s + w], mean.expand(x.shape[1], w), atol=1e-5)
+    x, L, keys = batch(B=6, T=200)
+    x = x + torch.arange(6, dtype=torch.float32)[:, None, None] * zero_padding(torch.ones_like(x), L)  # own means
+    for op, axis in ((TimeMask(max_width=30, count=2, fill="mean"), "time"),
+                     (FreqMask(max_width=10, count=2, fill="mean"), "freq")):
+        out = Policy([op])(x, L, keys=keys, seed=0)
+        p = out.params[0]
+        n = p.get("counts", torch.full((6,), 2))
+        on = np.arange(2)[None, :] < n.numpy()[:, None]
+        size = x.shape[-1] if axis == "time" else x.shape[1]
+        bands_ = expected_bands(p["starts"], p["widths"], on, size)
+        assert bands_.any(1).sum() >= 4  # most samples really masked something
+        xn = x.double().numpy()
+        for b in range(6):
+            Lb = int(L[b])
+            mean = xn[b, :, :Lb].mean()  # the sample's own valid region, before masking
+            got = out.features[b, :, :Lb].double().numpy()
+            m = np.zeros((x.shape[1], Lb), bool)
+            if axis == "time":
+                m[:, bands_[b, :Lb]] = True
+            else:
+                m[bands_[b], :] = True
+            np.testing.assert_allclose(got[m], mean, atol=1e-5)
+            assert np.array_equal(got[~m], xn[b, :, :Lb][~m])
+            assert (out.features[b, :, Lb:] == 0).all()
 
 
 def test_same_key_same_output_in_differently_composed_batches():
@@ -121,6 +162,89 @@ def test_replay_reproduces_everything_exactly():
     assert set(logged) == {f"{i}:{o['op']}" for i, o in enumerate(spec["ops"])}
     assert "field" not in logged["11:feature_noise"] and "level" in logged["11:feature_noise"]
 
+def test_replay_matches_an_independent_numpy_computation():
+    """Replaying recorded parameters gives what those parameters say, computed with numpy
+    (time warp, zero-fill frequency masks, constant-fill time masks, cyclic frequency shift,
+    gain), not merely what the drawing call gave (the two share one code path)."""
+    ops = [TimeWarp(W=20), FreqMask(max_width=8, count=2, fill="zero"),
+           TimeMask(max_width=15, count=2, fill=-2.0), FreqShift(max_shift=4, cyclic=True), Gain()]
+    policy = Policy(ops)
+    x, L, keys = batch(B=5, T=150, lengths=[150, 130, 100, 70, 40])
+    out = policy(x, L, keys=keys, seed=21)
+    again = policy.apply(x, L, params=out.params)
+    assert torch.equal(again.features, out.features)
+    tw, fm, tm, fs, g = [{k: v.numpy() for k, v in p.items() if k != "__name__"} for p in out.params]
+    ref = np.zeros(x.shape)
+    for b in range(5):
+        Lb = int(L[b])
+        xb = x[b, :, :Lb].double().numpy()
+        src = _time_warp_source(int(tw["centre"][b]), int(tw["shift"][b]), Lb, Lb)
+        y = np.stack([np.interp(src, np.arange(Lb), row) for row in xb])
+        for s, w in zip(fm["starts"][b], fm["widths"][b]):
+            y[s:s + w, :] = 0.0
+        for m in range(int(tm["counts"][b])):
+            s, w = tm["starts"][b, m], tm["widths"][b, m]
+            y[:, s:s + w] = -2.0
+        y = np.roll(y, int(fs["shift"][b]), axis=0)
+        y = y + float(g["db"][b]) * math.log(10) / 10  # dB of the signal on ln(|X|**2) features
+        ref[b, :, :Lb] = y
+    np.testing.assert_allclose(again.features.numpy(), ref, atol=1e-4)
+    assert not np.allclose(ref, x.numpy())  # and the parameters did something
+
+
+def test_random_eq_is_the_db_curve_in_feature_units():
+    from specstream.augment import RandomEQ
+    from specstream.augment.core import FeatureDomain
+
+    x, L, keys = batch(B=6, F=64, T=50, lengths=[50, 40, 30, 20, 10, 5])
+    max_db, K = 8.0, 4
+    for dom, per_db in ((FeatureDomain(), math.log(10) / 10),  # ln(|X|**2): 1 dB = ln(10) / 10
+                        (FeatureDomain(power=1.0, log="db"), 0.5)):  # 10 log10 |X|: 1 dB = 0.5
+        out = Policy([RandomEQ(max_db=max_db, bands=K)], domain=dom)(x, L, keys=keys, seed=4)
+        amp, phase = out.params[0]["amp_db"].double().numpy(), out.params[0]["phase"].double().numpy()
+        nu = np.linspace(0, 1, 64)
+        k = np.arange(1, K + 1)[:, None]
+        for b in range(6):
+            Lb = int(L[b])
+            curve = (amp[b][:, None] * np.cos(np.pi * k * nu[None, :] + phase[b][:, None])).sum(0)  # dB
+            change = (out.features[b, :, :Lb] - x[b, :, :Lb]).double().numpy()
+            np.testing.assert_allclose(change, np.broadcast_to((curve * per_db)[:, None], change.shape), atol=1e-4)
+            assert np.abs(curve).max() <= max_db + 1e-6  # bounded by max_db
+            # smooth: the slope is bounded by the highest band's (|d curve / d nu| <= sum |a_k| pi k)
+            assert np.abs(np.diff(curve)).max() <= np.pi * (np.abs(amp[b]) * np.arange(1, K + 1)).sum() / 63 + 1e-9
+            assert np.ptp(curve) > 0.1  # not flat
+            assert (out.features[b, :, Lb:] == 0).all()
+    # over many keys the excursion uses the range up to max_db
+    d = _draws(RandomEQ(max_db=max_db, bands=K), F=64, T=2)
+    curves = RandomEQ(max_db=max_db, bands=K).curve_db(d, 64, "cpu")
+    assert curves.abs().max() > 0.6 * max_db and curves.abs().max() <= max_db
+
+
+@pytest.mark.parametrize("kind", ["lowpass", "highpass"])
+def test_band_limit_attenuates_the_stop_band_and_leaves_the_pass_band(kind):
+    from specstream.augment import BandLimit
+
+    F_, width, att = 80, 2.0, 50.0
+    x, L, keys = batch(B=8, F=F_, T=30, lengths=[30, 25, 20, 15, 10, 8, 4, 1])
+    out = Policy([BandLimit(kind=kind, cutoff=(0.35, 0.65), width=width, attenuation_db=att)])(x, L, keys=keys, seed=5)
+    cut = out.params[0]["cutoff"].double().numpy() * (F_ - 1)
+    assert np.ptp(cut) > 1  # per-sample cutoffs
+    f = np.arange(F_)
+    for b in range(8):
+        Lb = int(L[b])
+        db = (out.features[b, :, :Lb] - x[b, :, :Lb]).double().numpy() * 10 / math.log(10)  # dB of power
+        np.testing.assert_allclose(db, np.broadcast_to(db[:, :1], db.shape), atol=1e-4)  # the same on every frame
+        db = db[:, 0]
+        stop = f >= cut[b] + 8 * width if kind == "lowpass" else f <= cut[b] - 8 * width
+        passed = f <= cut[b] - 10 * width if kind == "lowpass" else f >= cut[b] + 10 * width
+        assert stop.sum() >= 7 and passed.sum() >= 7
+        assert (db[stop] <= -0.999 * att).all() and (db[stop] >= -att - 1e-3).all()  # ~attenuation_db
+        assert (np.abs(db[passed]) < 0.01).all()  # pass band untouched
+        steps = np.diff(db) if kind == "lowpass" else -np.diff(db)
+        assert (steps <= 1e-4).all()  # a monotone edge
+        edge = int(round(cut[b]))
+        assert -0.75 * att < db[edge] < -0.25 * att  # the cutoff is mid-transition
+
 
 def test_time_warp_is_batched_keeps_ends_and_never_reads_padding():
     x, L, keys = batch(B=6, T=300, lengths=[300, 280, 200, 90, 9, 2])
@@ -160,8 +284,9 @@ def test_time_stretch_lengths_and_frame_targets():
 def test_frame_drop_dup_is_a_monotone_resampling():
     x, L, keys = batch(B=5, T=120, lengths=[120, 100, 60, 30, 1])
     ft = torch.arange(120).repeat(5, 1)
-    out = Policy([FrameDropDup(drop=0.2, dup=0.2)])(x, L, keys=keys, frame_targets=ft, seed=3)
-    counts = out.params[0]["counts"].long()
+    op = FrameDropDup(drop=0.2, dup=0.2)
+    out = Policy([op])(x, L, keys=keys, frame_targets=ft, seed=3)
+    counts = op.frame_counts(out.params[0], L, 120)  # regenerated from the recorded stream key
     for b in range(5):
         Lb, n = int(L[b]), int(out.lengths[b])
         expected = int(counts[b, :Lb].sum()) or 1
@@ -239,20 +364,67 @@ def test_overlay_reaches_the_drawn_snr():
         assert torch.allclose(out.features[b, :, both:L[b]], x[b, :, both:L[b]])
 
 
+def _warp_forward(nu, alpha, boundary):
+    """numpy: where frequency nu in [0, 1] lands under FreqWarp (Jaitly & Hinton): nu * alpha
+    up to the bend nu0 = boundary * min(alpha, 1) / alpha, then the line to (1, 1)."""
+    nu0 = boundary * min(alpha, 1.0) / alpha
+    bend = alpha * nu0
+    return np.where(nu <= nu0, alpha * nu, bend + (nu - nu0) * (1 - bend) / (1 - nu0))
+
+
+def _warp_inverse(nu_out, alpha, boundary):
+    """numpy: the input frequency that lands at nu_out (the forward map inverted piece by piece)."""
+    nu0 = boundary * min(alpha, 1.0) / alpha
+    bend = alpha * nu0
+    return np.where(nu_out <= bend, nu_out / alpha, nu0 + (nu_out - bend) * (1 - nu0) / (1 - bend))
+
+
 def test_frequency_ops():
     x, L, keys = batch(B=3, F=32, T=40, lengths=[40, 30, 20])
     roll = Policy([FreqShift(max_shift=5, cyclic=True)])(x, L, keys=keys)
     for b in range(3):
         k = int(roll.params[0]["shift"][b])
         assert torch.equal(roll.features[b], torch.roll(x[b], k, dims=0))
+    assert len(set(roll.params[0]["shift"].tolist())) > 1
     ident = FreqWarp().apply(Batch(x, L), {"alpha": torch.ones(3), "active": torch.ones(3, dtype=torch.bool)})
     torch.testing.assert_close(ident.features, x)
     warped = Policy([FreqWarp(alpha=(0.85, 0.9))])(x, L, keys=keys)
     torch.testing.assert_close(warped.features[:, 0], x[:, 0])  # the lowest bin stays
     torch.testing.assert_close(warped.features[:, -1], x[:, -1])  # so does the top bin
+    # every bin is the input interpolated at the inverse warp (numpy, from the recorded alpha)
+    xn = x.numpy()
+    for b in range(3):
+        a = float(warped.params[0]["alpha"][b])
+        src = _warp_inverse(np.linspace(0, 1, 32), a, 0.8) * 31
+        ref = np.stack([np.interp(src, np.arange(32), xn[b, :, t]) for t in range(int(L[b]))], 1)
+        np.testing.assert_allclose(warped.features[b, :, : L[b]].numpy(), ref, atol=1e-4)
     gain = Policy([Gain(min_db=3, max_db=3)])(x, L, keys=keys)
     valid = zero_padding(torch.ones_like(x), L).bool()
     torch.testing.assert_close(gain.features[valid], x[valid] + 3 * math.log(10) / 10)
+
+
+def test_freq_warp_moves_a_tones_mel_peak_by_alpha():
+    """A real 1 kHz sine through LogMel: its mel peak moves to where the warp maps it."""
+    from specstream.augment.core import FeatureDomain
+    from specstream.features import LogMel, MelConfig
+
+    cfg = MelConfig(n_mels=80)
+    sr, F_ = cfg.sample_rate, cfg.n_mels
+    tone = torch.from_numpy((0.3 * np.sin(2 * np.pi * 1000 * np.arange(sr // 2) / sr)).astype(np.float32))[None]
+    feats, frames = LogMel(cfg)(tone, torch.tensor([sr // 2]))
+    peak = lambda f: int(f[0, :, 5:-5].mean(-1).argmax())  # noqa: E731 - interior frames
+    p0 = peak(feats)
+    for alpha in (0.85, 1.15):
+        out = Policy([FreqWarp(alpha=(alpha, alpha), boundary=0.8)], domain=FeatureDomain.from_mel(cfg))(
+            feats, frames, keys=["tone"])
+        a = float(out.params[0]["alpha"][0])
+        expect = float(_warp_forward(np.array(p0 / (F_ - 1)), a, 0.8)) * (F_ - 1)
+        got = peak(out.features)
+        assert abs(got - expect) <= 1.0, (alpha, p0, expect, got)
+        assert abs(got - p0) >= 3 and (got < p0) == (alpha < 1)  # it really moved, the right way
+        # the output bin nearest the tone is the one whose inverse-warped source is nearest p0
+        src = _warp_inverse(np.linspace(0, 1, F_), a, 0.8) * (F_ - 1)
+        assert got == int(np.argmin(np.abs(src - p0))) or abs(src[got] - p0) < 1.0
 
 
 def test_feature_noise_statistics_and_padding():
@@ -272,10 +444,26 @@ def test_feature_noise_statistics_and_padding():
 def test_cutout_rectangles_inside_samples():
     x, L, keys = batch(B=4, T=100, lengths=[100, 50, 20, 3])
     out = Policy([CutOut(count=2, max_freq=10, max_time=30, fill=SENTINEL)])(x, L, keys=keys, seed=2)
-    m = out.features == SENTINEL
+    p = {k: v.numpy() for k, v in out.params[0].items() if k != "__name__"}
+    masked = (out.features == SENTINEL).numpy()
+    expected = np.zeros(masked.shape, bool)
     for b in range(4):
-        assert not m[b, :, L[b]:].any()
-        assert m[b].any(0).sum() <= 60 and m[b].any(1).sum() <= 20
+        for m in range(2):
+            fs, fw, ts, tw = (int(p[k][b, m]) for k in ("f_starts", "f_widths", "t_starts", "t_widths"))
+            assert fs + fw <= x.shape[1] and ts + tw <= int(L[b]) and fw <= 10 and tw <= min(30, int(L[b]))
+            expected[b, fs:fs + fw, ts:ts + tw] = True
+    assert np.array_equal(masked, expected)
+    assert expected.any(axis=(1, 2)).sum() >= 2  # not a vacuous pass
+    assert torch.equal(out.features[~torch.from_numpy(masked)], x[~torch.from_numpy(masked)])
+    # over many keys: every width 0..max, starts at both ends, on both axes
+    d = {k: v.numpy() for k, v in _draws(CutOut(count=1, max_freq=10, max_time=30), F=40, T=100).items()}
+    for start, width, size, top in (("f_starts", "f_widths", 40, 10), ("t_starts", "t_widths", 100, 30)):
+        s, w = d[start], d[width]
+        assert set(w.ravel().tolist()) == set(range(top + 1)), width
+        assert s.min() == 0 and (s + w).max() == size and (s + w <= size).all(), start
+    frac = _draws(CutOut(count=1, max_time=1000, max_time_fraction=0.25), F=40, T=100, lengths=[100, 40] * 1000)
+    tw = frac["t_widths"][:, 0].numpy()
+    assert tw[0::2].max() == 25 and tw[1::2].max() == 10  # floor(0.25 * length)
 
 
 def test_presets_match_the_paper():
@@ -304,6 +492,27 @@ def test_test_time_augmentation():
     logits = torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]], [[3.0, 0.0]]])  # 3 views, 1 sample
     torch.testing.assert_close(tta_aggregate(logits, "mean"), logits.softmax(-1).mean(0))
     torch.testing.assert_close(tta_aggregate(logits, "vote"), torch.tensor([[2 / 3, 1 / 3]]))
+    # geometric: softmax of the mean log-probability; max: elementwise max of the probabilities
+    # (by hand, numpy, on 4 views x 3 samples x 5 classes)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 3, 5, generator=g) * 2
+    zn = z.double().numpy()
+    logp = zn - zn.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    probs = np.exp(logp)
+    m = logp.mean(0)
+    geo = np.exp(m - m.max(-1, keepdims=True))
+    geo = geo / geo.sum(-1, keepdims=True)
+    np.testing.assert_allclose(tta_aggregate(z, "geometric").numpy(), geo, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tta_aggregate(list(z), "max").numpy(), probs.max(0), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(geo, probs.mean(0), atol=1e-3)  # geometric is not the arithmetic mean
+    # probabilities given as such (logits=False) are not softmaxed again
+    np.testing.assert_allclose(tta_aggregate(torch.from_numpy(probs).float(), "max", logits=False).numpy(),
+                               probs.max(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(tta_aggregate(torch.from_numpy(probs).float(), "geometric", logits=False).numpy(),
+                               geo, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown TTA aggregation"):
+        tta_aggregate(z, "median")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU box)")
@@ -323,7 +532,7 @@ def test_cpu_cuda_parity():
 
 def test_fused_masks_equal_one_op_at_a_time():
     x, L, keys = batch(B=6, T=150)
-    policy = Policy([FreqMask(max_width=10, count=2), TimeMask(max_width=30, count=3),
+    policy = Policy([FreqMask(max_width=10, count=2, fill="zero"), TimeMask(max_width=30, count=3, fill="zero"),
                      CutOut(count=2, fill=0.0), TimeMask(max_width=20, count=1, fill=-5.0),
                      FreqMask(max_width=5, count=1, fill="mean")])
     out = policy(x, L, keys=keys, seed=7)
@@ -337,8 +546,8 @@ def test_fused_masks_equal_one_op_at_a_time():
 
 def test_zero_fill_keeps_padding_zero_and_matches_masked_write():
     x, L, keys = batch(B=5, T=120, lengths=[120, 90, 60, 30, 2])
-    zero = Policy([FreqMask(max_width=9, count=2), TimeMask(max_width=25, count=2),
-                   CutOut(count=1)])(x, L, keys=keys, seed=3)
+    zero = Policy([FreqMask(max_width=9, count=2, fill="zero"), TimeMask(max_width=25, count=2, fill="zero"),
+                   CutOut(count=1, fill="zero")])(x, L, keys=keys, seed=3)
     sentinel = Policy([FreqMask(max_width=9, count=2, fill=SENTINEL), TimeMask(max_width=25, count=2, fill=SENTINEL),
                        CutOut(count=1, fill=SENTINEL)])(x, L, keys=keys, seed=3)
     masked = sentinel.features == SENTINEL
@@ -348,13 +557,44 @@ def test_zero_fill_keeps_padding_zero_and_matches_masked_write():
         assert (zero.features[b, :, L[b]:] == 0).all()
 
 
+def _time_warp_source(c, w, L, T):
+    """numpy: the piecewise-linear SpecAugment warp: output frame c + w takes input frame c,
+    frames 0 and L - 1 stay; float source frame of every output frame t < L (identity past
+    L and for w = 0)."""
+    t = np.arange(T, dtype=np.float64)
+    if w == 0:
+        return t
+    last = L - 1
+    src = np.where(t < c + w, t * c / (c + w), c + (t - (c + w)) * (last - c) / (last - (c + w)))
+    return np.where(t < L, np.clip(src, 0, last), t)
+
+
+def _round_ok(got, src):
+    """Nearest-frame rounding, allowing either neighbour where src is (numerically) x.5."""
+    near = np.abs(src - np.floor(src) - 0.5) < 1e-4
+    return np.where(near, np.abs(got - src) <= 0.5 + 1e-4, got == np.round(src))
+
+
 def test_time_warp_moves_frame_targets_with_the_features():
     x, L, keys = batch(B=4, T=200, lengths=[200, 160, 120, 80])
     ft = torch.arange(200).repeat(4, 1)
     op = TimeWarp(W=30)
     out = Policy([op])(x, L, keys=keys, frame_targets=ft, seed=12)
-    src = op.source(L, out.params[0], 200)
-    assert torch.equal(out.frame_targets, src.round().long())
+    c, w = out.params[0]["centre"].numpy(), out.params[0]["shift"].numpy()
+    xn = x.double().numpy()
+    for b in range(4):
+        Lb = int(L[b])
+        assert abs(w[b]) <= 30 and 0 < c[b] < Lb - 1
+        src = _time_warp_source(int(c[b]), int(w[b]), Lb, 200)[:Lb]
+        # frame targets: the label of the nearest source frame (numpy), 0 past the length
+        assert _round_ok(out.frame_targets[b, :Lb].numpy(), src).all()
+        assert (out.frame_targets[b, Lb:] == 0).all()
+        # features: linear interpolation between source frames (numpy), 0 past the length
+        ref = np.stack([np.interp(src, np.arange(Lb), xn[b, f, :Lb]) for f in range(x.shape[1])])
+        np.testing.assert_allclose(out.features[b, :, :Lb].numpy(), ref, atol=1e-4)
+        assert (out.features[b, :, Lb:] == 0).all()
+        # the warp's own point: output frame c + w holds input frame c
+        np.testing.assert_allclose(out.features[b, :, int(c[b] + w[b])].numpy(), xn[b, :, int(c[b])], atol=1e-5)
     moved = (out.frame_targets[:, :80] != torch.arange(80)).any(1)
     assert moved.sum() >= 3  # most samples really warped
     for b in range(4):  # monotone, inside the sample, ends fixed

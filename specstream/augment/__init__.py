@@ -14,23 +14,24 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .bank import AudioBank, BankError, RIRBank
-from .core import Batch, Context, Op
-from .ops import (BandLimit, CutOut, FeatureNoise, FrameDropDup, FreqMask, FreqShift, FreqWarp, Gain, Mixup,
-                  Overlay, RandomEQ, TimeMask, TimeStretch, TimeWarp, Vtlp)
+from ..errors import BankError, ConfigError
+from .core import REGISTRY, Batch, Context, FeatureDomain, Op
 from .policy import OPS, SPECAUGMENT, AugmentResult, Policy, preset, specaugment, tta_aggregate, tta_views
-from .wave import (Babble, BackgroundNoise, Distortion, Filter, Noise, Reverb, Speed, Tempo, WaveBatch, WaveGain,
-                   WaveOp)
+from .spec import (BandLimit, CutOut, FeatureNoise, FrameDropDup, FreqMask, FreqShift, FreqWarp, Gain, Mixup,
+                   Overlay, RandomEQ, TimeMask, TimeStretch, TimeWarp, Vtlp)
+from .wave import (Babble, BackgroundNoise, Distortion, Filter, Noise, Reverb, RIRBank, Speed, Tempo, WaveBatch,
+                   WaveGain, WaveOp)
 
 __all__ = ["Policy", "preset", "specaugment", "AugmentResult", "build_policy", "tta_views", "tta_aggregate",
            "Op", "Batch", "Context", "OPS", "SPECAUGMENT", "FreqMask", "TimeMask", "CutOut", "TimeWarp",
            "FreqShift", "FreqWarp", "TimeStretch", "FrameDropDup", "Gain", "RandomEQ", "BandLimit",
            "FeatureNoise", "Mixup", "Overlay", "Vtlp", "WaveOp", "WaveBatch", "WaveGain", "Noise",
-           "BackgroundNoise", "Babble", "Reverb", "Speed", "Tempo", "Distortion", "Filter", "AudioBank",
-           "RIRBank", "BankError"]
+           "BackgroundNoise", "Babble", "Reverb", "Speed", "Tempo", "Distortion", "Filter",
+           "RIRBank", "BankError", "ConfigError", "FeatureDomain", "REGISTRY"]
 
 
-def build_policy(spec, num_classes: Optional[int] = None, banks=None) -> Policy:
+def build_policy(spec, num_classes: Optional[int] = None, banks=None,
+                 domain: Optional[FeatureDomain] = None) -> Policy:
     """A policy from its config spec: None (no augmentation), a preset name, or a dict /
     list for :meth:`Policy.from_dict`. ``banks``: a loader ``source -> AudioBank`` for ops
     that read recordings (noise, babble, reverb); without it they stay unloaded."""
@@ -40,6 +41,8 @@ def build_policy(spec, num_classes: Optional[int] = None, banks=None) -> Policy:
         policy = Policy(preset(spec).ops, num_classes=num_classes)
     else:
         policy = Policy.from_dict(spec, num_classes=num_classes)
+    if domain is not None:
+        policy.domain = domain
     if banks is not None:
         policy.bind_banks(banks)
     return policy

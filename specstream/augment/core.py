@@ -1,35 +1,170 @@
-"""The op contract: sample per-sample parameters, then apply them (kornia's split, without
-its global RNG). Pure torch; the same code on CPU and CUDA.
+"""The op contract, enforced here once for every op.
 
-A batch is padded features [B, F, T] with per-sample ``lengths`` (valid frames). Ops never
-write into padding and never read a sample's padding; ops that change lengths return the
-new lengths. Targets ride along: ``targets`` ([B] class index, [B, C] soft / multi-hot) and
-``frame_targets`` ([B, T] or [B, T, C] frame labels), which move with time-axis ops.
+An op is a class with a ``name`` (subclassing registers it: no list to edit), a
+``domain`` (``wave`` before the log-mel, ``filterbank``, or ``spec``), and two methods:
+
+- ``draw(ctx, batch) -> params``: per-sample parameters from a :class:`Context` (a pure
+  function of seed, epoch, sample key and the op's position; never a global RNG);
+- ``transform(batch, params) -> batch``: the math, on the rows it is given.
+
+:meth:`Op.apply` (what a policy calls) does the rest, the same way for every op: the
+per-sample gate (``p``) is drawn and recorded with the parameters; with ``rows = "active"``
+(the default) ``transform`` sees only the active rows, which are then written back (an op
+never re-implements gating, and costs nothing on rows it does not touch); padding is set
+back to 0 at the output lengths; frame targets are moved by the op's declared frame map
+(``frame_source``). An op declares what it changes (``changes``: features, lengths,
+targets, frames); the contract checks that it changed nothing else. Mixing ops (a partner
+from the batch) set ``rows = "all"`` and gate themselves.
+
+A batch is padded data [B, ..., T] with per-sample ``lengths``: log-mel features
+[B, n_mels, frames] (:class:`Batch`) or waveforms [B, samples] (:class:`WaveBatch`).
+A sample's output alone equals its output inside any padded batch (tested for every op).
+
+Parameter ranges are checked at construction by :func:`check` / :func:`check_range`:
+a :class:`~specstream.errors.ConfigError` naming op, key, value and the allowed range.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple, Type, Union
 
 import torch
 
-from ..features import lengths_mask as time_valid  # [B, T] bool: frame t holds signal
-from .random import hash32, keyed_words, uniform, unit_float
+from ..errors import ConfigError
+from ..functional.frames import gather_frames, interp_time, lengths_mask, masked_mean, move_frames, pad_to  # noqa: F401
+from ..functional.frames import select, zero_padding  # noqa: F401
+from ..functional.random import hash32, keyed_words, stream_uniform, uniform, unit_float  # noqa: F401
 
 Params = Dict[str, torch.Tensor]
+time_valid = lengths_mask  # [B, T] bool: frame t holds signal (the name the ops used)
+
+REGISTRY: Dict[str, Type["Op"]] = {}
+DOMAINS = ("wave", "filterbank", "spec")
+CHANGES = frozenset({"features", "lengths", "targets", "frames"})
+
+
+# ----------------------------------------------------------------------------- batches
+
+@dataclass
+class FeatureDomain:
+    """What the spectrogram ops are applied to, for the ops that work in the power domain
+    (gain, EQ, band-limiting, coloured noise, overlay): features = log(mel power + offset)
+    (``floor: add``) or log(max(mel power, offset)) (``floor: clamp``), of |STFT| ** ``power``,
+    natural log or dB (10 log10). ``mel`` (a :class:`~specstream.features.MelConfig`) lets
+    noise colours follow the mel scale in use. The featurizer's own settings give it:
+    :meth:`from_mel`."""
+
+    power: float = 2.0
+    log: str = "natural"  # natural | db
+    offset: float = 1e-6
+    floor: str = "add"  # add | clamp
+    mel: Any = None
+
+    @classmethod
+    def from_mel(cls, cfg) -> "FeatureDomain":
+        """The domain of the featurizer's log-mel *before* ``finalize`` (where the ops run:
+        natural log; dB and normalisation come after augmentation)."""
+        return cls(power=float(cfg.power), log="natural", offset=float(cfg.log_offset), floor=cfg.log_floor, mel=cfg)
+
+    def _nat(self) -> float:  # natural-log units per feature unit
+        return 1.0 if self.log == "natural" else math.log(10.0) / 10.0
+
+    def to_power(self, x: torch.Tensor) -> torch.Tensor:
+        """Mel power (|STFT| ** power through the filterbank) from features."""
+        p = torch.exp(x * self._nat()) if self.log == "db" else torch.exp(x)
+        return (p - self.offset).clamp(min=0) if self.floor == "add" else p
+
+    def from_power(self, p: torch.Tensor) -> torch.Tensor:
+        y = torch.log(p + self.offset) if self.floor == "add" else torch.log(p.clamp(min=self.offset))
+        return y / self._nat() if self.log == "db" else y
+
+    def gain(self, db: torch.Tensor) -> torch.Tensor:
+        """What a gain of ``db`` (on the signal's amplitude, as a waveform gain) adds to the
+        features where the signal is far above the floor."""
+        nat = db * (math.log(10.0) / 20.0) * self.power
+        return nat / self._nat()
 
 
 @dataclass
-class Batch:
-    features: torch.Tensor  # [B, F, T]
-    lengths: torch.Tensor  # [B] int64, valid frames
-    targets: Optional[torch.Tensor] = None
-    frame_targets: Optional[torch.Tensor] = None  # [B, T] or [B, T, C]
+class _Rows:
+    """Padded per-sample data with lengths; ``take``/``put`` move a subset of rows."""
 
-    def replace(self, **kw) -> "Batch":
+    _data: ClassVar[str] = "features"
+
+    @property
+    def data(self) -> torch.Tensor:
+        return getattr(self, self._data)
+
+    def replace(self, **kw):
         return replace(self, **kw)
 
+    def take(self, rows: torch.Tensor):
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 and f.name != "_data" else v
+        return type(self)(**kw)
+
+    def put(self, rows: torch.Tensor, sub) -> "_Rows":
+        """A new batch: rows ``rows`` from ``sub``, the others unchanged (the time axis grows
+        to the longer of the two)."""
+        kw = {}
+        for f in fields(self):
+            old, new = getattr(self, f.name), getattr(sub, f.name)
+            if not isinstance(old, torch.Tensor) or old.dim() == 0:
+                kw[f.name] = old
+                continue
+            if new is None:
+                kw[f.name] = old
+                continue
+            if f.name == self._data or f.name == "frame_targets":
+                axis = -1 if f.name == self._data else 1
+                n = max(old.shape[axis], new.shape[axis])
+                old, new = _pad_axis(old, n, axis), _pad_axis(new, n, axis)
+            if new.dtype != old.dtype:
+                old = old.to(new.dtype) if new.dtype.is_floating_point else old
+                new = new.to(old.dtype)
+            out = old.clone()
+            out[rows] = new
+            kw[f.name] = out
+        return type(self)(**kw)
+
+
+def _pad_axis(x: torch.Tensor, n: int, axis: int) -> torch.Tensor:
+    if axis == -1:
+        return pad_to(x, n)
+    if x.shape[axis] == n:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - axis) + [0, n - x.shape[axis]]
+    return torch.nn.functional.pad(x, pad)
+
+
+@dataclass
+class Batch(_Rows):
+    """Log-mel features [B, F, T] with valid frames ``lengths``, class / soft / multi-hot
+    ``targets`` and frame targets [B, T] or [B, T, C] that move with time-axis ops."""
+
+    features: torch.Tensor
+    lengths: torch.Tensor  # [B] int64, valid frames
+    targets: Optional[torch.Tensor] = None
+    frame_targets: Optional[torch.Tensor] = None
+    domain: FeatureDomain = field(default_factory=FeatureDomain)
+
+
+@dataclass
+class WaveBatch(_Rows):
+    """Waveforms [B, N] (0 past each sample's length) with ``lengths`` in samples."""
+
+    _data: ClassVar[str] = "audio"
+    audio: torch.Tensor
+    lengths: torch.Tensor
+    sample_rate: int
+    targets: Optional[torch.Tensor] = None
+    frame_targets: Optional[torch.Tensor] = None  # carried, not moved (Policy.featurize rescales them)
+
+
+# ----------------------------------------------------------------------------- randomness
 
 @dataclass
 class Context:
@@ -39,7 +174,7 @@ class Context:
     seed: int
     epoch: Union[int, torch.Tensor]  # an int, or [B] per sample (rows from different passes)
     slot: int  # the op's position in its policy
-    counter: int = field(default=0)
+    counter: int = 0
 
     @property
     def device(self):
@@ -56,32 +191,14 @@ class Context:
         u1, u2 = 1.0 - self.uniform(n), self.uniform(n)
         return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
 
-    def element_uniform(self, shape) -> torch.Tensor:
-        """[B, *shape] uniforms, one per element (for noise fields): a pure function of the
-        key and the element's coordinates (not of the padded size of the batch)."""
-        nd = len(shape)
-        words = keyed_words(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, nd)
-        for axis, n in enumerate(shape):
-            view = [1] * (nd + 1)
-            view[axis + 1] = n
-            words.append(torch.arange(n, device=self.device, dtype=torch.int64).reshape(view))
-        self.counter += 1
-        return unit_float(hash32(words, device=self.device))
-
     def stream_keys(self) -> torch.Tensor:
         """[B] int64: one 32-bit key per sample naming a stream of element draws, for
-        fields too large to keep in the recorded parameters (waveform noise): the op
-        records the key and regenerates the field from it with :func:`stream_uniform`."""
+        fields too large to record (noise, per-frame choices): the op records the key and
+        regenerates the field from it (:func:`~specstream.functional.random.stream_field`),
+        so the recorded parameters stay small and replay is exact."""
         words = keyed_words(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, 0)
         self.counter += 1
         return hash32(words, device=self.device)
-
-
-def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:
-    """[B, n] uniforms in [0, 1) of streams ``keys`` [B]: element t depends only on the key
-    and t, not on n (a sample's field is the same whatever length its batch is padded to)."""
-    t = torch.arange(n, device=keys.device, dtype=torch.int64)[None, :]
-    return unit_float(hash32([keys.reshape(-1, 1), t], device=keys.device))
 
 
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:
@@ -92,93 +209,141 @@ def randint(u: torch.Tensor, low, high) -> torch.Tensor:
     return (low + torch.floor(u * span).to(torch.int64)).minimum(high.to(torch.int64)).to(torch.int64)
 
 
-def move_frames(ft: torch.Tensor, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Frame targets [B, T] or [B, T, C] taken at integer source frames src [B, T_out]
-    (clamped to the input), zero past each sample's new ``lengths``."""
-    out = gather_frames(ft, src.clamp(0, ft.shape[1] - 1))
-    valid = time_valid(lengths, src.shape[1])
-    return out * valid.reshape(valid.shape + (1,) * (out.dim() - 2)).to(out.dtype)
+def lerp(r: Tuple[float, float], u: torch.Tensor) -> torch.Tensor:
+    return r[0] + (r[1] - r[0]) * u
 
 
-def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean over each sample's own valid frames: [B]."""
-    valid = time_valid(lengths, x.shape[-1]).to(x.dtype)[:, None, :]
-    n = (valid.sum((1, 2)) * x.shape[1]).clamp(min=1)
-    return (x * valid).sum((1, 2)) / n
+# ----------------------------------------------------------------------------- validation
+
+def check(op: str, key: str, value, ok: bool, allowed: str):
+    """``value`` if ``ok``, else a ConfigError naming op, key, value and what is allowed."""
+    if not ok:
+        raise ConfigError(f"{op}.{key}: {value!r} is not allowed; expected {allowed}")
+    return value
 
 
-_CHUNK_BYTES = 4 << 20
+def check_range(op: str, key: str, value, lo: float = -math.inf, hi: float = math.inf,
+                lo_open: bool = False, hi_open: bool = False) -> Tuple[float, float]:
+    """A [min, max] pair (a single number means [x, x]) within [lo, hi] (open ends where
+    asked), min <= max; else a ConfigError naming op, key, value and the allowed range."""
+    pair = (value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        a, b = float(pair[0]), float(pair[1])
+        good = len(pair) == 2
+    except (TypeError, ValueError, IndexError):
+        good, a, b = False, 0.0, 0.0
+    inside = (a > lo if lo_open else a >= lo) and (b < hi if hi_open else b <= hi)
+    allowed = (f"a number or [min, max] with {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+               f" and min <= max")
+    check(op, key, list(value) if isinstance(value, tuple) else value, good and inside and a <= b, allowed)
+    return a, b
 
 
-def interp_time(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation along the last axis of [B, C, T]: out[b, c, t] = x[b, c, src[b, t]]
-    for float src [B, T_out] in [0, T - 1]: two gathers with a broadcast index and one lerp.
-    Exact in the sense that matters here: the result depends only on src, not on T.
-
-    The upper-neighbour gather goes through a small reused buffer, a few samples at a time:
-    on CPU a second full-size temporary costs more in fresh-page faults than the gather
-    itself (scripts/bench_augment.py times the op)."""
-    B, C, T = x.shape
-    lo = src.floor().clamp(0, T - 1)
-    frac = (src - lo).to(x.dtype)[:, None, :]
-    lo = lo.to(torch.int64)
-    hi = (lo + 1).clamp(max=T - 1)
-    T_out = src.shape[-1]
-    out = torch.gather(x, 2, lo[:, None, :].expand(B, C, T_out))
-    step = max(1, _CHUNK_BYTES // max(1, C * T_out * x.element_size())) if x.device.type == "cpu" else B
-    buf = None
-    for s in range(0, B, step):
-        e = min(B, s + step)
-        idx = hi[s:e, None, :].expand(e - s, C, T_out)
-        if buf is None or buf.shape[0] != e - s:
-            buf = torch.empty((e - s, C, T_out), dtype=x.dtype, device=x.device)
-        torch.gather(x[s:e], 2, idx, out=buf)
-        out[s:e].lerp_(buf, frac[s:e])
-    return out
+def check_number(op: str, key: str, value, lo: float = -math.inf, hi: float = math.inf,
+                 lo_open: bool = False, hi_open: bool = False, integer: bool = False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    ok = ok and (not integer or float(value) == int(value))
+    if ok:
+        v = float(value)
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    kind = "an integer" if integer else "a number"
+    allowed = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    check(op, key, value, ok, allowed)
+    return int(value) if integer else float(value)
 
 
-def gather_frames(y: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Nearest-frame gather of frame targets [B, T] or [B, T, C] at integer src [B, T_out]."""
-    if y.dim() == 2:
-        return torch.gather(y, 1, src)
-    return torch.gather(y, 1, src[..., None].expand(-1, -1, y.shape[-1]))
+def check_choice(op: str, key: str, value, choices: Sequence):
+    return check(op, key, value, value in choices, "one of " + ", ".join(map(str, choices)))
 
 
-def zero_padding(x: torch.Tensor, lengths: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """x with every frame at or past its sample's length set to 0 (``inplace`` for fresh
-    intermediates that nothing else holds)."""
-    pad = ~time_valid(lengths, x.shape[-1])[:, None, :]
-    return x.masked_fill_(pad, 0) if inplace else x.masked_fill(pad, 0)
+def import_families(package: str, path) -> None:
+    """Import every module of an op-family package (``spec``, ``wave``), so that an op in a
+    new family file registers itself without an edit to any list."""
+    import importlib
+    import pkgutil
+
+    for m in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{m.name}")
 
 
-def select(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Per-sample choice between two tensors of the same shape ([B, ...])."""
-    return torch.where(active.reshape((-1,) + (1,) * (new.dim() - 1)), new, old)
-
+# ----------------------------------------------------------------------------- the op contract
 
 class Op:
-    """Base class. Subclasses define ``name``, ``draw(ctx, batch) -> params`` and
-    ``apply(batch, params) -> batch``. ``p`` is the per-sample probability of applying."""
+    """Base class of every augmentation op (see the module docstring for the contract)."""
 
-    name = "op"
-    domain = "spec"  # where the op runs: wave (before the log-mel), filterbank, spec
+    name: ClassVar[str] = ""
+    domain: ClassVar[str] = "spec"
+    changes: ClassVar[FrozenSet[str]] = frozenset({"features"})
+    rows: ClassVar[str] = "active"  # active: transform() sees only the active rows; all: the op gates itself
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__ and cls.name:
+            other = REGISTRY.get(cls.name)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise TypeError(f"augmentation op name {cls.name!r} is taken by {other.__qualname__}")
+            REGISTRY[cls.name] = cls
+        if cls.domain not in DOMAINS or not cls.changes <= CHANGES or cls.rows not in ("active", "all"):
+            raise TypeError(f"{cls.__qualname__}: bad op declaration (domain, changes or rows)")
 
     def __init__(self, p: float = 1.0):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{self.name}: p must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = check_number(self.name, "p", p, 0.0, 1.0)
 
-    def sample(self, ctx: Context, batch: Batch) -> Params:
+    # -- what a subclass writes
+    def draw(self, ctx: Context, batch) -> Params:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def transform(self, batch, params: Params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def frame_source(self, batch, params: Params, out) -> Optional[torch.Tensor]:
+        """For ops that move content in time: [b, T_out] integer source frame of every output
+        frame of ``out`` (frame targets are moved by it). None: frames stay where they are."""
+        return None
+
+    # -- the contract
+    def sample(self, ctx: Context, batch) -> Params:
+        """Draw the gate (``active``: U < p) and the parameters; both are recorded."""
         active = ctx.uniform(1)[:, 0] < self.p
         params = self.draw(ctx, batch)
         params["active"] = active
         return params
 
-    def draw(self, ctx: Context, batch: Batch) -> Params:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def apply(self, batch, params: Params):
+        """Apply recorded parameters: gate, transform, write back, zero padding, move frames."""
+        params = {k: v for k, v in params.items() if k != "__name__"}
+        active = params["active"]
+        if self.rows == "all":
+            out = self._checked(batch, self.transform(batch, params))
+        else:
+            n = int(active.sum())
+            if n == 0:
+                return batch
+            if n == active.numel():
+                out = self._moved(batch, params, self._checked(batch, self.transform(batch, params)))
+            else:
+                rows = active.nonzero()[:, 0]
+                sub = batch.take(rows)
+                sp = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in params.items()}
+                out = batch.put(rows, self._moved(sub, sp, self._checked(sub, self.transform(sub, sp))))
+        fresh = out.data is not batch.data and out.data._base is None  # a new tensor, not a view of the input
+        data = zero_padding(out.data, out.lengths, inplace=fresh)
+        return out.replace(**{out._data: data})
 
-    def apply(self, batch: Batch, params: Params) -> Batch:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _checked(self, before, after):
+        for name, what in (("lengths", "lengths"), ("targets", "targets"), ("frame_targets", "frames")):
+            if what not in self.changes and getattr(after, name) is not getattr(before, name):
+                raise RuntimeError(f"op {self.name!r} changed {name} without declaring it (changes={sorted(self.changes)})")
+        return after
+
+    def _moved(self, before, params, after):
+        ft = before.frame_targets
+        if ft is None or "frames" in self.changes:
+            return after
+        src = self.frame_source(before, params, after)
+        if src is None:
+            return after
+        return after.replace(frame_targets=move_frames(ft, src, after.lengths))
 
     def config(self) -> dict:
         """The op's constructor arguments (for logging and to_dict)."""

@@ -7,14 +7,15 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .core import Batch, Context, Op, move_frames
-from .ops import OPS as SPEC_OPS
-from .ops import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, apply_masks
-from .random import key_ids as _key_ids
-from .wave import WAVE_OPS, BankLoader, BankOp, WaveBatch
+from ..functional.frames import move_frames
+from ..functional.random import key_ids as _key_ids
+from . import spec, wave  # noqa: F401 - importing the families registers their ops
+from ..errors import ConfigError
+from .core import DOMAINS, REGISTRY, Batch, Context, FeatureDomain, Op, WaveBatch
+from .spec import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, Vtlp, apply_masks
+from .wave import BankLoader, BankOp
 
-OPS = {**WAVE_OPS, **SPEC_OPS}
-DOMAINS = ("wave", "filterbank", "spec")
+OPS = REGISTRY  # name -> op class, filled by subclassing
 
 # SpecAugment policies, Park et al. 2019, Table 1: W, F, mF, T, p, mT
 SPECAUGMENT = {
@@ -57,25 +58,35 @@ class Policy:
     op (VTLP) before the spectrogram ops: run those with :meth:`featurize`, which applies
     the waveform ops, computes the log-mel and then the spectrogram ops."""
 
-    def __init__(self, ops: Sequence[Op], num_classes: Optional[int] = None):
+    def __init__(self, ops: Sequence[Op], num_classes: Optional[int] = None,
+                 domain: Optional[FeatureDomain] = None):
         self.ops = list(ops)
         self.num_classes = num_classes
+        self.domain = domain or FeatureDomain()  # of the features the spectrogram ops see
         for op in self.ops:  # mixup needs the class count to turn class indices into one-hots
             if isinstance(op, Mixup) and op.num_classes is None:
                 op.num_classes = num_classes
         ranks = [DOMAINS.index(op.domain) for op in self.ops]
         for i in range(1, len(ranks)):
             if ranks[i] < ranks[i - 1]:
-                raise ValueError(f"augment.ops[{i}] ({self.ops[i].name}): {self.ops[i].domain} ops must come "
+                raise ConfigError(f"augment.ops[{i}] ({self.ops[i].name}): {self.ops[i].domain} ops must come "
                                  f"before {self.ops[i - 1].domain} ops (order: waveform, filterbank, spectrogram)")
         if ranks.count(1) > 1:
-            raise ValueError("augment: at most one filterbank op (vtlp)")
+            raise ConfigError("augment: at most one filterbank op (vtlp)")
         self._wave_end = ranks.count(0)
         self._spec_start = self._wave_end + ranks.count(1)
 
     @property
     def has_wave_ops(self) -> bool:
         return self._spec_start > 0
+
+    def check(self, sample_rate: int) -> "Policy":
+        """Settings that depend on the sample rate (a VTLP bend below Nyquist): a ConfigError
+        now rather than inside a worker."""
+        for op in self.ops:
+            if isinstance(op, Vtlp):
+                op.boundary(sample_rate)
+        return self
 
     def bank_ops(self) -> List[BankOp]:
         return [op for op in self.ops if isinstance(op, BankOp)]
@@ -102,26 +113,24 @@ class Policy:
 
     def _run(self, batch: Batch, param_source, start: int = 0) -> tuple:
         """Apply the spectrogram ops from ``start`` on; ``param_source(slot, op, batch)``
-        gives each op's params. Runs of mask ops with the same constant fill become one
-        masked write (same result as applying them one by one: masks only overwrite with a
-        constant)."""
+        gives each op's params. A run of consecutive mask ops with the same fill is one
+        masked write, the fill taken from the features as they enter the run."""
         all_params = []
         pending, pending_fill = [], None
         for slot, op in enumerate(self.ops[start:], start):
             params = param_source(slot, op, batch)
             all_params.append(params)
-            bare = {k: v for k, v in params.items() if k != "__name__"}
-            if isinstance(op, MaskOp) and op.fusable:
+            if isinstance(op, MaskOp):
                 if pending and op.fill != pending_fill:
                     batch = apply_masks(batch, pending, pending_fill)
                     pending = []
-                pending.append(op.mask_parts(batch, bare))
+                pending.append(op.mask_parts(batch, params))
                 pending_fill = op.fill
                 continue
             if pending:
                 batch = apply_masks(batch, pending, pending_fill)
                 pending = []
-            batch = op.apply(batch, bare)
+            batch = op.apply(batch, params)
         if pending:
             batch = apply_masks(batch, pending, pending_fill)
         return batch, all_params
@@ -133,7 +142,7 @@ class Policy:
             raise ValueError("this policy has waveform/filterbank ops: call featurize(wave, ...)")
         ids = self._ids(keys, key_ids, features.device)
         lengths = lengths.to(features.device).to(torch.int64)
-        batch, all_params = self._run(Batch(features, lengths, targets, frame_targets),
+        batch, all_params = self._run(Batch(features, lengths, targets, frame_targets, self.domain),
                                       self._drawer(ids, seed, epoch))
         return AugmentResult(batch.features, batch.lengths, batch.targets, all_params, batch.frame_targets)
 
@@ -168,25 +177,27 @@ class Policy:
             def draw(slot, op, batch):
                 return params[slot]
         recorded = []
+        self.check(sample_rate)
         wb = WaveBatch(wave, num_samples.to(device).to(torch.int64), int(sample_rate), targets)
         scale = torch.ones(wave.shape[0], dtype=torch.float64, device=device)  # input time per output time
         for slot in range(self._wave_end):
             op = self.ops[slot]
             p = draw(slot, op, wb)
             recorded.append(p)
-            bare = {k: v for k, v in p.items() if k != "__name__"}
-            wb = op.apply(wb, bare)
-            scale = scale * op.time_factor(bare).to(device=device, dtype=torch.float64)
+            wb = op.apply(wb, p)
+            scale = scale * op.time_factor(p).to(device=device, dtype=torch.float64)
         fbanks = None
         for slot in range(self._wave_end, self._spec_start):
             op = self.ops[slot]
             p = draw(slot, op, wb)
             recorded.append(p)
             fbanks = op.filterbanks(logmel.cfg, p).to(wave.dtype)
+        clean_frames = logmel.cfg.num_frames(num_samples.to(device).to(torch.int64))
         feats, frames = logmel(wb.audio, wb.lengths, fbanks=fbanks)
         if frame_targets is not None:
-            frame_targets = _rescale_frames(frame_targets.to(device), scale, frames, feats.shape[-1])
-        batch, spec_params = self._run(Batch(feats, frames, wb.targets, frame_targets), draw,
+            frame_targets = _rescale_frames(frame_targets.to(device), scale, frames, feats.shape[-1], clean_frames)
+        domain = FeatureDomain.from_mel(logmel.cfg)
+        batch, spec_params = self._run(Batch(feats, frames, wb.targets, frame_targets, domain), draw,
                                        start=self._spec_start)
         return AugmentResult(batch.features, batch.lengths, batch.targets, recorded + spec_params,
                              batch.frame_targets)
@@ -202,12 +213,41 @@ class Policy:
         for op, p in zip(self.ops, params):
             if p.get("__name__", op.name) != op.name:
                 raise ValueError(f"params for {p.get('__name__')!r} given to op {op.name!r}")
-        batch = Batch(features, lengths.to(features.device).to(torch.int64), targets, frame_targets)
+        batch = Batch(features, lengths.to(features.device).to(torch.int64), targets, frame_targets, self.domain)
         batch, _ = self._run(batch, lambda slot, op, b: params[slot])
         return AugmentResult(batch.features, batch.lengths, batch.targets, list(params), batch.frame_targets)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"ops": [{"op": op.name, **copy.deepcopy(op.config())} for op in self.ops]}
+
+    @staticmethod
+    def params_from_rows(rows: Sequence[Dict[str, Dict[str, Any]]], device=None) -> List[Dict[str, torch.Tensor]]:
+        """Recorded parameters of a batch from per-row records (``AugmentResult.params_for``,
+        or the ``aug_params`` JSON of delivered rows, in batch order): the inverse of
+        ``params_for``. Mixing ops record their partner as a batch index: replay them with the
+        rows of the same batch, in the same order."""
+        if not rows:
+            raise ValueError("params_from_rows: no rows")
+        slots = list(rows[0])
+        out = []
+        for slot in slots:
+            keys = list(rows[0][slot])
+            p = {}
+            for k in keys:
+                vals = [r[slot][k] for r in rows]
+                dtype = torch.bool if isinstance(vals[0], bool) or (isinstance(vals[0], list) and vals[0]
+                                                                  and isinstance(vals[0][0], bool)) else None
+                t = torch.tensor(vals, dtype=dtype, device=device)
+                if t.dtype == torch.float64:
+                    t = t.to(torch.float32)
+                p[k] = t
+            p["__name__"] = slot.split(":", 1)[1]
+            out.append(p)
+        return out
+
+    def replay_rows(self, rows, features: torch.Tensor, lengths: torch.Tensor, **kw) -> "AugmentResult":
+        """Replay logged per-row parameters on a spectrogram batch (:meth:`apply`)."""
+        return self.apply(features, lengths, self.params_from_rows(rows, features.device), **kw)
 
     @classmethod
     def from_dict(cls, spec: Union[Dict[str, Any], Sequence[Dict[str, Any]]],
@@ -218,38 +258,45 @@ class Policy:
         if isinstance(spec, dict):
             unknown = set(spec) - {"ops", "preset"}
             if unknown:
-                raise ValueError(f"augment: unknown key {sorted(unknown)[0]!r} (use 'preset' and/or 'ops')")
+                raise ConfigError(f"augment: unknown key {sorted(unknown)[0]!r} (use 'preset' and/or 'ops')")
             ops: List[Op] = list(preset(spec["preset"]).ops) if spec.get("preset") else []
             items = spec.get("ops") or []
         else:
             ops, items = [], list(spec)
         for n, item in enumerate(items):
             if not isinstance(item, dict) or "op" not in item:
-                raise ValueError(f"augment.ops[{n}]: expected a mapping with an 'op' name")
+                raise ConfigError(f"augment.ops[{n}]: expected a mapping with an 'op' name")
             kw = dict(item)
             name = kw.pop("op")
             if name not in OPS:
-                raise ValueError(f"augment.ops[{n}]: unknown op {name!r} (known: {', '.join(sorted(OPS))})")
+                raise ConfigError(f"augment.ops[{n}]: unknown op {name!r} (known: {', '.join(sorted(OPS))})")
             for k, v in kw.items():
                 if isinstance(v, list):
                     kw[k] = tuple(v)
             try:
                 ops.append(OPS[name](**kw))
             except TypeError as e:
-                raise ValueError(f"augment.ops[{n}] ({name}): {e}") from None
+                raise ConfigError(f"augment.ops[{n}] ({name}): {e}") from None
+            except ValueError as e:  # ConfigError from the op's own checks: say where it is
+                raise type(e)(f"augment.ops[{n}]: {e}") from None
         return cls(ops, num_classes=num_classes)
 
 
-def _rescale_frames(ft: torch.Tensor, scale: torch.Tensor, frames: torch.Tensor, T: int) -> torch.Tensor:
+def _rescale_frames(ft: torch.Tensor, scale: torch.Tensor, frames: torch.Tensor, T: int,
+                    clean_frames: torch.Tensor) -> torch.Tensor:
     """Frame targets after a change of time scale: output frame j takes input frame
-    round(j * scale) (nearest, clamped to the input), zero past each sample's frames."""
+    round(j * scale), clamped to the sample's *own* clean frames (not the batch's width: a
+    sample's labels must not depend on its padding), zero past each sample's new frames."""
     j = torch.arange(T, device=ft.device, dtype=torch.float64)[None, :]
-    return move_frames(ft, torch.round(j * scale[:, None]).to(torch.int64), frames)
+    src = torch.round(j * scale[:, None]).to(torch.int64)
+    src = torch.minimum(src, (clean_frames - 1).clamp(min=0)[:, None])
+    return move_frames(ft, src, frames)
 
 
-def specaugment(W: int, F: int, mF: int, T: int, p: float, mT: int, fill="zero") -> Policy:
+def specaugment(W: int, F: int, mF: int, T: int, p: float, mT: int, fill="mean") -> Policy:
     """Time warp, then mF frequency masks of width <= F, then mT time masks of width
-    <= min(T, p * length)."""
+    <= min(T, p * length). Masks fill with each sample's own mean (SpecAugment's zero is
+    the mean of normalised features; here normalisation comes after augmentation)."""
     ops: List[Op] = []
     if W > 0:
         ops.append(TimeWarp(W=W))
@@ -270,14 +317,25 @@ def preset(name: str) -> Policy:
                        TimeMask(width_fraction=0.05, count_fraction=0.04, max_count=20)])
     if key in ("none", "identity"):
         return Policy([])
-    raise ValueError(f"unknown preset {name!r} (known: {', '.join(list(SPECAUGMENT) + ['adaptive', 'none'])})")
+    raise ConfigError(f"unknown preset {name!r} (known: {', '.join(list(SPECAUGMENT) + ['adaptive', 'none'])})")
 
 
 def tta_views(policy: Policy, features: torch.Tensor, lengths: torch.Tensor, views: int, keys=None,
-              key_ids=None, seed: int = 0) -> List[AugmentResult]:
+              key_ids=None, seed: int = 0, logmel=None, sample_rate: Optional[int] = None) -> List[AugmentResult]:
     """Test-time augmentation: ``views`` augmented copies of the batch, view v drawn with
     epoch = -(v + 1) so views differ from each other and from any training epoch, and are
-    reproducible per key. View 0 is *not* the clean input: add it yourself if wanted."""
+    reproducible per key. View 0 is *not* the clean input: add it yourself if wanted.
+
+    A policy with waveform (or VTLP) ops draws its views from the waveform: pass the
+    waveforms [B, N] as ``features``, their lengths in samples, the featurizer ``logmel``
+    (:class:`~specstream.features.LogMel`) and ``sample_rate``; each view goes through
+    :meth:`Policy.featurize`."""
+    if policy.has_wave_ops:
+        if logmel is None or sample_rate is None:
+            raise ValueError("tta_views: this policy has waveform ops: pass the waveforms and their lengths in "
+                             "samples, with logmel= (a LogMel) and sample_rate=")
+        return [policy.featurize(features, lengths, logmel, sample_rate, keys=keys, key_ids=key_ids, seed=seed,
+                                 epoch=-(v + 1)) for v in range(views)]
     return [policy(features, lengths, keys=keys, key_ids=key_ids, seed=seed, epoch=-(v + 1))
             for v in range(views)]
 

@@ -1,28 +1,80 @@
 """Load audio banks (background noise, babble speech, room impulse responses) for the
-augmentation ops: a folder of audio files or WebDataset tar shards, local or on object
+augmentation ops (which see only the bank's tensors: :class:`AudioBank`): a folder of audio files or WebDataset tar shards, local or on object
 storage, decoded and resampled to the pipeline's rate.
 
 A bank source is a path, glob or brace pattern, or an ``s3://`` URL: a folder means every
 audio file and ``.tar`` shard under it (recursively). Missing or empty banks raise
-:class:`~specstream.augment.bank.BankError` naming the source; individual undecodable clips
+:class:`~specstream.errors.BankError` naming the source; individual undecodable clips
 are reported in the bank's ``problems`` (and logged), never silently dropped.
 """
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import braceexpand
 import torch
 
-from ..augment.bank import AudioBank, BankError
+from ..errors import BankError
 from .audio import AudioError, Resampler, decode_audio
 from .samples import AUDIO_EXTS, ReaderOptions, iter_samples
+from .compress import SHARD_SUFFIXES
 from .shards import Storage, match_url, open_shard
 
 log = logging.getLogger(__name__)
 
-_EXTS = tuple("." + e for e in AUDIO_EXTS) + (".tar",)
+
+@dataclass
+class AudioBank:
+    """Clips concatenated into one 1-D tensor: clip i is ``data[starts[i]:starts[i] + lengths[i]]``."""
+
+    data: torch.Tensor  # [total] float32
+    starts: torch.Tensor  # [R] int64
+    lengths: torch.Tensor  # [R] int64
+    sample_rate: int
+    names: List[str] = field(default_factory=list)
+    source: str = ""
+
+    @classmethod
+    def from_clips(cls, clips: Sequence[torch.Tensor], sample_rate: int, names: Sequence[str] = (),
+                   source: str = "") -> "AudioBank":
+        clips = [torch.as_tensor(c, dtype=torch.float32).reshape(-1) for c in clips]
+        clips = [c for c in clips if c.numel() > 0]
+        if not clips:
+            raise BankError(f"bank {source!r}: no audio in it")
+        lengths = torch.tensor([c.numel() for c in clips], dtype=torch.int64)
+        starts = torch.cumsum(lengths, 0) - lengths
+        return cls(torch.cat(clips), starts, lengths, int(sample_rate), list(names), source)
+
+    def __len__(self) -> int:
+        return int(self.lengths.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def seconds(self) -> float:
+        return float(self.lengths.sum()) / self.sample_rate
+
+    def to(self, device) -> "AudioBank":
+        if self.data.device == torch.device(device):
+            return self
+        return AudioBank(self.data.to(device), self.starts.to(device), self.lengths.to(device),
+                         self.sample_rate, self.names, self.source)
+
+    def segments(self, clip: torch.Tensor, offset: torch.Tensor, n: int) -> torch.Tensor:
+        """[B, n]: clip ``clip[b]`` read from ``offset[b]`` on, looping over the clip when
+        it is shorter than n (so any clip fills any sample)."""
+        t = torch.arange(n, device=self.device, dtype=torch.int64)[None, :]
+        idx = offset[:, None] + t  # one index tensor, updated in place
+        idx.remainder_(self.lengths[clip][:, None]).add_(self.starts[clip][:, None])
+        return self.data[idx]
+
+
+
+_EXTS = tuple("." + e for e in AUDIO_EXTS) + SHARD_SUFFIXES
 
 
 def _usable(path: str) -> bool:
@@ -48,7 +100,7 @@ def bank_items(source: str, storage: Optional[Storage] = None) -> List[str]:
 def _iter_clips(url: str, storage: Storage):
     """(name, audio bytes) of a file, or of every sample's audio in a tar shard; problems
     as (name, None, reason)."""
-    if not url.lower().endswith(".tar"):
+    if not url.lower().endswith(SHARD_SUFFIXES):
         with open_shard(url, storage) as f:  # a remote read resumes after transient errors
             data = f.read()
         yield url, data, None

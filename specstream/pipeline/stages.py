@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..augment import build_policy
+from ..augment import FeatureDomain, build_policy
 from ..augment.random import key_ids as make_key_ids
 from ..augment.random import uniform
 from ..config import PipelineConfig, load_config
@@ -226,7 +226,8 @@ class FeaturizeStage:
         self.logmel = LogMel(self.cfg.features).to(self.device)
         num_classes = len(vocab_from_config(self.cfg))
         self.policy = build_policy(self.cfg.augment, num_classes=num_classes,
-                                   banks=cached_loader(self.cfg.decode.sample_rate, storage_of(self.cfg)))
+                                   banks=cached_loader(self.cfg.decode.sample_rate, storage_of(self.cfg)),
+                                   domain=FeatureDomain.from_mel(self.cfg.features))
         for op in self.policy.bank_ops():  # onto the device now, not inside the first batch
             op.loaded(self.device)
 
@@ -284,6 +285,8 @@ class FeaturizeStage:
             if ft is not None:
                 result["frame_target"] = ft
         if self.cfg.log_params:
-            result["aug_params"] = np.array([json.dumps(out.params_for(i, max_values=64))
-                                             for i in range(len(lengths))], dtype=object)
+            # every parameter (fields are regenerated from recorded stream keys, so rows stay small):
+            # Policy.params_from_rows(...) turns logged rows back into replayable parameters
+            result["aug_params"] = np.array([json.dumps(out.params_for(i)) for i in range(len(lengths))],
+                                            dtype=object)
         return result

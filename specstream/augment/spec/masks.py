@@ -1,0 +1,208 @@
+"""Masks: frequency and time masks (SpecAugment, fixed or adaptive) and cut-out rectangles.
+
+A mask overwrites cells inside each sample's valid frames with a fill, per sample:
+``mean`` (default: the mean of the sample's own valid region, SpecAugment's "zero" of
+normalised features, and neither the loudest nor the quietest thing in an un-normalised
+log-mel), ``zero``, ``min`` (the sample's own minimum: silence), or a number. Consecutive
+mask ops are applied in one pass (:func:`apply_masks`), their fill taken from the features
+as they enter the run.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from ...functional.frames import bands, lengths_mask, masked_mean, masked_min
+from ..core import Batch, Context, Op, Params, check, check_number, randint
+
+Fill = Union[str, float]
+FILLS = ("mean", "zero", "min")
+
+
+def check_fill(op: str, fill: Fill) -> Fill:
+    ok = fill in FILLS if isinstance(fill, str) else isinstance(fill, (int, float)) and not isinstance(fill, bool)
+    return check(op, "fill", fill, ok, "mean, zero, min or a number")
+
+
+def fill_value(x: torch.Tensor, lengths: torch.Tensor, fill: Fill) -> torch.Tensor:
+    """[B, 1, 1] fill per sample."""
+    if fill == "zero":
+        return x.new_zeros(x.shape[0], 1, 1)
+    if fill == "mean":  # padding is 0 (the batch contract): a plain sum over the sample (rows in
+        # float32, which is fast, then their sum in float64)
+        n = (lengths.clamp(min=0).to(torch.float64) * x.shape[1]).clamp(min=1)
+        return (x.sum(2).to(torch.float64).sum(1) / n).to(x.dtype)[:, None, None]
+    if fill == "min":
+        return masked_min(x, lengths)[:, None, None].to(x.dtype)
+    return x.new_full((x.shape[0], 1, 1), float(fill))
+
+
+def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
+    """One pass for any number of masks: ``parts`` are (freq [B, F] or None, time [B, T] or
+    None, rect [B, F, T] or None) triples, already restricted to active samples and (time,
+    rect) to valid frames. Only each sample's valid frames are written.
+
+    Zero fill multiplies by broadcast keep-vectors (no [B, F, T] mask); other fills copy the
+    features and write the per-sample value into the masked rows and columns only."""
+    x, L = batch.features, batch.lengths
+    B, Fn, T = x.shape
+    fu = tu = ru = None
+    for f, t, r in parts:
+        if f is not None:
+            fu = f if fu is None else fu | f
+        if t is not None:
+            tu = t if tu is None else tu | t
+        if r is not None:
+            ru = r if ru is None else ru | r
+    if fu is None and tu is None and ru is None:
+        return batch
+    if fill == "zero" or (not isinstance(fill, str) and float(fill) == 0.0):
+        out = x.clone()  # zero fill: broadcast keep-vectors, padding is already 0
+        if fu is not None:
+            out.mul_((~fu).to(x.dtype)[:, :, None])
+        if tu is not None:
+            out.mul_((~tu).to(x.dtype)[:, None, :])
+        if ru is not None:
+            out.mul_((~ru).to(x.dtype))
+        return batch.replace(features=out)
+    # other fills: a copy, then indexed writes of only the masked cells (their number scales
+    # with the masked area, not the batch; unmasked cells are exact copies). A frequency band
+    # is filled on valid frames only (padding stays 0).
+    m = fill_value(x, L, fill)  # [B, 1, 1]
+    out = x.clone()
+    if fu is not None:
+        b, f = fu.nonzero(as_tuple=True)
+        out[b, f, :] = m[b, 0, :] * lengths_mask(L[b], T).to(x.dtype)
+    if tu is not None:  # drawn inside each sample's length already
+        b, t = tu.nonzero(as_tuple=True)
+        out[b, :, t] = m[b, 0, :].expand(-1, Fn)
+    if ru is not None:
+        out = torch.where(ru, m, out)
+    return batch.replace(features=out)
+
+
+class MaskOp(Op):
+    """Ops that only overwrite masked cells with a fill; :class:`~..policy.Policy` runs
+    consecutive ones with the same fill in one pass. They gate themselves (masks of
+    inactive samples are empty), so ``rows = "all"`` costs no row copies."""
+
+    rows = "all"
+    fill: Fill = "mean"
+
+    def mask_parts(self, batch: Batch, params: Params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def transform(self, batch: Batch, params: Params) -> Batch:
+        return apply_masks(batch, [self.mask_parts(batch, params)], self.fill)
+
+
+class FreqMask(MaskOp):
+    """SpecAugment frequency masks: ``count`` bands of width U{0..max_width} bins each."""
+
+    name = "freq_mask"
+
+    def __init__(self, max_width: int = 27, count: int = 2, fill: Fill = "mean", p: float = 1.0):
+        super().__init__(p)
+        self.max_width = check_number(self.name, "max_width", max_width, 0, integer=True)
+        self.count = check_number(self.name, "count", count, 0, 64, integer=True)
+        self.fill = check_fill(self.name, fill)
+
+    def draw(self, ctx: Context, batch: Batch) -> Params:
+        F_ = batch.features.shape[1]
+        w = randint(ctx.uniform(self.count), 0, min(self.max_width, F_))
+        s = randint(ctx.uniform(self.count), 0, F_ - w)
+        return {"starts": s, "widths": w}
+
+    def mask_parts(self, batch: Batch, params: Params):
+        on = params["active"][:, None].expand_as(params["starts"])
+        return bands(params["starts"], params["widths"], on, batch.features.shape[1]), None, None
+
+
+class TimeMask(MaskOp):
+    """SpecAugment time masks, inside each sample's own length.
+
+    Fixed: ``count`` masks of width U{0..min(max_width, max_fraction * length)}.
+    Adaptive (Park et al. 2020): ``width_fraction`` (pS: max width = pS * length) and/or
+    ``count_fraction`` (pM: count = min(max_count, floor(pM * length))).
+    """
+
+    name = "time_mask"
+
+    def __init__(self, max_width: int = 100, count: int = 2, max_fraction: float = 1.0,
+                 width_fraction: Optional[float] = None, count_fraction: Optional[float] = None,
+                 max_count: int = 20, fill: Fill = "mean", p: float = 1.0):
+        super().__init__(p)
+        self.max_width = check_number(self.name, "max_width", max_width, 0, integer=True)
+        self.count = check_number(self.name, "count", count, 0, 256, integer=True)
+        self.max_fraction = check_number(self.name, "max_fraction", max_fraction, 0.0, 1.0)
+        self.width_fraction = None if width_fraction is None else \
+            check_number(self.name, "width_fraction", width_fraction, 0.0, 1.0)
+        self.count_fraction = None if count_fraction is None else \
+            check_number(self.name, "count_fraction", count_fraction, 0.0, 1.0)
+        self.max_count = check_number(self.name, "max_count", max_count, 0, 256, integer=True)
+        self.fill = check_fill(self.name, fill)
+
+    def _slots(self) -> int:
+        return self.max_count if self.count_fraction is not None else self.count
+
+    def draw(self, ctx: Context, batch: Batch) -> Params:
+        L = batch.lengths
+        M = self._slots()
+        if self.width_fraction is not None:
+            wmax = torch.floor(self.width_fraction * L.float()).to(torch.int64)
+        else:
+            wmax = torch.minimum(torch.full_like(L, self.max_width),
+                                 torch.floor(self.max_fraction * L.float()).to(torch.int64))
+        if self.count_fraction is not None:
+            n = torch.floor(self.count_fraction * L.float()).to(torch.int64).clamp(max=self.max_count)
+        else:
+            n = torch.full_like(L, self.count)
+        w = randint(ctx.uniform(M), 0, wmax[:, None].clamp(min=0))
+        s = randint(ctx.uniform(M), 0, (L[:, None] - w).clamp(min=0))
+        return {"starts": s, "widths": w, "counts": n}
+
+    def mask_parts(self, batch: Batch, params: Params):
+        s, w = params["starts"], params["widths"]
+        on = (torch.arange(s.shape[1], device=s.device)[None, :] < params["counts"][:, None]) \
+            & params["active"][:, None]
+        return None, bands(s, w, on, batch.features.shape[-1]), None
+
+
+class CutOut(MaskOp):
+    """Rectangular cut-outs: ``count`` rectangles up to ``max_freq`` bins x ``max_time``
+    frames (or ``max_time_fraction`` of the sample's length), inside the sample."""
+
+    name = "cutout"
+
+    def __init__(self, count: int = 1, max_freq: int = 20, max_time: int = 40,
+                 max_time_fraction: Optional[float] = None, fill: Fill = "mean", p: float = 1.0):
+        super().__init__(p)
+        self.count = check_number(self.name, "count", count, 0, 64, integer=True)
+        self.max_freq = check_number(self.name, "max_freq", max_freq, 0, integer=True)
+        self.max_time = check_number(self.name, "max_time", max_time, 0, integer=True)
+        self.max_time_fraction = None if max_time_fraction is None else \
+            check_number(self.name, "max_time_fraction", max_time_fraction, 0.0, 1.0)
+        self.fill = check_fill(self.name, fill)
+
+    def draw(self, ctx: Context, batch: Batch) -> Params:
+        L, M, F_ = batch.lengths, self.count, batch.features.shape[1]
+        tmax = torch.full_like(L, self.max_time)
+        if self.max_time_fraction is not None:
+            tmax = torch.floor(self.max_time_fraction * L.float()).to(torch.int64)
+        tmax = torch.minimum(tmax, L)
+        fw = randint(ctx.uniform(M), 0, min(self.max_freq, F_))
+        fs = randint(ctx.uniform(M), 0, F_ - fw)
+        tw = randint(ctx.uniform(M), 0, tmax[:, None])
+        ts = randint(ctx.uniform(M), 0, (L[:, None] - tw).clamp(min=0))
+        return {"f_starts": fs, "f_widths": fw, "t_starts": ts, "t_widths": tw}
+
+    def mask_parts(self, batch: Batch, params: Params):
+        x = batch.features
+        Fn, T = x.shape[1], x.shape[2]
+        f = torch.arange(Fn, device=x.device)[None, None, :, None]
+        t = torch.arange(T, device=x.device)[None, None, None, :]
+        fs, fw = params["f_starts"][..., None, None], params["f_widths"][..., None, None]
+        ts, tw = params["t_starts"][..., None, None], params["t_widths"][..., None, None]
+        rect = ((f >= fs) & (f < fs + fw) & (t >= ts) & (t < ts + tw)).any(1)
+        return None, None, rect & params["active"][:, None, None]

@@ -1,0 +1,62 @@
+"""Band-limiting filters (codecs, microphones, telephone bands)."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from ...functional.dsp import biquad, filtfilt
+from ..core import Context, Params, WaveBatch, check, check_choice, check_number, check_range, lerp, randint
+from .base import WaveOp
+
+Range = Tuple[float, float]
+
+
+class Filter(WaveOp):
+    """Random band-limiting filters: zero-phase Butterworth-response biquads (RBJ cookbook,
+    applied forward and backward from each sample's own end: 24 dB/octave, no delay) with
+    per-sample cutoffs. ``kind``: lowpass (cutoff U[lowpass_hz]), highpass (U[highpass_hz]),
+    bandpass (high-pass at U[bandpass_hz[0]], then low-pass at U[bandpass_hz[1]]), or random
+    (one of the three per sample)."""
+
+    name = "filter"
+    KINDS = ("lowpass", "highpass", "bandpass")
+
+    def __init__(self, kind: str = "random", lowpass_hz: Range = (2000.0, 7000.0),
+                 highpass_hz: Range = (50.0, 500.0), bandpass_hz: Tuple[Range, Range] = ((200.0, 500.0),
+                                                                                      (3000.0, 4000.0)),
+                 q: float = 0.7071, p: float = 1.0):
+        super().__init__(p)
+        self.kind = check_choice(self.name, "kind", kind, self.KINDS + ("random",))
+        self.lowpass_hz = check_range(self.name, "lowpass_hz", lowpass_hz, 1.0, 96000.0)
+        self.highpass_hz = check_range(self.name, "highpass_hz", highpass_hz, 1.0, 96000.0)
+        pair = isinstance(bandpass_hz, (list, tuple)) and len(bandpass_hz) == 2
+        check(self.name, "bandpass_hz", list(bandpass_hz) if isinstance(bandpass_hz, tuple) else bandpass_hz, pair,
+              "two ranges [[min, max] of the high-pass edge, [min, max] of the low-pass edge] in Hz")
+        self.bandpass_hz = (check_range(self.name, "bandpass_hz[0]", bandpass_hz[0], 1.0, 96000.0),
+                            check_range(self.name, "bandpass_hz[1]", bandpass_hz[1], 1.0, 96000.0))
+        self.q = check_number(self.name, "q", q, 0.1, 10.0)
+
+    def draw(self, ctx: Context, batch: WaveBatch) -> Params:
+        u = ctx.uniform(3)
+        kind = (randint(u[:, 0], 0, 2) if self.kind == "random"
+                else torch.full_like(u[:, 0], self.KINDS.index(self.kind), dtype=torch.int64))
+        lo = torch.where(kind == 1, lerp(self.highpass_hz, u[:, 1]), lerp(self.bandpass_hz[0], u[:, 1]))
+        hi = torch.where(kind == 0, lerp(self.lowpass_hz, u[:, 2]), lerp(self.bandpass_hz[1], u[:, 2]))
+        return {"kind": kind, "low_hz": lo, "high_hz": hi}
+
+    def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
+        x, L, sr = batch.audio, batch.lengths, batch.sample_rate
+        nyq = sr / 2 * 0.999
+        kind = params["kind"]
+        out = x
+        # high-pass edge (kinds highpass and bandpass), then low-pass edge (lowpass, bandpass)
+        for edge, use, f in (("highpass", kind >= 1, params["low_hz"]),
+                             ("lowpass", (kind == 0) | (kind == 2), params["high_hz"])):
+            rows = use.nonzero()[:, 0]
+            if rows.numel() == 0:
+                continue
+            b, a = biquad(edge, f[rows].clamp(1.0, nyq).to(torch.float64), sr, self.q)
+            y = filtfilt(out[rows], L[rows], b, a)
+            out = y if rows.numel() == out.shape[0] else out.index_copy(0, rows, y)
+        return batch.replace(audio=out)

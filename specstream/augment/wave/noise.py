@@ -1,0 +1,92 @@
+"""Additive noise on the waveform: generated (white, pink, brown) and recorded (noise banks,
+babble), each at a per-sample SNR measured over the sample's own length."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple, Union
+
+import torch
+
+from ...functional.dsp import NOISE_COLOURS, coloured_noise, mix_at_snr, power
+from ...functional.frames import lengths_mask
+from ..core import Context, Params, WaveBatch, check, check_range, lerp, randint
+from .base import BankOp, WaveOp, bank_segments
+
+COLOURS = NOISE_COLOURS
+
+
+class Noise(WaveOp):
+    """Additive noise generated on the device at a per-sample SNR (dB, U[snr_db]) measured
+    over the sample's own length. ``colour``: white, pink, brown, or a list to draw from."""
+
+    name = "noise"
+
+    def __init__(self, snr_db: Tuple[float, float] = (5.0, 30.0), colour: Union[str, Sequence[str]] = "white",
+                 p: float = 1.0):
+        super().__init__(p)
+        self.snr_db = check_range(self.name, "snr_db", snr_db, -60.0, 120.0)
+        colours = [colour] if isinstance(colour, str) else list(colour)
+        check(self.name, "colour", colour, bool(colours) and all(c in COLOURS for c in colours),
+              "white, pink, brown or a list of them")
+        self.colour = colour if isinstance(colour, str) else tuple(colours)
+        self._codes = torch.tensor([COLOURS.index(c) for c in colours])
+
+    def draw(self, ctx: Context, batch: WaveBatch) -> Params:
+        u = ctx.uniform(2)
+        codes = self._codes.to(ctx.device)
+        return {"snr_db": lerp(self.snr_db, u[:, 0]), "colour": codes[randint(u[:, 1], 0, len(codes) - 1)],
+                "stream": ctx.stream_keys()}
+
+    def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
+        x = batch.audio
+        noise = coloured_noise(params["stream"], x.shape[-1], params["colour"]).to(x.dtype)
+        return batch.replace(audio=mix_at_snr(x, noise, batch.lengths, params["snr_db"]))
+
+
+class BackgroundNoise(BankOp):
+    """Recorded noise from a bank at a per-sample SNR. Each sample mixes ``count``
+    (U{min..max}) clips, each from a random offset (looping when shorter than the sample)
+    and brought to the same power before summing; the sum is scaled to the SNR over the
+    sample's own length. ``count`` > 1 on a bank of speech is babble."""
+
+    name = "background_noise"
+
+    def __init__(self, bank, snr_db: Tuple[float, float] = (0.0, 20.0), count: Tuple[int, int] = (1, 1),
+                 p: float = 1.0):
+        super().__init__(bank, p)
+        self.snr_db = check_range(self.name, "snr_db", snr_db, -60.0, 120.0)
+        lo, hi = check_range(self.name, "count", count, 1, 64)
+        check(self.name, "count", list(count) if isinstance(count, tuple) else count,
+              lo == int(lo) and hi == int(hi), "whole numbers [min, max] within [1, 64]")
+        self.count = (int(lo), int(hi))
+
+    def draw(self, ctx: Context, batch: WaveBatch) -> Params:
+        bank = self.loaded(ctx.device)
+        K = self.count[1]
+        u = ctx.uniform(2)
+        clip = randint(ctx.uniform(K), 0, len(bank) - 1)
+        offset = torch.floor(ctx.uniform(K) * bank.lengths[clip].to(torch.float32)).to(torch.int64)
+        return {"snr_db": lerp(self.snr_db, u[:, 0]), "count": randint(u[:, 1], self.count[0], self.count[1]),
+                "clip": clip, "offset": offset}
+
+    def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
+        x, L = batch.audio, batch.lengths
+        bank = self.loaded(x.device)
+        N = x.shape[-1]
+        count, clip, offset = params["count"], params["clip"], params["offset"]
+        noise = x.new_zeros(x.shape[0], N)
+        valid = lengths_mask(L, N)
+        for k in range(int(count.max())):
+            seg = bank_segments(bank, clip[:, k], offset[:, k], N).to(x.dtype).mul_(valid)
+            level = torch.rsqrt(power(seg, L).clamp(min=1e-20))
+            noise.addcmul_(seg, (level * (k < count).to(x.dtype))[:, None])
+        return batch.replace(audio=mix_at_snr(x, noise, L, params["snr_db"]))
+
+
+class Babble(BackgroundNoise):
+    """Babble: 3 to 7 clips from a bank of speech, summed, at U[snr_db]."""
+
+    name = "babble"
+
+    def __init__(self, bank, snr_db: Tuple[float, float] = (0.0, 20.0), count: Tuple[int, int] = (3, 7),
+                 p: float = 1.0):
+        super().__init__(bank, snr_db, count, p)

@@ -1,0 +1,10 @@
+"""Stateless kernels (pure torch, CPU or CUDA): the math the augmentation ops and the
+featurizer are built from, testable on their own.
+
+- :mod:`.frames`: lengths masks, padding, per-sample interpolation and gathers along time,
+  moving frame targets, per-sample reversal.
+- :mod:`.mel`: Hz <-> mel, (VTLP-warped) mel filterbanks, mel-scale noise colours.
+- :mod:`.dsp`: power, SNR mixing, FFT convolution, biquads and zero-phase filtering,
+  coloured noise.
+- :mod:`.random`: the keyed counter-based generator (seed, epoch, key, op) -> uniforms.
+"""

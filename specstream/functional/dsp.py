@@ -1,0 +1,140 @@
+"""Signal kernels on padded waveform batches [B, N] with per-sample lengths (0 past each
+length on the way in and out)."""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torchaudio.functional as AF
+
+from .frames import flip_within, lengths_mask
+from .random import stream_uniform
+
+
+def power(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean square over each sample's own length, [B], for x that is zero past each length
+    (the batch contract): no mask and no full-size temporary."""
+    return torch.linalg.vector_norm(x, dim=-1).square_() / lengths.clamp(min=1).to(x.dtype)
+
+
+def mix_at_snr(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """x + g * noise with g per sample such that power(x) / power(g * noise), both over the
+    sample's own length, equals 10 ** (snr_db / 10). A silent sample (or silent noise) gets
+    no noise: its SNR is undefined. ``noise`` is scratch: it is cut at each length in place."""
+    noise.mul_(lengths_mask(lengths, x.shape[-1]))
+    ps, pn = power(x, lengths), power(noise, lengths)
+    g = torch.sqrt(ps / (pn.clamp(min=1e-20) * 10.0 ** (snr_db / 10.0)))
+    g = torch.where(pn > 0, g, torch.zeros_like(g))
+    return torch.addcmul(x, g[:, None].to(x.dtype), noise)
+
+
+def fast_fft_size(n: int) -> int:
+    """The smallest 5-smooth integer (2^a 3^b 5^c) >= n: an FFT size pocketfft and cuFFT
+    handle fast, often far below the next power of two (34,560 instead of 65,536 for
+    33,817)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def fft_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Full linear convolution of [B, N] with [B, K] through a real FFT of a 5-smooth size
+    (N + K - 1 itself is often a slow FFT size, the next power of two often twice too big)."""
+    n = x.shape[-1] + h.shape[-1] - 1
+    m = fast_fft_size(n)
+    return torch.fft.irfft(torch.fft.rfft(x, m) * torch.fft.rfft(h, m), m)[..., :n]
+
+
+def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor) -> torch.Tensor:
+    """Phase-vocoder time stretch of complex STFTs [..., freq, T] by ``rate`` (> 1: fewer
+    frames), as ``torchaudio.functional.phase_vocoder``, but with output frame i read at
+    input time i * rate computed on its own in float64: torchaudio's float ``arange`` rounds
+    its steps differently depending on how many frames there are (54.0 alone, 53.999996
+    in a longer batch), so a sample alone and inside a padded batch read different frames."""
+    if rate == 1.0:
+        return spec
+    shape = spec.shape
+    spec = spec.reshape((-1,) + tuple(shape[-2:]))
+    T = spec.shape[-1]
+    steps = torch.arange(int(math.ceil(T / rate)) + 1, device=spec.device, dtype=torch.float64) * rate
+    steps = steps[steps < T]
+    i0 = steps.floor().to(torch.int64)
+    real = spec.real.dtype
+    alphas = (steps - i0.to(torch.float64)).to(real)
+    phase_0 = spec[..., :1].angle()
+    spec = torch.nn.functional.pad(spec, [0, 2])
+    s0, s1 = spec.index_select(-1, i0), spec.index_select(-1, i0 + 1)
+    angle_0, angle_1 = s0.angle(), s1.angle()
+    phase = angle_1 - angle_0 - phase_advance
+    phase = phase - 2 * math.pi * torch.round(phase / (2 * math.pi))
+    phase = torch.cat([phase_0, (phase + phase_advance)[..., :-1]], dim=-1)
+    mag = alphas * s1.abs() + (1 - alphas) * s0.abs()
+    out = torch.polar(mag, torch.cumsum(phase, -1))
+    return out.reshape(tuple(shape[:-1]) + (out.shape[-1],))
+
+
+def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """RBJ cookbook low- or high-pass biquad coefficients per sample: (b [B, 3], a [B, 3]),
+    normalised so a[:, 0] = 1."""
+    w0 = 2 * math.pi * f0 / sample_rate
+    cos, alpha = torch.cos(w0), torch.sin(w0) / (2 * q)
+    if kind == "lowpass":
+        b = torch.stack([(1 - cos) / 2, 1 - cos, (1 - cos) / 2], -1)
+    elif kind == "highpass":
+        b = torch.stack([(1 + cos) / 2, -(1 + cos), (1 + cos) / 2], -1)
+    else:
+        raise ValueError(f"biquad: kind must be lowpass or highpass, got {kind!r}")
+    a = torch.stack([1 + alpha, -2 * cos, 1 - alpha], -1)
+    return b / a[:, :1], a / a[:, :1]
+
+
+def lfilter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Causal IIR filtering of [B, N] with per-row coefficients [B, order + 1] (or one shared
+    set [order + 1]) (torchaudio's lfilter, no clamping)."""
+    return AF.lfilter(x, a.to(x.dtype), b.to(x.dtype), clamp=False, batching=a.dim() == 2)
+
+
+def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Zero-phase IIR filtering with per-sample coefficients: forward, cut at each sample's
+    length, then backward from each sample's *own* end (reversed within its length), so the
+    result equals filtering the sample alone, whatever padding follows it."""
+    valid = lengths_mask(lengths, x.shape[-1]).to(x.dtype)
+    y = lfilter(x, b, a) * valid
+    return flip_within(lfilter(flip_within(y, lengths), b, a), lengths)
+
+
+# Pink (1/f power) noise from white noise: Paul Kellet's / J. O. Smith's 3-pole, 3-zero
+# approximation ("Spectral Audio Signal Processing", pink noise section), within about
+# +-0.3 dB of 1/f over the audio band. Brown (1/f**2): a leaky integrator.
+PINK = ((0.049922035, -0.095993537, 0.050612699, -0.004408786), (1.0, -2.494956002, 2.017265875, -0.522189400))
+BROWN = ((1.0, 0.0), (1.0, -0.995))
+NOISE_COLOURS = ("white", "pink", "brown")
+
+
+def gaussian_stream(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, n] standard normals of streams ``keys`` (inverse CDF of keyed uniforms)."""
+    z = stream_uniform(keys, n)
+    return z.mul_(2).sub_(1).clamp_(-1 + 1e-6, 1 - 1e-6).erfinv_().mul_(math.sqrt(2.0))
+
+
+def coloured_noise(keys: torch.Tensor, n: int, colour: torch.Tensor) -> torch.Tensor:
+    """[B, n] gaussian noise from stream ``keys``, coloured per sample (0 white, 1 pink,
+    2 brown) by causal IIR filters: sample t depends only on draws 0..t, never on n."""
+    z = gaussian_stream(keys, n)
+    for c, (b, a) in ((1, PINK), (2, BROWN)):
+        rows = (colour == c).nonzero()[:, 0]
+        if rows.numel():
+            bt = torch.tensor(b, dtype=z.dtype, device=z.device)
+            at = torch.tensor(a, dtype=z.dtype, device=z.device)
+            z[rows] = AF.lfilter(z[rows], at, bt, clamp=False)
+    return z

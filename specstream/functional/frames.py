@@ -1,0 +1,109 @@
+"""Per-sample operations along the time (last) axis of padded batches with lengths."""
+from __future__ import annotations
+
+import torch
+
+_CHUNK_BYTES = 4 << 20
+
+
+def lengths_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, n] bool: position t holds signal (t < the sample's length)."""
+    return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x ([B, ..., T]) with every position at or past its sample's length set to 0
+    (``inplace`` for fresh intermediates that nothing else holds)."""
+    pad = ~lengths_mask(lengths, x.shape[-1])
+    pad = pad.reshape((pad.shape[0],) + (1,) * (x.dim() - 2) + (pad.shape[1],))
+    return x.masked_fill_(pad, 0) if inplace else x.masked_fill(pad, 0)
+
+
+def select(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per-sample choice between two tensors of the same shape ([B, ...])."""
+    return torch.where(active.reshape((-1,) + (1,) * (new.dim() - 1)), new, old)
+
+
+def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of [B, F, T] over each sample's own valid frames: [B] (rows summed in
+    float32, then in float64)."""
+    valid = lengths_mask(lengths, x.shape[-1])[:, None, :]
+    n = (lengths.clamp(min=0).to(torch.float64) * x.shape[1]).clamp(min=1)
+    return (x.masked_fill(~valid, 0).sum(2).to(torch.float64).sum(1) / n).to(x.dtype)
+
+
+def masked_min(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sample minimum of [B, F, T] over each sample's own valid frames: [B] (0 for an
+    empty sample)."""
+    valid = lengths_mask(lengths, x.shape[-1])[:, None, :]
+    m = torch.where(valid, x, torch.full_like(x, float("inf"))).amin((1, 2)) if x.numel() else x.new_zeros(x.shape[0])
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, size] bool: union over m of [start, start + width) where on[b, m]."""
+    r = torch.arange(size, device=starts.device)[None, None, :]
+    m = (r >= starts[..., None]) & (r < (starts + widths)[..., None]) & on[..., None]
+    return m.any(1)
+
+
+def interp_time(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation along the last axis of [B, C, T]: out[b, c, t] = x[b, c, src[b, t]]
+    for float src [B, T_out] in [0, T - 1]: two gathers with a broadcast index and one lerp.
+    The result depends only on src, not on T.
+
+    The upper-neighbour gather goes through a small reused buffer, a few samples at a time:
+    on CPU a second full-size temporary costs more in fresh-page faults than the gather
+    itself."""
+    B, C, T = x.shape
+    lo = src.floor().clamp(0, T - 1)
+    frac = (src - lo).to(x.dtype)[:, None, :]
+    lo = lo.to(torch.int64)
+    hi = (lo + 1).clamp(max=T - 1)
+    T_out = src.shape[-1]
+    out = torch.gather(x, 2, lo[:, None, :].expand(B, C, T_out))
+    step = max(1, _CHUNK_BYTES // max(1, C * T_out * x.element_size())) if x.device.type == "cpu" else B
+    buf = None
+    for s in range(0, B, step):
+        e = min(B, s + step)
+        idx = hi[s:e, None, :].expand(e - s, C, T_out)
+        if buf is None or buf.shape[0] != e - s:
+            buf = torch.empty((e - s, C, T_out), dtype=x.dtype, device=x.device)
+        torch.gather(x[s:e], 2, idx, out=buf)
+        out[s:e].lerp_(buf, frac[s:e])
+    return out
+
+
+def gather_frames(y: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Nearest-frame gather of frame targets [B, T] or [B, T, C] at integer src [B, T_out]."""
+    if y.dim() == 2:
+        return torch.gather(y, 1, src)
+    return torch.gather(y, 1, src[..., None].expand(-1, -1, y.shape[-1]))
+
+
+def move_frames(ft: torch.Tensor, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Frame targets [B, T] or [B, T, C] taken at integer source frames src [B, T_out]
+    (clamped to the input), zero past each sample's new ``lengths``."""
+    out = gather_frames(ft, src.clamp(0, ft.shape[1] - 1))
+    valid = lengths_mask(lengths, src.shape[1])
+    return out * valid.reshape(valid.shape + (1,) * (out.dim() - 2)).to(out.dtype)
+
+
+def flip_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row of [B, N] reversed within its own length (x[b, L_b - 1 - t]); padding stays 0.
+    Applied twice it is the identity on the valid part."""
+    N = x.shape[-1]
+    t = torch.arange(N, device=x.device)[None, :]
+    idx = (lengths[:, None] - 1 - t)
+    valid = idx >= 0
+    out = torch.gather(x, -1, idx.clamp(min=0).expand(x.shape[0], N))
+    return out * valid.to(x.dtype)
+
+
+def pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x zero-padded (or cut) to n along the last axis."""
+    if x.shape[-1] == n:
+        return x
+    if x.shape[-1] > n:
+        return x[..., :n]
+    return torch.nn.functional.pad(x, (0, n - x.shape[-1]))

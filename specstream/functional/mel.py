@@ -1,0 +1,87 @@
+"""Mel scale and filterbanks: Hz <-> mel (HTK, Slaney), mel filterbanks on (VTLP-warped)
+frequency axes, and mel-scale noise colours. Pure torch, float64 construction."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+
+def hz_to_mel(f: torch.Tensor, scale: str = "htk") -> torch.Tensor:
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    return torch.where(f < min_log_hz, f / f_sp, min_log_hz / f_sp + torch.log(f / min_log_hz) / logstep)
+
+
+def mel_to_hz(m: torch.Tensor, scale: str = "htk") -> torch.Tensor:
+    if scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return torch.where(m < min_log_mel, f_sp * m, min_log_hz * torch.exp(logstep * (m - min_log_mel)))
+
+
+def vtlp_warp(freqs: torch.Tensor, alpha: torch.Tensor, sample_rate: int, boundary_hz: float) -> torch.Tensor:
+    """Jaitly & Hinton (2013) piecewise-linear VTLP warp of frequencies [..., n] by per-sample
+    factors alpha [B] -> [B, n]: f * alpha up to F_hi * min(alpha, 1) / alpha, then the line
+    that maps the Nyquist frequency onto itself. ``boundary_hz`` (F_hi) must be below Nyquist."""
+    nyq = sample_rate / 2.0
+    if not 0 < boundary_hz < nyq:
+        raise ValueError(f"vtlp: boundary_hz must be in (0, {nyq:g}) (below Nyquist at {sample_rate} Hz), "
+                         f"got {boundary_hz:g}")
+    a = alpha[:, None].to(freqs.dtype)
+    f = freqs.reshape(1, -1)
+    edge = boundary_hz * torch.clamp(a, max=1.0) / a
+    upper = nyq - (nyq - boundary_hz * torch.clamp(a, max=1.0)) / (nyq - edge) * (nyq - f)
+    return torch.where(f <= edge, f * a, upper)
+
+
+def mel_fbanks(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: Optional[float] = None,
+               mel_scale: str = "htk", norm: Optional[str] = None, alpha: Optional[torch.Tensor] = None,
+               boundary_hz: Optional[float] = None, device=None) -> torch.Tensor:
+    """Mel filterbanks [B, n_mels, n_freqs] (float32, built in float64 as librosa: narrow low
+    filters are sensitive), on frequency axes warped per sample by VTLP factors ``alpha`` [B]
+    (energy at frequency f lands in the mel filter of warp(f)); without ``alpha`` one
+    unwarped bank [1, n_mels, n_freqs], exactly torchaudio's ``melscale_fbanks``."""
+    n_freqs = n_fft // 2 + 1
+    f_max = f_max if f_max is not None else sample_rate / 2
+    f64 = torch.float64
+    dev = alpha.device if alpha is not None else device
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, device=dev, dtype=f64)
+    m = torch.linspace(float(hz_to_mel(torch.tensor(float(f_min), dtype=f64), mel_scale)),
+                       float(hz_to_mel(torch.tensor(float(f_max), dtype=f64), mel_scale)), n_mels + 2,
+                       device=dev, dtype=f64)
+    f_pts = mel_to_hz(m, mel_scale)
+    if alpha is None:
+        warped = all_freqs[None, :]
+    else:
+        warped = vtlp_warp(all_freqs, alpha.to(f64), sample_rate,
+                           boundary_hz if boundary_hz is not None else 0.6 * sample_rate / 2)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts[None, None, :] - warped[:, :, None]  # [B, n_freqs, n_mels + 2]
+    down = -slopes[..., :-2] / f_diff[:-1]
+    up = slopes[..., 2:] / f_diff[1:]
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)
+    if norm == "slaney":
+        fb = fb * (2.0 / (f_pts[2:n_mels + 2] - f_pts[:n_mels]))
+    return fb.transpose(1, 2).to(torch.float32).contiguous()
+
+
+COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+
+
+def noise_mel_shape(fbanks: torch.Tensor, sample_rate: int, beta: float) -> torch.Tensor:
+    """[n_mels]: the relative mel-bin power of noise whose power spectral density goes as
+    f ** -beta (0 white, 1 pink, 2 brown), through the filterbank ``fbanks`` [n_mels, n_freqs]
+    in use: what a spectrum analyser would show for that noise on this mel scale (white
+    noise is not flat across mel bins when the filters widen). Normalised to mean 1. The DC
+    bin takes the PSD of the first non-zero frequency."""
+    n_freqs = fbanks.shape[-1]
+    f = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64, device=fbanks.device)
+    f[0] = f[1] if n_freqs > 1 else 1.0
+    psd = f ** (-float(beta))
+    shape = fbanks.to(torch.float64) @ psd
+    shape = shape.clamp(min=shape.max() * 1e-12 if shape.numel() else 0.0)
+    return (shape / shape.mean()).to(torch.float32)
