@@ -79,6 +79,13 @@ class FeatureDomain:
         y = torch.log(p + self.offset) if self.floor == "add" else torch.log(p.clamp(min=self.offset))
         return y / self._nat() if self.log == "db" else y
 
+    def scale(self, x: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+        """Features of the signal scaled by ``db`` (amplitude dB, broadcast against x): the
+        mel power times 10 ** (db * power / 20), through the log floor (an exact shift
+        where the power is far above the offset; silence stays at the floor)."""
+        factor = torch.pow(10.0, db.to(x.dtype) * (self.power / 20.0))
+        return self.from_power(self.to_power(x) * factor)
+
     def gain(self, db: torch.Tensor) -> torch.Tensor:
         """What a gain of ``db`` (on the signal's amplitude, as a waveform gain) adds to the
         features where the signal is far above the floor."""
@@ -226,12 +233,13 @@ def check_range(op: str, key: str, value, lo: float = -math.inf, hi: float = mat
                 lo_open: bool = False, hi_open: bool = False) -> Tuple[float, float]:
     """A [min, max] pair (a single number means [x, x]) within [lo, hi] (open ends where
     asked), min <= max; else a ConfigError naming op, key, value and the allowed range."""
-    pair = (value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    try:
-        a, b = float(pair[0]), float(pair[1])
-        good = len(pair) == 2
-    except (TypeError, ValueError, IndexError):
-        good, a, b = False, 0.0, 0.0
+    single = _num(value) if not isinstance(value, (list, tuple)) else None
+    pair = (single, single) if single is not None else value
+    good, a, b = False, 0.0, 0.0
+    if isinstance(pair, (list, tuple)) and len(pair) == 2:
+        na, nb = _num(pair[0]), _num(pair[1])
+        if na is not None and nb is not None:
+            good, a, b = True, float(na), float(nb)
     inside = (a > lo if lo_open else a >= lo) and (b < hi if hi_open else b <= hi)
     allowed = (f"a number or [min, max] with {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
                f" and min <= max")
@@ -239,16 +247,31 @@ def check_range(op: str, key: str, value, lo: float = -math.inf, hi: float = mat
     return a, b
 
 
+def _num(value):
+    """A number, or a string YAML left unparsed ("1e-6": YAML 1.1 wants a dot), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def check_number(op: str, key: str, value, lo: float = -math.inf, hi: float = math.inf,
                  lo_open: bool = False, hi_open: bool = False, integer: bool = False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    raw, value = value, _num(value)
+    ok = value is not None and math.isfinite(float(value))
     ok = ok and (not integer or float(value) == int(value))
     if ok:
         v = float(value)
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     kind = "an integer" if integer else "a number"
     allowed = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    check(op, key, value, ok, allowed)
+    check(op, key, raw, ok, allowed)
     return int(value) if integer else float(value)
 
 
@@ -280,8 +303,8 @@ class Op:
         super().__init_subclass__(**kw)
         if "name" in cls.__dict__ and cls.name:
             other = REGISTRY.get(cls.name)
-            if other is not None and other.__qualname__ != cls.__qualname__:
-                raise TypeError(f"augmentation op name {cls.name!r} is taken by {other.__qualname__}")
+            if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise TypeError(f"augmentation op name {cls.name!r} is taken by {other.__module__}.{other.__qualname__}")
             REGISTRY[cls.name] = cls
         if cls.domain not in DOMAINS or not cls.changes <= CHANGES or cls.rows not in ("active", "all"):
             raise TypeError(f"{cls.__qualname__}: bad op declaration (domain, changes or rows)")
@@ -326,7 +349,8 @@ class Op:
                 sub = batch.take(rows)
                 sp = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in params.items()}
                 out = batch.put(rows, self._moved(sub, sp, self._checked(sub, self.transform(sub, sp))))
-        fresh = out.data is not batch.data and out.data._base is None  # a new tensor, not a view of the input
+        fresh = (out.data.untyped_storage().data_ptr() != batch.data.untyped_storage().data_ptr()
+                 and out.data._base is None)  # a new tensor, sharing no memory with the input
         data = zero_padding(out.data, out.lengths, inplace=fresh)
         return out.replace(**{out._data: data})
 

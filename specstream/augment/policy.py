@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from ..functional.frames import move_frames
+from ..functional.frames import move_frames, zero_padded
 from ..functional.random import key_ids as _key_ids
 from . import spec, wave  # noqa: F401 - importing the families registers their ops
 from ..errors import ConfigError
@@ -86,6 +86,8 @@ class Policy:
         for op in self.ops:
             if isinstance(op, Vtlp):
                 op.boundary(sample_rate)
+            elif hasattr(op, "check_rate"):
+                op.check_rate(sample_rate)
         return self
 
     def bank_ops(self) -> List[BankOp]:
@@ -178,7 +180,9 @@ class Policy:
                 return params[slot]
         recorded = []
         self.check(sample_rate)
-        wb = WaveBatch(wave, num_samples.to(device).to(torch.int64), int(sample_rate), targets)
+        num_samples = num_samples.to(device).to(torch.int64)
+        # waveform ops measure power over whole rows: the batch contract (0 past each length) must hold
+        wb = WaveBatch(zero_padded(wave, num_samples), num_samples, int(sample_rate), targets)
         scale = torch.ones(wave.shape[0], dtype=torch.float64, device=device)  # input time per output time
         for slot in range(self._wave_end):
             op = self.ops[slot]
@@ -213,7 +217,8 @@ class Policy:
         for op, p in zip(self.ops, params):
             if p.get("__name__", op.name) != op.name:
                 raise ValueError(f"params for {p.get('__name__')!r} given to op {op.name!r}")
-        batch = Batch(features, lengths.to(features.device).to(torch.int64), targets, frame_targets, self.domain)
+        lengths = lengths.to(features.device).to(torch.int64)
+        batch = Batch(features, lengths, targets, frame_targets, self.domain)
         batch, _ = self._run(batch, lambda slot, op, b: params[slot])
         return AugmentResult(batch.features, batch.lengths, batch.targets, list(params), batch.frame_targets)
 
@@ -234,6 +239,10 @@ class Policy:
             keys = list(rows[0][slot])
             p = {}
             for k in keys:
+                missing = [i for i, r in enumerate(rows) if k not in r.get(slot, {})]
+                if missing:
+                    raise ValueError(f"params_from_rows: row {missing[0]} has no {slot} {k!r} (logged with "
+                                     f"max_values? replay needs every field)")
                 vals = [r[slot][k] for r in rows]
                 dtype = torch.bool if isinstance(vals[0], bool) or (isinstance(vals[0], list) and vals[0]
                                                                   and isinstance(vals[0][0], bool)) else None
@@ -330,7 +339,7 @@ def tta_views(policy: Policy, features: torch.Tensor, lengths: torch.Tensor, vie
     waveforms [B, N] as ``features``, their lengths in samples, the featurizer ``logmel``
     (:class:`~specstream.features.LogMel`) and ``sample_rate``; each view goes through
     :meth:`Policy.featurize`."""
-    if policy.has_wave_ops:
+    if policy.has_wave_ops or logmel is not None:
         if logmel is None or sample_rate is None:
             raise ValueError("tta_views: this policy has waveform ops: pass the waveforms and their lengths in "
                              "samples, with logmel= (a LogMel) and sample_rate=")

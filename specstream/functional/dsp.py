@@ -71,14 +71,16 @@ def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor) 
     i0 = steps.floor().to(torch.int64)
     real = spec.real.dtype
     alphas = (steps - i0.to(torch.float64)).to(real)
-    phase_0 = spec[..., :1].angle()
+    # angle and magnitude once per input frame (then real gathers), not per output frame
     spec = torch.nn.functional.pad(spec, [0, 2])
-    s0, s1 = spec.index_select(-1, i0), spec.index_select(-1, i0 + 1)
-    angle_0, angle_1 = s0.angle(), s1.angle()
-    phase = angle_1 - angle_0 - phase_advance
+    ang, norm = spec.angle(), spec.abs()
+    phase_0 = ang[..., :1]
+    a0, a1 = ang.index_select(-1, i0), ang.index_select(-1, i0 + 1)
+    phase = a1.sub_(a0).sub_(phase_advance)
     phase = phase - 2 * math.pi * torch.round(phase / (2 * math.pi))
     phase = torch.cat([phase_0, (phase + phase_advance)[..., :-1]], dim=-1)
-    mag = alphas * s1.abs() + (1 - alphas) * s0.abs()
+    n0 = norm.index_select(-1, i0)
+    mag = n0.add_(alphas * (norm.index_select(-1, i0 + 1) - n0))
     out = torch.polar(mag, torch.cumsum(phase, -1))
     return out.reshape(tuple(shape[:-1]) + (out.shape[-1],))
 

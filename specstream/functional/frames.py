@@ -19,6 +19,16 @@ def zero_padding(x: torch.Tensor, lengths: torch.Tensor, inplace: bool = False) 
     return x.masked_fill_(pad, 0) if inplace else x.masked_fill(pad, 0)
 
 
+def zero_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x itself when every position past each sample's length is already 0 (checked on the
+    padding alone: no pass over the data, no copy), else a zero-padded copy."""
+    T = x.shape[-1]
+    for b, n in enumerate(lengths.tolist()):
+        if n < T and bool(x[b, ..., n:].any()):
+            return zero_padding(x, lengths)
+    return x
+
+
 def select(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """Per-sample choice between two tensors of the same shape ([B, ...])."""
     return torch.where(active.reshape((-1,) + (1,) * (new.dim() - 1)), new, old)

@@ -1,8 +1,9 @@
 """Level and spectral shape in the feature domain: gain, random EQ, band-limiting.
 
-Their amounts are in dB of the signal; the batch's :class:`~..core.FeatureDomain` (power,
-natural log or dB, floor) turns them into feature units, so 6 dB is 6 dB whatever the
-featurizer's settings."""
+Their amounts are in dB of the signal, applied in the power domain through the batch's
+:class:`~..core.FeatureDomain` (power, natural log or dB, offset, floor): a cell's mel power
+is scaled and the log floor is kept, so the result is what the featurizer would give for
+the scaled signal, whatever its settings."""
 from __future__ import annotations
 
 import math
@@ -20,14 +21,13 @@ class Gain(Op):
 
     def __init__(self, min_db: float = -6.0, max_db: float = 6.0, p: float = 1.0):
         super().__init__(p)
-        self.min_db, self.max_db = check_range(self.name, "min_db..max_db", (min_db, max_db), -120.0, 120.0)
+        self.min_db, self.max_db = check_range(self.name, "min_db, max_db", (min_db, max_db), -120.0, 120.0)
 
     def draw(self, ctx: Context, batch: Batch) -> Params:
         return {"db": self.min_db + (self.max_db - self.min_db) * ctx.uniform(1)[:, 0]}
 
     def transform(self, batch: Batch, params: Params) -> Batch:
-        x = batch.features
-        return batch.replace(features=x + batch.domain.gain(params["db"])[:, None, None].to(x.dtype))
+        return batch.replace(features=batch.domain.scale(batch.features, params["db"][:, None, None]))
 
 
 class RandomEQ(Op):
@@ -54,8 +54,7 @@ class RandomEQ(Op):
 
     def transform(self, batch: Batch, params: Params) -> Batch:
         x = batch.features
-        curve = batch.domain.gain(self.curve_db(params, x.shape[1], x.device))
-        return batch.replace(features=x + curve[:, :, None].to(x.dtype))
+        return batch.replace(features=batch.domain.scale(x, self.curve_db(params, x.shape[1], x.device)[:, :, None]))
 
 
 class BandLimit(Op):
@@ -89,5 +88,4 @@ class BandLimit(Op):
 
     def transform(self, batch: Batch, params: Params) -> Batch:
         x = batch.features
-        att = batch.domain.gain(-self.attenuation_db_at(params, x.shape[1], x.device))
-        return batch.replace(features=x + att[:, :, None].to(x.dtype))
+        return batch.replace(features=batch.domain.scale(x, -self.attenuation_db_at(params, x.shape[1], x.device)[:, :, None]))

@@ -29,10 +29,11 @@ def fill_value(x: torch.Tensor, lengths: torch.Tensor, fill: Fill) -> torch.Tens
     """[B, 1, 1] fill per sample."""
     if fill == "zero":
         return x.new_zeros(x.shape[0], 1, 1)
-    if fill == "mean":  # padding is 0 (the batch contract): a plain sum over the sample (rows in
-        # float32, which is fast, then their sum in float64)
+    if fill == "mean":  # over valid frames only, whatever the padding holds: bins summed per frame
+        # (one read of x), then the valid frames' sums in float64
         n = (lengths.clamp(min=0).to(torch.float64) * x.shape[1]).clamp(min=1)
-        return (x.sum(2).to(torch.float64).sum(1) / n).to(x.dtype)[:, None, None]
+        per_frame = x.sum(1).to(torch.float64) * lengths_mask(lengths, x.shape[-1])
+        return (per_frame.sum(1) / n).to(x.dtype)[:, None, None]
     if fill == "min":
         return masked_min(x, lengths)[:, None, None].to(x.dtype)
     return x.new_full((x.shape[0], 1, 1), float(fill))
@@ -57,12 +58,13 @@ def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
             ru = r if ru is None else ru | r
     if fu is None and tu is None and ru is None:
         return batch
+    valid = lengths_mask(L, T)
     if fill == "zero" or (not isinstance(fill, str) and float(fill) == 0.0):
-        out = x.clone()  # zero fill: broadcast keep-vectors, padding is already 0
+        # zero fill: broadcast keep-vectors; the time keep-vector also zeroes the padding
+        keep_t = valid if tu is None else valid & ~tu
+        out = x * keep_t.to(x.dtype)[:, None, :]
         if fu is not None:
             out.mul_((~fu).to(x.dtype)[:, :, None])
-        if tu is not None:
-            out.mul_((~tu).to(x.dtype)[:, None, :])
         if ru is not None:
             out.mul_((~ru).to(x.dtype))
         return batch.replace(features=out)
@@ -70,10 +72,10 @@ def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
     # with the masked area, not the batch; unmasked cells are exact copies). A frequency band
     # is filled on valid frames only (padding stays 0).
     m = fill_value(x, L, fill)  # [B, 1, 1]
-    out = x.clone()
+    out = x * valid.to(x.dtype)[:, None, :]  # a copy with the padding at 0
     if fu is not None:
         b, f = fu.nonzero(as_tuple=True)
-        out[b, f, :] = m[b, 0, :] * lengths_mask(L[b], T).to(x.dtype)
+        out[b, f, :] = m[b, 0, :] * valid[b].to(x.dtype)
     if tu is not None:  # drawn inside each sample's length already
         b, t = tu.nonzero(as_tuple=True)
         out[b, :, t] = m[b, 0, :].expand(-1, Fn)

@@ -81,8 +81,11 @@ class Mixup(Op):
     (frames, not energy: a frame-level statement that does not depend on loudness), so
     y_i' = (1 - w) y_i + w y_j (one-hot for class indices, multi-hot as given, optional label
     smoothing). Rows without a label are left alone; their soft target is an all-zero row
-    (contributes nothing to a soft cross-entropy). ``params`` hold (partner, lam) per sample
-    for mixing sequence losses (CTC, seq2seq). Soft or multi-hot frame targets [B, T, C] mix
+    (contributes nothing to a soft cross-entropy); in multi-label mode a row of zeros is a
+    label ("no class present"), a row with a negative entry is "no label". ``params`` hold
+    (partner, lam) per sample for mixing sequence losses (CTC, seq2seq), and the partner's
+    key id (``partner_id``): the partner index refers to the batch the op saw, so a logged
+    row replays only together with its partner's row. Soft or multi-hot frame targets [B, T, C] mix
     like the features; integer frame targets are left (mix their losses)."""
 
     name = "mixup"
@@ -102,7 +105,8 @@ class Mixup(Op):
         a = torch.full((B,), self.alpha, device=ctx.device)
         g1, g2 = _gamma(ctx, a), _gamma(ctx, a)
         lam = g1 / (g1 + g2).clamp(min=1e-12)
-        return {"lam": lam, "partner": partners(ctx, labelled(batch.targets, B, ctx.device))}
+        j = partners(ctx, labelled(batch.targets, B, ctx.device))
+        return {"lam": lam, "partner": j, "partner_id": ctx.ids[j]}
 
     def _mixing(self, batch: Batch, params: Params) -> torch.Tensor:
         """[B] bool: rows that are mixed (active, labelled, with a partner other than itself)."""
@@ -171,7 +175,10 @@ class Overlay(Op):
         lo, hi = self.snr_db
         B = batch.features.shape[0]
         snr = lo + (hi - lo) * ctx.uniform(1)[:, 0]
-        return {"snr_db": snr, "partner": partners(ctx, torch.ones(B, dtype=torch.bool, device=ctx.device))}
+        eligible = labelled(batch.targets, B, ctx.device) if self.multi_label else \
+            torch.ones(B, dtype=torch.bool, device=ctx.device)
+        j = partners(ctx, eligible)
+        return {"snr_db": snr, "partner": j, "partner_id": ctx.ids[j]}
 
     def transform(self, batch: Batch, params: Params) -> Batch:
         x, L, dom = batch.features, batch.lengths, batch.domain
@@ -179,6 +186,11 @@ class Overlay(Op):
             dom = dataclasses.replace(dom, offset=self.log_offset)
         j = params["partner"]
         active = params["active"] & (j != torch.arange(x.shape[0], device=x.device))
+        y = batch.targets
+        if self.multi_label and y is not None:
+            if y.dim() != 2:
+                raise ValueError("overlay.multi_label: needs [B, C] multi-hot targets, got class indices")
+            active = active & labelled(y, x.shape[0], x.device)  # unlabelled rows are neither mixed nor partners
         both = lengths_mask(torch.minimum(L, L[j]), x.shape[-1])[:, None, :]
         p_own = dom.to_power(x)
         p_par = p_own[j]
@@ -190,7 +202,6 @@ class Overlay(Op):
         gain = e_own / e_par * 10 ** (-params["snr_db"] * dom.power / 20)
         mixed = torch.where(both, dom.from_power(p_own + gain[:, None, None] * p_par), x)
         out = torch.where(active[:, None, None], mixed, x)
-        y = batch.targets
         if y is not None and self.multi_label:
             kept = (torch.minimum(L, L[j]).float() / L[j].clamp(min=1).float())[:, None]
             yf = y.float()

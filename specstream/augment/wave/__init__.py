@@ -12,4 +12,8 @@ __all__ = ["WaveBatch", "BankLoader", "BankOp", "WaveOp", "bank_segments", "Filt
            "COLOURS", "BackgroundNoise", "Babble", "Noise", "RIRBank", "Reverb", "Speed", "Tempo"]
 
 
-import_families(__name__, __path__)  # a new family file registers its ops with no edit here
+import_families(__name__, __path__)
+
+# compatibility: name -> class of the waveform ops (specstream.augment.REGISTRY holds every op)
+WAVE_OPS = {name: cls for name, cls in __import__("specstream.augment.core", fromlist=["REGISTRY"]).REGISTRY.items()
+            if cls.domain == "wave"}  # a new family file registers its ops with no edit here

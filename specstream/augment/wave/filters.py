@@ -35,7 +35,17 @@ class Filter(WaveOp):
               "two ranges [[min, max] of the high-pass edge, [min, max] of the low-pass edge] in Hz")
         self.bandpass_hz = (check_range(self.name, "bandpass_hz[0]", bandpass_hz[0], 1.0, 96000.0),
                             check_range(self.name, "bandpass_hz[1]", bandpass_hz[1], 1.0, 96000.0))
+        lo_band, hi_band = self.bandpass_hz
+        check(self.name, "bandpass_hz", [list(lo_band), list(hi_band)], lo_band[1] < hi_band[0],
+              "[[low edge range], [high edge range]] with every low edge below every high edge")
         self.q = check_number(self.name, "q", q, 0.1, 10.0)
+
+    def check_rate(self, sample_rate: int) -> None:
+        """Cutoffs must lie below Nyquist at the pipeline's rate (checked when the config loads)."""
+        nyq = sample_rate / 2
+        for key, (lo, hi) in (("lowpass_hz", self.lowpass_hz), ("highpass_hz", self.highpass_hz),
+                              ("bandpass_hz[0]", self.bandpass_hz[0]), ("bandpass_hz[1]", self.bandpass_hz[1])):
+            check(self.name, key, [lo, hi], hi < nyq, f"cutoffs below Nyquist ({nyq:g} Hz at {sample_rate} Hz)")
 
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
         u = ctx.uniform(3)

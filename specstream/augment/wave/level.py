@@ -17,7 +17,7 @@ class WaveGain(WaveOp):
 
     def __init__(self, min_db: float = -6.0, max_db: float = 6.0, p: float = 1.0):
         super().__init__(p)
-        self.min_db, self.max_db = check_range(self.name, "min_db..max_db", (min_db, max_db), -120.0, 120.0)
+        self.min_db, self.max_db = check_range(self.name, "min_db, max_db", (min_db, max_db), -120.0, 120.0)
 
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
         return {"db": lerp((self.min_db, self.max_db), ctx.uniform(1)[:, 0])}
@@ -55,9 +55,17 @@ class Distortion(WaveOp):
         elif self.kind == "clip":
             y = torch.clamp(g * xn, -1.0, 1.0)
         else:
-            valid = lengths_mask(L, x.shape[-1]).to(x.dtype)
-            y = torch.tanh(g * (xn + self.bias)) * valid
-            n = L.clamp(min=1).to(x.dtype)[:, None]
-            dc = (y.sum(-1, keepdim=True) - xn.sum(-1, keepdim=True)) / n  # the offset the bias added
-            y = (y - dc) * valid
-        return batch.replace(audio=y * (peak / y.abs().amax(-1, keepdim=True).clamp(min=1e-12)))
+            y = torch.tanh(g * (xn + self.bias))
+        valid = lengths_mask(L, x.shape[-1]).to(x.dtype)
+        y = y * valid
+        if self.kind != "asymmetric":
+            return batch.replace(audio=y * (peak / y.abs().amax(-1, keepdim=True).clamp(min=1e-12)))
+        # remove the DC the bias added: the output keeps the input's own mean m, and its
+        # deviations d from m are scaled so that the peak |m + c d| is the input's peak
+        n = L.clamp(min=1).to(x.dtype)[:, None]
+        m = x.sum(-1, keepdim=True) / n
+        d = (y - y.sum(-1, keepdim=True) / n) * valid
+        up = d.amax(-1, keepdim=True).clamp(min=1e-12)
+        down = (-d).amax(-1, keepdim=True).clamp(min=1e-12)
+        c = torch.minimum((peak - m) / up, (peak + m) / down).clamp(min=0)
+        return batch.replace(audio=(m + c * d) * valid)
