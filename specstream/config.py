@@ -181,6 +181,8 @@ def _coerce(value, tp, where: str):
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1:  # Optional[X]: X's own message names the element that is wrong
+            raise errors[0]
         raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, "
                           f"got {type(value).__name__}")
     if origin in (dict, Dict):
@@ -201,7 +203,10 @@ def _coerce(value, tp, where: str):
         return value
     if tp is str and isinstance(value, str):
         return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+    hint = ""
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off as booleans
+        hint = "; quote it (YAML reads yes/no/on/off as true/false)"
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r}){hint}")
 
 
 def _build(cls, data, where: str):

@@ -102,3 +102,10 @@ def test_plain_tar_named_like_bzip2_magic_is_read_as_tar(tmp_path):
     chunks = list(read_shard(str(path)))
     stats = chunks[-1][2]
     assert stats.compression is None and stats.unread is None and stats.rows == 3
+
+
+def test_a_yaml_boolean_in_a_string_list_names_the_element_and_the_fix(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("source: {shards: x}\nlabels: {vocab: [yes, 'no']}\n")  # YAML 1.1: yes is true
+    with pytest.raises(ConfigError, match=r"labels\.vocab\[0\]: expected str, got bool .*quote it"):
+        load_config(str(cfg))
