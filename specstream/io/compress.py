@@ -48,7 +48,7 @@ def sniff(head: bytes) -> Optional[str]:
 
 
 def _looks_like_tar(block: bytes) -> bool:
-    from .tar import _parse_header
+    from .tarheaders import _parse_header
 
     return _parse_header(block) is not None
 
