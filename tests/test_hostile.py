@@ -109,3 +109,20 @@ def test_a_yaml_boolean_in_a_string_list_names_the_element_and_the_fix(tmp_path)
     cfg.write_text("source: {shards: x}\nlabels: {vocab: [yes, 'no']}\n")  # YAML 1.1: yes is true
     with pytest.raises(ConfigError, match=r"labels\.vocab\[0\]: expected str, got bool .*quote it"):
         load_config(str(cfg))
+
+
+def test_inspect_exits_1_on_a_shard_not_read_to_its_end(tmp_path, capsys):
+    """README: inspect lists shards not read to their end and exits 1 then."""
+    import gzip
+    import os
+
+    from conftest import good_sample, write_shard
+    from specstream.cli import main
+
+    write_shard(str(tmp_path / "a.tar"), [good_sample(f"k{i}", i) for i in range(4)])
+    assert main(["inspect", str(tmp_path)]) == 0
+    packed = gzip.compress(open(tmp_path / "a.tar", "rb").read())
+    os.remove(tmp_path / "a.tar")
+    (tmp_path / "b.tar.gz").write_bytes(packed[: len(packed) // 2])
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert "NOT READ to the end: 1 shard(s)" in capsys.readouterr().out
