@@ -132,9 +132,7 @@ class _Rows:
             if new.dtype != old.dtype:
                 old = old.to(new.dtype) if new.dtype.is_floating_point else old
                 new = new.to(old.dtype)
-            out = old.clone()
-            out[rows] = new
-            kw[f.name] = out
+            kw[f.name] = old.index_copy(0, rows, new)  # one fused copy + row write
         return type(self)(**kw)
 
 

@@ -26,7 +26,8 @@ def _assemble(x: torch.Tensor, lengths: torch.Tensor, groups) -> Tuple[torch.Ten
     """One zero-padded batch from per-group outputs [(rows, y [b, n], new lengths [b])];
     rows in no group (factor 1) keep their audio."""
     n_out = max([x.shape[-1]] + [int(nl.max()) for _, _, nl in groups])
-    out = pad_to(x, n_out).clone()
+    out = pad_to(x, n_out)
+    out = out.clone() if out is x else out  # pad_to made a new tensor already when it padded
     new_len = lengths.clone()
     for rows, y, nl in groups:
         y = pad_to(y, n_out) * lengths_mask(nl, n_out).to(y.dtype)
