@@ -76,6 +76,20 @@ class _Outage(threading.Thread):
             raise self.error
 
 
+def _consume_with_outage(pipe, make_outage, started):
+    """Stream the pipeline to its end; after the first batch start ``make_outage()`` (appended
+    to ``started`` at once, so the caller can always restart the server) and wait until the
+    store is down. Returns the delivered keys."""
+    got = []
+    for b in torch_batches(pipe.dataset, batch_size=16, device="cpu", ledger=pipe.ledger, prefetch_batches=1):
+        got.extend(b["key"])
+        if not started:
+            started.append(make_outage())
+            started[0].start()
+            started[0].killed.wait(30)
+    return got
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("down_s", [2, 20])
 def test_store_killed_mid_epoch_and_restarted_loses_nothing(ray_session, weed, down_s):
@@ -84,14 +98,9 @@ def test_store_killed_mid_epoch_and_restarted_loses_nothing(ray_session, weed, d
     retries."""
     server, keys = weed
     pipe = build_pipeline(_config(server.endpoint))
-    got, outage = [], None
-    for b in torch_batches(pipe.dataset, batch_size=16, device="cpu", ledger=pipe.ledger, prefetch_batches=1):
-        got.extend(b["key"])
-        if outage is None:
-            outage = _Outage(server, down=down_s)
-            outage.start()
-            outage.killed.wait(30)
-    outage.check()
+    started = []
+    got = _consume_with_outage(pipe, lambda: _Outage(server, down=down_s), started)
+    started[0].check()
     assert Counter(got) == Counter(keys)  # each key exactly once
     report = pipe.report()
     t = report["totals"]
@@ -109,20 +118,14 @@ def test_outage_past_the_retry_budget_reports_unread_shards_and_goes_on(ray_sess
     balanced."""
     server, keys = weed
     ended = threading.Event()
-    outage = None
+    started = []
     pipe = build_pipeline(_config(server.endpoint, retry_budget_s=1.0, retry_backoff=0.1))
-    got = []
     try:
-        for b in torch_batches(pipe.dataset, batch_size=16, device="cpu", ledger=pipe.ledger, prefetch_batches=1):
-            got.extend(b["key"])
-            if outage is None:
-                outage = _Outage(server, until=ended)
-                outage.start()
-                outage.killed.wait(30)
+        got = _consume_with_outage(pipe, lambda: _Outage(server, until=ended), started)
         report = pipe.report()
     finally:
         ended.set()
-        if outage is not None:
+        for outage in started:
             outage.check()
     assert len(got) == len(set(got)) and set(got) < set(keys)
     t = report["totals"]

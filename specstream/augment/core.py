@@ -32,12 +32,10 @@ from typing import Any, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple, Ty
 import torch
 
 from ..errors import ConfigError
-from ..functional.frames import gather_frames, interp_time, lengths_mask, masked_mean, move_frames, pad_to  # noqa: F401
-from ..functional.frames import select, zero_padding  # noqa: F401
-from ..functional.random import hash32, keyed_words, stream_uniform, uniform, unit_float  # noqa: F401
+from ..functional.frames import move_frames, pad_to, zero_padding
+from ..functional.random import hash32, keyed_words, uniform
 
 Params = Dict[str, torch.Tensor]
-time_valid = lengths_mask  # [B, T] bool: frame t holds signal (the name the ops used)
 
 REGISTRY: Dict[str, Type["Op"]] = {}
 DOMAINS = ("wave", "filterbank", "spec")
@@ -83,8 +81,7 @@ class FeatureDomain:
         """Features of the signal scaled by ``db`` (amplitude dB, broadcast against x): the
         mel power times 10 ** (db * power / 20), through the log floor (an exact shift
         where the power is far above the offset; silence stays at the floor)."""
-        factor = torch.pow(10.0, db.to(x.dtype) * (self.power / 20.0))
-        return self.from_power(self.to_power(x) * factor)
+        return self.from_power(self.to_power(x) * torch.exp(self.gain(db.to(x.dtype)) * self._nat()))
 
     def gain(self, db: torch.Tensor) -> torch.Tensor:
         """What a gain of ``db`` (on the signal's amplitude, as a waveform gain) adds to the

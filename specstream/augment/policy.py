@@ -9,7 +9,6 @@ import torch
 
 from ..functional.frames import move_frames, zero_padded
 from ..functional.random import key_ids as _key_ids
-from . import spec, wave  # noqa: F401 - importing the families registers their ops
 from ..errors import ConfigError
 from .core import DOMAINS, REGISTRY, Batch, Context, FeatureDomain, Op, WaveBatch
 from .spec import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, Vtlp, apply_masks

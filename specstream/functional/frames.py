@@ -35,11 +35,12 @@ def select(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.
 
 
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean of [B, F, T] over each sample's own valid frames: [B] (rows summed in
-    float32, then in float64)."""
-    valid = lengths_mask(lengths, x.shape[-1])[:, None, :]
+    """Per-sample mean of [B, F, T] over each sample's own valid frames, whatever the padding
+    holds: [B]. Bins are summed per frame (one read of x, no masked copy), then the valid
+    frames' sums in float64."""
     n = (lengths.clamp(min=0).to(torch.float64) * x.shape[1]).clamp(min=1)
-    return (x.masked_fill(~valid, 0).sum(2).to(torch.float64).sum(1) / n).to(x.dtype)
+    per_frame = x.sum(1).to(torch.float64) * lengths_mask(lengths, x.shape[-1])
+    return (per_frame.sum(1) / n).to(x.dtype)
 
 
 def masked_min(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

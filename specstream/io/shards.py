@@ -212,7 +212,6 @@ class ResumableStream:
         self.url = url or path
         self.pos = 0
         self.resumes = 0  # successful reopens after a failure
-        self.failures = 0  # failed attempts (open or read), all told
         self._s = None
 
     def _open(self):
@@ -252,7 +251,6 @@ class ResumableStream:
                 now = time.monotonic()
                 first_failure = now if first_failure is None else first_failure
                 attempts += 1
-                self.failures += 1
                 waited = now - first_failure
                 # an object that is gone (404 while the store answers) gets a short budget of its own
                 budget = min(self.budget_s, self.missing_budget_s) if isinstance(e, FileNotFoundError) \
@@ -298,10 +296,6 @@ class ShardStream:
 
     @property
     def raw_pos(self) -> int:
-        return self._raw.pos
-
-    @property
-    def pos(self) -> int:
         return self._raw.pos
 
     @property

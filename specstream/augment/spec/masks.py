@@ -29,11 +29,8 @@ def fill_value(x: torch.Tensor, lengths: torch.Tensor, fill: Fill) -> torch.Tens
     """[B, 1, 1] fill per sample."""
     if fill == "zero":
         return x.new_zeros(x.shape[0], 1, 1)
-    if fill == "mean":  # over valid frames only, whatever the padding holds: bins summed per frame
-        # (one read of x), then the valid frames' sums in float64
-        n = (lengths.clamp(min=0).to(torch.float64) * x.shape[1]).clamp(min=1)
-        per_frame = x.sum(1).to(torch.float64) * lengths_mask(lengths, x.shape[-1])
-        return (per_frame.sum(1) / n).to(x.dtype)[:, None, None]
+    if fill == "mean":
+        return masked_mean(x, lengths)[:, None, None]
     if fill == "min":
         return masked_min(x, lengths)[:, None, None].to(x.dtype)
     return x.new_full((x.shape[0], 1, 1), float(fill))

@@ -8,7 +8,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from ...functional.frames import lengths_mask
+from ...functional.frames import masked_mean
 from ...functional.mel import COLOURS, noise_mel_shape
 from ...functional.random import stream_field
 from ..core import Batch, Context, Op, Params, check, check_number, check_range
@@ -77,8 +77,7 @@ class FeatureNoise(Op):
             return batch.replace(features=x + std[:, None, None].to(x.dtype) * z)
         snr = self.snr_db[0] + (self.snr_db[1] - self.snr_db[0]) * params["level"]
         power = dom.to_power(x)
-        valid = lengths_mask(L, x.shape[-1])[:, None, :]
-        mean_p = (power * valid).sum((1, 2)) / (L.clamp(min=1) * x.shape[1]).to(x.dtype)
+        mean_p = masked_mean(power, L)
         shape = self.mel_shape(dom, x.shape[1], x.device).to(x.dtype)
         e = -torch.log1p(-u.clamp(max=1 - 1e-7))  # Exp(1): a noise STFT cell's |X| ** 2 (mean 1)
         if dom.power != 2.0:  # |X| ** power = (|X| ** 2) ** (power / 2), scaled back to mean 1
