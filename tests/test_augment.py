@@ -632,3 +632,69 @@ def test_hash32_matches_plain_integer_murmur_mixing_on_broadcast_shapes():
             for w in ((i >> 32) & 0xFFFFFFFF, t):
                 h = _fmix_py(((((h ^ w) * 0x27D4EB2F) & 0xFFFFFFFF) ^ (h >> 15)))
             assert int(got[b, t]) == h
+
+
+def test_host_hash_equals_the_tensor_hash():
+    """The CPU hash (numpy uint32) and the int64 tensor hash (CUDA's path) give the same bits."""
+    import specstream.functional.random as R
+    from specstream.augment.random import key_ids
+
+    ids = torch.from_numpy(key_ids([f"k{i}" for i in range(9)]))
+    cases = [R.keyed_words(5, 2, ids, 9) + [torch.arange(4)], R.keyed_words(1, torch.arange(9) - 3, ids, 130, 0),
+             [torch.tensor(-5), 7], [12345], [3, ids[:, None], torch.arange(7)[None, :]]]
+    state = R.keyed_prefix(3, 1, ids)
+    try:
+        host = [R.hash32(w) for w in cases] + [R.hash32([7, torch.arange(5)], state=state)]
+        R._HOST = False
+        ref = [R.hash32(w) for w in cases] + [R.hash32([7, torch.arange(5)], state=state)]
+    finally:
+        R._HOST = True
+    for a, b in zip(host, ref):
+        assert a.shape == b.shape and torch.equal(a, b)
+    # a continued state is the hash of the whole word list
+    assert torch.equal(R.hash32([7, torch.arange(5)], state=R.hash32(R.keyed_words(3, 1, ids, 0)[:-1])),
+                       R.hash32(R.keyed_words(3, 1, ids, 0)[:-1] + [7, torch.arange(5)]))
+
+
+def test_bands_and_zero_padding_kernels_match_plain_loops():
+    from specstream.functional.frames import bands, zero_padding
+
+    g = torch.Generator().manual_seed(0)
+    s, w = torch.randint(0, 60, (7, 3), generator=g), torch.randint(0, 30, (7, 3), generator=g)
+    on = torch.rand(7, 3, generator=g) > 0.3
+    got = bands(s, w, on, 70)
+    ref = torch.zeros(7, 70, dtype=torch.bool)
+    for b in range(7):
+        for m in range(3):
+            if on[b, m]:
+                ref[b, int(s[b, m]):int(s[b, m] + w[b, m])] = True
+    assert torch.equal(got, ref)
+    x = torch.randn(5, 4, 50, generator=g)
+    L = torch.tensor([50, 31, 7, 0, 49])
+    ref = x.clone()
+    for b in range(5):
+        ref[b, :, int(L[b]):] = 0
+    assert torch.equal(zero_padding(x, L), ref) and not torch.equal(x, ref)
+    y = x.clone()
+    assert zero_padding(y, L, inplace=True) is y and torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean", "min", 1.5])
+def test_mask_kernel_matches_a_cell_by_cell_write(fill):
+    """apply_masks (one pass + masked bin rows) against a plain masked write per sample."""
+    from specstream.augment.spec.masks import apply_masks
+
+    x, L, keys = batch(B=6, T=120, lengths=[120, 100, 64, 30, 3, 1])
+    g = torch.Generator().manual_seed(1)
+    fu = torch.rand(6, x.shape[1], generator=g) < 0.2
+    tu = (torch.rand(6, 120, generator=g) < 0.15) & (torch.arange(120)[None, :] < L[:, None])
+    out = apply_masks(Batch(x, L), [(fu, None, None), (None, tu, None)], fill).features
+    for b in range(6):
+        n = int(L[b])
+        v = x[b, :, :n].double()
+        m = {"zero": 0.0, "mean": float(v.mean()) if n else 0.0, "min": float(v.min()) if n else 0.0}.get(fill, fill)
+        ref = v.clone()
+        ref[fu[b]] = m
+        ref[:, tu[b, :n]] = m
+        torch.testing.assert_close(out[b, :, :n].double(), ref, rtol=0, atol=1e-5)
+        assert (out[b, :, n:] == 0).all()

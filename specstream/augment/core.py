@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.frames import move_frames, pad_to, zero_padding
-from ..functional.random import hash32, keyed_words, uniform
+from ..functional.random import hash32, keyed_prefix, uniform
 
 Params = Dict[str, torch.Tensor]
 
@@ -107,12 +107,14 @@ class _Rows:
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            kw[f.name] = v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 and f.name != "_data" else v
+            kw[f.name] = v.index_select(0, rows) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
         return type(self)(**kw)
 
-    def put(self, rows: torch.Tensor, sub) -> "_Rows":
-        """A new batch: rows ``rows`` from ``sub``, the others unchanged (the time axis grows
-        to the longer of the two)."""
+    def put(self, rows: torch.Tensor, sub, inplace: bool = False) -> "_Rows":
+        """A batch with rows ``rows`` from ``sub``, the others unchanged (the time axis grows
+        to the longer of the two). ``inplace``: the data tensor (audio / features) belongs to
+        the caller, who will not read it again: its rows are overwritten where it is, not
+        copied first (the other fields, small, are always new tensors)."""
         kw = {}
         for f in fields(self):
             old, new = getattr(self, f.name), getattr(sub, f.name)
@@ -122,6 +124,7 @@ class _Rows:
             if new is None:
                 kw[f.name] = old
                 continue
+            given = old
             if f.name == self._data or f.name == "frame_targets":
                 axis = -1 if f.name == self._data else 1
                 n = max(old.shape[axis], new.shape[axis])
@@ -129,7 +132,10 @@ class _Rows:
             if new.dtype != old.dtype:
                 old = old.to(new.dtype) if new.dtype.is_floating_point else old
                 new = new.to(old.dtype)
-            kw[f.name] = old.index_copy(0, rows, new)  # one fused copy + row write
+            if old is not given or (inplace and f.name == self._data):
+                kw[f.name] = old.index_copy_(0, rows, new)  # a copy made above, or ours to write
+            else:
+                kw[f.name] = old.index_copy(0, rows, new)  # one fused copy + row write
         return type(self)(**kw)
 
 
@@ -177,14 +183,20 @@ class Context:
     epoch: Union[int, torch.Tensor]  # an int, or [B] per sample (rows from different passes)
     slot: int  # the op's position in its policy
     counter: int = 0
+    prefix: Optional[torch.Tensor] = None  # keyed_prefix(seed, epoch, ids), shared by a policy's ops
 
     @property
     def device(self):
         return self.ids.device
 
+    def _prefix(self) -> torch.Tensor:
+        if self.prefix is None:
+            self.prefix = keyed_prefix(self.seed, self.epoch, self.ids)
+        return self.prefix
+
     def uniform(self, n: int = 1) -> torch.Tensor:
         """[B, n] uniforms in [0, 1); successive calls draw fresh streams."""
-        u = uniform(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, n)
+        u = uniform(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, n, prefix=self._prefix())
         self.counter += 1
         return u
 
@@ -198,9 +210,9 @@ class Context:
         fields too large to record (noise, per-frame choices): the op records the key and
         regenerates the field from it (:func:`~specstream.functional.random.stream_field`),
         so the recorded parameters stay small and replay is exact."""
-        words = keyed_words(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, 0)
+        h = hash32([self.slot * 64 + self.counter], device=self.device, state=self._prefix().reshape(-1))
         self.counter += 1
-        return hash32(words, device=self.device)
+        return h
 
 
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:
@@ -327,8 +339,13 @@ class Op:
         params["active"] = active
         return params
 
-    def apply(self, batch, params: Params):
-        """Apply recorded parameters: gate, transform, write back, zero padding, move frames."""
+    def apply(self, batch, params: Params, owned: bool = False):
+        """Apply recorded parameters: gate, transform, write back, zero padding, move frames.
+
+        ``owned``: the caller hands over the batch's data tensor (a policy passes the output
+        of its previous op, which nothing else holds): the active rows' results and the
+        padding are then written into it rather than into a copy. The caller's own input
+        is never written."""
         params = {k: v for k, v in params.items() if k != "__name__"}
         active = params["active"]
         if self.rows == "all":
@@ -343,9 +360,10 @@ class Op:
                 rows = active.nonzero()[:, 0]
                 sub = batch.take(rows)
                 sp = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in params.items()}
-                out = batch.put(rows, self._moved(sub, sp, self._checked(sub, self.transform(sub, sp))))
-        fresh = (out.data.untyped_storage().data_ptr() != batch.data.untyped_storage().data_ptr()
-                 and out.data._base is None)  # a new tensor, sharing no memory with the input
+                out = batch.put(rows, self._moved(sub, sp, self._checked(sub, self.transform(sub, sp))),
+                                inplace=owned)
+        same = out.data.untyped_storage().data_ptr() == batch.data.untyped_storage().data_ptr()
+        fresh = owned if same else out.data._base is None  # ours: a new tensor, or the one handed over
         data = zero_padding(out.data, out.lengths, inplace=fresh)
         return out.replace(**{out._data: data})
 

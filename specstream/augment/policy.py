@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from ..functional.frames import move_frames, zero_padded
-from ..functional.random import key_ids as _key_ids
+from ..functional.random import key_ids as _key_ids, keyed_prefix
 from ..errors import ConfigError
 from .core import DOMAINS, REGISTRY, Batch, Context, FeatureDomain, Op, WaveBatch
 from .spec import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, Vtlp, apply_masks
@@ -112,10 +112,12 @@ class Policy:
             key_ids = torch.from_numpy(_key_ids([str(k) for k in keys]))
         return torch.as_tensor(key_ids, dtype=torch.int64).to(device)
 
-    def _run(self, batch: Batch, param_source, start: int = 0) -> tuple:
+    def _run(self, batch: Batch, param_source, start: int = 0, caller: Optional[torch.Tensor] = None) -> tuple:
         """Apply the spectrogram ops from ``start`` on; ``param_source(slot, op, batch)``
         gives each op's params. A run of consecutive mask ops with the same fill is one
-        masked write, the fill taken from the features as they enter the run."""
+        masked write, the fill taken from the features as they enter the run. ``caller``:
+        the caller's features, never written (every later tensor is the chain's own)."""
+        keep = set() if caller is None else {_storage(caller)}
         all_params = []
         pending, pending_fill = [], None
         for slot, op in enumerate(self.ops[start:], start):
@@ -131,7 +133,7 @@ class Policy:
             if pending:
                 batch = apply_masks(batch, pending, pending_fill)
                 pending = []
-            batch = op.apply(batch, params)
+            batch = op.apply(batch, params, owned=_storage(batch.features) not in keep)
         if pending:
             batch = apply_masks(batch, pending, pending_fill)
         return batch, all_params
@@ -144,15 +146,16 @@ class Policy:
         ids = self._ids(keys, key_ids, features.device)
         lengths = lengths.to(features.device).to(torch.int64)
         batch, all_params = self._run(Batch(features, lengths, targets, frame_targets, self.domain),
-                                      self._drawer(ids, seed, epoch))
+                                      self._drawer(ids, seed, epoch), caller=features)
         return AugmentResult(batch.features, batch.lengths, batch.targets, all_params, batch.frame_targets)
 
     @staticmethod
     def _drawer(ids, seed, epoch):
         ep = epoch.to(ids.device) if isinstance(epoch, torch.Tensor) else int(epoch)
+        prefix = keyed_prefix(int(seed), ep, ids)  # the words every op's draws share, hashed once
 
         def draw(slot, op, batch):
-            params = op.sample(Context(ids, int(seed), ep, slot), batch)
+            params = op.sample(Context(ids, int(seed), ep, slot, prefix=prefix), batch)
             params["__name__"] = op.name
             return params
 
@@ -187,7 +190,7 @@ class Policy:
             op = self.ops[slot]
             p = draw(slot, op, wb)
             recorded.append(p)
-            wb = op.apply(wb, p)
+            wb = op.apply(wb, p, owned=_storage(wb.audio) != _storage(wave))  # the caller's waveforms: never written
             scale = scale * op.time_factor(p).to(device=device, dtype=torch.float64)
         fbanks = None
         for slot in range(self._wave_end, self._spec_start):
@@ -218,7 +221,7 @@ class Policy:
                 raise ValueError(f"params for {p.get('__name__')!r} given to op {op.name!r}")
         lengths = lengths.to(features.device).to(torch.int64)
         batch = Batch(features, lengths, targets, frame_targets, self.domain)
-        batch, _ = self._run(batch, lambda slot, op, b: params[slot])
+        batch, _ = self._run(batch, lambda slot, op, b: params[slot], caller=features)
         return AugmentResult(batch.features, batch.lengths, batch.targets, list(params), batch.frame_targets)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -288,6 +291,10 @@ class Policy:
             except ValueError as e:  # ConfigError from the op's own checks: say where it is
                 raise type(e)(f"augment.ops[{n}]: {e}") from None
         return cls(ops, num_classes=num_classes)
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 def _rescale_frames(ft: torch.Tensor, scale: torch.Tensor, frames: torch.Tensor, T: int,

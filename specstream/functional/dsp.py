@@ -8,8 +8,13 @@ from typing import Tuple
 import torch
 import torchaudio.functional as AF
 
-from .frames import flip_within, lengths_mask
+from .frames import lengths_mask, zero_padding
 from .random import stream_uniform
+
+try:  # the recursion of torchaudio's lfilter (compiled; CPU and CUDA)
+    from torchaudio.functional.filtering import _lfilter_core_loop as _iir_loop
+except ImportError:  # pragma: no cover - another torchaudio layout: its public lfilter
+    _iir_loop = None
 
 
 def power(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -22,7 +27,7 @@ def mix_at_snr(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_
     """x + g * noise with g per sample such that power(x) / power(g * noise), both over the
     sample's own length, equals 10 ** (snr_db / 10). A silent sample (or silent noise) gets
     no noise: its SNR is undefined. ``noise`` is scratch: it is cut at each length in place."""
-    noise.mul_(lengths_mask(lengths, x.shape[-1]))
+    zero_padding(noise, lengths, inplace=True)
     ps, pn = power(x, lengths), power(noise, lengths)
     g = torch.sqrt(ps / (pn.clamp(min=1e-20) * 10.0 ** (snr_db / 10.0)))
     g = torch.where(pn > 0, g, torch.zeros_like(g))
@@ -53,6 +58,47 @@ def fft_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1] + h.shape[-1] - 1
     m = fast_fft_size(n)
     return torch.fft.irfft(torch.fft.rfft(x, m) * torch.fft.rfft(h, m), m)[..., :n]
+
+
+def fft_convolve_spectra(x: torch.Tensor, spectra: torch.Tensor, k: int, m: int) -> torch.Tensor:
+    """:func:`fft_convolve` of [B, N] with filters of length ``k`` given by their real FFTs
+    ``spectra`` [B, m // 2 + 1] at size ``m`` (= ``fast_fft_size(N + k - 1)``): for a fixed
+    bank of filters, transformed once."""
+    n = x.shape[-1] + k - 1
+    return torch.fft.irfft(torch.fft.rfft(x, m) * spectra, m)[..., :n]
+
+
+try:  # torchaudio's own sinc kernel (sinc_interp_hann), so the result is resample()'s
+    from torchaudio.functional.functional import _get_sinc_resample_kernel
+except ImportError:  # pragma: no cover - another torchaudio layout: its public resample
+    _get_sinc_resample_kernel = None
+
+_SINC_KERNELS: dict = {}
+
+
+def resample(x: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
+    """``torchaudio.functional.resample(x, orig_freq, new_freq)`` (band-limited sinc, Hann
+    window, width 6, roll-off 0.99) of [B, N]: the polyphase kernel is built once per rate
+    pair and device, and applied as one matrix product of the signal's strided windows
+    (a strided convolution with few taps per phase costs several times more on CPU)."""
+    if orig_freq == new_freq:
+        return x
+    if _get_sinc_resample_kernel is None or x.requires_grad:
+        return AF.resample(x, orig_freq, new_freq)
+    g = math.gcd(int(orig_freq), int(new_freq))
+    o, n = int(orig_freq) // g, int(new_freq) // g
+    key = (o, n, x.device, x.dtype)
+    if key not in _SINC_KERNELS:
+        kernel, width = _get_sinc_resample_kernel(orig_freq, new_freq, g, 6, 0.99, "sinc_interp_hann", None,
+                                                  x.device, x.dtype)
+        _SINC_KERNELS[key] = (kernel[:, 0, :].t().contiguous(), width)  # [taps, phases]
+    kernel, width = _SINC_KERNELS[key]
+    B, N = x.shape
+    windows = torch.nn.functional.pad(x, (width, width + o)).unfold(-1, kernel.shape[0], o)  # [B, frames, taps]
+    frames = windows.shape[1]
+    y = torch.mm(windows.reshape(B * frames, -1), kernel).view(B, -1)  # frame f, phase p -> sample f * n + p
+    target = int(torch.ceil(torch.as_tensor(n * N / o)))  # the length torchaudio keeps
+    return y[:, :target]
 
 
 def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor) -> torch.Tensor:
@@ -102,17 +148,40 @@ def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[tor
 
 def lfilter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Causal IIR filtering of [B, N] with per-row coefficients [B, order + 1] (or one shared
-    set [order + 1]) (torchaudio's lfilter, no clamping)."""
-    return AF.lfilter(x, a.to(x.dtype), b.to(x.dtype), clamp=False, batching=a.dim() == 2)
+    set [order + 1]) from rest (torchaudio's lfilter, no clamping). The feed-forward part is
+    order + 1 multiply-adds of shifted rows (a short FIR; a grouped convolution costs far
+    more for so few taps), the recursion torchaudio's own compiled loop."""
+    if _iir_loop is None or x.requires_grad or b.requires_grad or a.requires_grad:
+        return AF.lfilter(x, a.to(x.dtype), b.to(x.dtype), clamp=False, batching=a.dim() == 2)
+    a, b = a.to(x.dtype), b.to(x.dtype)
+    shared = a.dim() == 1
+    a0 = a[..., :1]
+    bn, an = b / a0, a / a0
+    order = a.shape[-1]
+    N = x.shape[-1]
+
+    def coef(j):
+        return bn[j] if shared else bn[:, j:j + 1]
+
+    fir = x * coef(0)
+    for j in range(1, min(order, N)):
+        fir[..., j:].addcmul_(x[..., : N - j], coef(j))
+    inp = fir.reshape(-1, 1, N) if shared else fir.reshape(1, -1, N)
+    out = torch.zeros(inp.shape[:-1] + (N + order - 1,), dtype=x.dtype, device=x.device)
+    _iir_loop(inp, an.flip(-1).reshape(-1, order).contiguous(), out)
+    return out[..., order - 1:].reshape(x.shape)
 
 
 def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Zero-phase IIR filtering with per-sample coefficients: forward, cut at each sample's
-    length, then backward from each sample's *own* end (reversed within its length), so the
-    result equals filtering the sample alone, whatever padding follows it."""
+    length, then backward from each sample's *own* end, so the result equals filtering the
+    sample alone, whatever padding follows it. The backward pass runs on whole reversed
+    rows: a sample's padding comes first there, and a filter at rest fed zeros stays
+    exactly at rest, so its own reversed samples are filtered as if alone (and the padding
+    comes back as zeros)."""
     valid = lengths_mask(lengths, x.shape[-1]).to(x.dtype)
-    y = lfilter(x, b, a) * valid
-    return flip_within(lfilter(flip_within(y, lengths), b, a), lengths)
+    y = lfilter(x, b, a).mul_(valid)
+    return lfilter(y.flip(-1), b, a).flip(-1)
 
 
 # Pink (1/f power) noise from white noise: Paul Kellet's / J. O. Smith's 3-pole, 3-zero
@@ -138,5 +207,5 @@ def coloured_noise(keys: torch.Tensor, n: int, colour: torch.Tensor) -> torch.Te
         if rows.numel():
             bt = torch.tensor(b, dtype=z.dtype, device=z.device)
             at = torch.tensor(a, dtype=z.dtype, device=z.device)
-            z[rows] = AF.lfilter(z[rows], at, bt, clamp=False)
+            z[rows] = lfilter(z[rows], bt, at)
     return z

@@ -13,10 +13,25 @@ def lengths_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
 
 def zero_padding(x: torch.Tensor, lengths: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """x ([B, ..., T]) with every position at or past its sample's length set to 0
-    (``inplace`` for fresh intermediates that nothing else holds)."""
-    pad = ~lengths_mask(lengths, x.shape[-1])
+    (``inplace`` for fresh intermediates that nothing else holds). On CPU only the frames
+    from the shortest length on are looked at (the rest cannot be padding)."""
+    T = x.shape[-1]
+    start = 0
+    if x.device.type == "cpu" and lengths.numel():
+        start = min(max(int(lengths.min()), 0), T)
+    if not inplace:
+        if start == T:
+            return x.clone()
+        x = x.clone() if start else x
+    elif start == T:
+        return x
+    tail = x[..., start:]
+    pad = ~lengths_mask(lengths - start, T - start)
     pad = pad.reshape((pad.shape[0],) + (1,) * (x.dim() - 2) + (pad.shape[1],))
-    return x.masked_fill_(pad, 0) if inplace else x.masked_fill(pad, 0)
+    if inplace or start:
+        tail.masked_fill_(pad, 0)
+        return x
+    return x.masked_fill(pad, 0)
 
 
 def zero_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -52,10 +67,14 @@ def masked_min(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, size] bool: union over m of [start, start + width) where on[b, m]."""
-    r = torch.arange(size, device=starts.device)[None, None, :]
-    m = (r >= starts[..., None]) & (r < (starts + widths)[..., None]) & on[..., None]
-    return m.any(1)
+    """[B, size] bool: union over m of [start, start + width) where on[b, m]: +1 at each
+    band's start, -1 at its end, a running sum (no [B, M, size] comparison)."""
+    lo = starts.clamp(0, size)
+    hi = (starts + widths).clamp(0, size)
+    use = (on & (hi > lo)).to(torch.int32)
+    d = torch.zeros(starts.shape[0], size + 1, dtype=torch.int32, device=starts.device)
+    d.scatter_add_(1, lo, use).scatter_add_(1, hi, -use)
+    return d[:, :size].cumsum(1) > 0
 
 
 def interp_time(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

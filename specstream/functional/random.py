@@ -12,7 +12,7 @@ overflow, which keeps results identical on every backend.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -61,17 +61,27 @@ def _fmix32_(h: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     return h.bitwise_xor_(torch.bitwise_right_shift(h, 16, out=tmp))
 
 
-def hash32(words: Sequence[Union[int, torch.Tensor]], device=None) -> torch.Tensor:
+def hash32(words: Sequence[Union[int, torch.Tensor]], device=None, state: Optional[torch.Tensor] = None
+           ) -> torch.Tensor:
     """Mix a sequence of integer words (ints or int64 tensors, broadcast) into uint32 values
-    held in int64 tensors.
+    held in int64 tensors. ``state``: the hash of leading words already mixed (a
+    :func:`keyed_prefix`), continued with ``words``: ``hash32(b, state=hash32(a))`` equals
+    ``hash32(a + b)``.
 
     Each word after the first allocates its broadcast result and one scratch tensor and
     mixes in place: for element-wise fields ([B, N] noise) fresh full-size temporaries per
     operation cost several times the arithmetic on CPU. Same values as the out-of-place
-    form ``_fmix32(_mul32(h ^ w, 0x27D4EB2F) ^ (h >> 15))``."""
-    h = None
+    form ``_fmix32(_mul32(h ^ w, 0x27D4EB2F) ^ (h >> 15))``. On the CPU the hash runs in
+    :func:`_hash32_host` (native uint32 arithmetic): the same integers, with a fraction of
+    the operations and memory."""
+    if _HOST and _on_host(words, device, state):
+        return _hash32_host(words, state)
+    h = state
     for w in words:
-        w = torch.as_tensor(w, dtype=torch.int64, device=device) & _M32
+        if isinstance(w, int) and h is not None:
+            w = w & _M32  # a plain word: mixed in as a Python scalar (no tensor of its own)
+        else:
+            w = torch.as_tensor(w, dtype=torch.int64, device=device) & _M32
         if h is None:
             h = _fmix32(w ^ 0x9E3779B9)
             continue
@@ -81,6 +91,46 @@ def hash32(words: Sequence[Union[int, torch.Tensor]], device=None) -> torch.Tens
         x.bitwise_xor_(h >> 15)
         h = _fmix32_(x, tmp)
     return h
+
+
+_HOST = True  # CPU hashes through numpy's uint32 arithmetic (tests switch it off to compare)
+
+
+def _on_host(words, device, state) -> bool:
+    """Every word is a CPU tensor or an int, and the device (if named) is the CPU."""
+    if device is not None and torch.device(device).type != "cpu":
+        return False
+    return all(w.device.type == "cpu" if isinstance(w, torch.Tensor) else isinstance(w, int)
+               for w in ([state] if state is not None else []) + list(words))
+
+
+def _hash32_host(words, state: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`hash32` in numpy uint32 on the host: its products wrap modulo 2**32, exactly
+    the low 32 bits the split int64 products keep (the same values, bit for bit)."""
+
+    def fmix32(h):
+        h ^= h >> np.uint32(16)
+        h *= np.uint32(0x85EBCA6B)
+        h ^= h >> np.uint32(13)
+        h *= np.uint32(0xC2B2AE35)
+        h ^= h >> np.uint32(16)
+        return h
+
+    h = None if state is None else state.numpy().astype(np.uint32)
+    with np.errstate(over="ignore"):
+        for w in words:
+            if isinstance(w, torch.Tensor):
+                w = w.to(torch.int64).numpy().astype(np.uint32)  # the low 32 bits (= w & 0xFFFFFFFF)
+            else:
+                w = np.uint32(w & _M32)
+            if h is None:
+                h = fmix32(np.asarray(w ^ np.uint32(0x9E3779B9)))
+                continue
+            x = np.bitwise_xor(h, w)
+            x *= np.uint32(0x27D4EB2F)
+            x ^= h >> np.uint32(15)
+            h = fmix32(x)
+    return torch.from_numpy(np.asarray(h).astype(np.int64))
 
 
 def per_sample(value, ids: torch.Tensor, trailing: int = 1):
@@ -98,16 +148,27 @@ def keyed_words(seed: int, epoch, ids: torch.Tensor, op: int, trailing: int = 1)
     return [seed, per_sample(epoch, ids, trailing), (ids & _M32).reshape(view), (ids >> 32).reshape(view), op]
 
 
+def keyed_prefix(seed: int, epoch, ids: torch.Tensor, trailing: int = 1) -> torch.Tensor:
+    """The hash state after the words every draw of a sample starts with (seed, epoch, the
+    key id's halves), [B, 1, ...] (``trailing`` axes): computed once per batch and shared by
+    every op and draw, which then mix in only their own words (op slot, draw index)."""
+    return hash32(keyed_words(seed, epoch, ids, 0, trailing)[:-1], device=ids.device)
+
+
 def unit_float(h: torch.Tensor) -> torch.Tensor:
     """uint32 hashes -> float32 in [0, 1) from their top 24 bits (exactly representable)."""
     return (h >> 8).to(torch.float32).mul_(1.0 / (1 << 24))
 
 
-def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1) -> torch.Tensor:
+def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1,
+            prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[B, n] float32 uniforms in [0, 1) for sample ids [B] (int64) at op slot ``op``.
-    ``epoch`` is an int or a per-sample [B] tensor."""
+    ``epoch`` is an int or a per-sample [B] tensor; ``prefix``: their
+    :func:`keyed_prefix` when already computed (same values, fewer operations)."""
     draw = torch.arange(n, device=ids.device, dtype=torch.int64)
-    return unit_float(hash32(keyed_words(seed, epoch, ids, op) + [draw], device=ids.device))
+    if prefix is None:
+        prefix = keyed_prefix(seed, epoch, ids)
+    return unit_float(hash32([op, draw], device=ids.device, state=prefix))
 
 
 def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:

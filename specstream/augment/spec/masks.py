@@ -41,8 +41,9 @@ def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
     None, rect [B, F, T] or None) triples, already restricted to active samples and (time,
     rect) to valid frames. Only each sample's valid frames are written.
 
-    Zero fill multiplies by broadcast keep-vectors (no [B, F, T] mask); other fills copy the
-    features and write the per-sample value into the masked rows and columns only."""
+    One pass over the features multiplies by a broadcast keep-vector of frames and adds the
+    fill on the masked frames (no [B, F, T] mask); then only the masked bins' rows are
+    written."""
     x, L = batch.features, batch.lengths
     B, Fn, T = x.shape
     fu = tu = ru = None
@@ -56,28 +57,28 @@ def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
     if fu is None and tu is None and ru is None:
         return batch
     valid = lengths_mask(L, T)
-    if fill == "zero" or (not isinstance(fill, str) and float(fill) == 0.0):
-        # zero fill: broadcast keep-vectors; the time keep-vector also zeroes the padding
-        keep_t = valid if tu is None else valid & ~tu
+    keep_t = valid if tu is None else valid & ~tu  # [B, T]: frames kept (padding not kept)
+    zero = fill == "zero" or (not isinstance(fill, str) and float(fill) == 0.0)
+    m = None if zero else fill_value(x, L, fill)  # [B, 1, 1]
+    # one pass over the features: kept frames copied, masked frames set to the fill (time
+    # masks lie inside each sample's length), padding 0; the [B, T] fill row broadcasts over
+    # bins, so no [B, F, T] mask is built
+    if zero or tu is None:
         out = x * keep_t.to(x.dtype)[:, None, :]
-        if fu is not None:
-            out.mul_((~fu).to(x.dtype)[:, :, None])
-        if ru is not None:
-            out.mul_((~ru).to(x.dtype))
-        return batch.replace(features=out)
-    # other fills: a copy, then indexed writes of only the masked cells (their number scales
-    # with the masked area, not the batch; unmasked cells are exact copies). A frequency band
-    # is filled on valid frames only (padding stays 0).
-    m = fill_value(x, L, fill)  # [B, 1, 1]
-    out = x * valid.to(x.dtype)[:, None, :]  # a copy with the padding at 0
+    else:
+        out = torch.addcmul((tu.to(x.dtype) * m[:, 0])[:, None, :], x, keep_t.to(x.dtype)[:, None, :])
+    out = out.contiguous()  # (a no-op unless x came in another layout)
     if fu is not None:
+        # masked bins: only their rows are written (the fill on valid frames, padding 0)
         b, f = fu.nonzero(as_tuple=True)
-        out[b, f, :] = m[b, 0, :] * valid[b].to(x.dtype)
-    if tu is not None:  # drawn inside each sample's length already
-        b, t = tu.nonzero(as_tuple=True)
-        out[b, :, t] = m[b, 0, :].expand(-1, Fn)
+        rows = out.view(B * Fn, T)
+        if zero:
+            rows.index_fill_(0, b * Fn + f, 0.0)
+        else:
+            fill_rows = m[:, 0] * valid.to(x.dtype)  # [B, T]: each sample's fill on its valid frames
+            rows.index_copy_(0, b * Fn + f, fill_rows.index_select(0, b))
     if ru is not None:
-        out = torch.where(ru, m, out)
+        out = out * (~ru).to(x.dtype) if zero else torch.where(ru, m, out)
     return batch.replace(features=out)
 
 

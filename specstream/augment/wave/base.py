@@ -58,10 +58,32 @@ class BankOp(WaveOp):
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-def bank_segments(bank, clip: torch.Tensor, offset: torch.Tensor, n: int) -> torch.Tensor:
+def bank_segments(bank, clip: torch.Tensor, offset: torch.Tensor, n: int, looped=None) -> torch.Tensor:
     """[B, n]: clip ``clip[b]`` of ``bank`` read from ``offset[b]`` on, looping over the clip
-    when it is shorter than n (so any clip fills any sample)."""
+    when it is shorter than n (so any clip fills any sample). ``looped``: the bank's
+    :func:`looped_bank` (for at least n samples): each segment is then one contiguous row
+    copy, with no per-sample index."""
+    if looped is not None and looped[0] >= n:
+        _, data, begin = looped
+        return data.unfold(0, n, 1).index_select(0, begin[clip] + offset)
     t = torch.arange(n, device=bank.data.device, dtype=torch.int64)[None, :]
     idx = offset[:, None] + t  # one index tensor, updated in place
     idx.remainder_(bank.lengths[clip][:, None]).add_(bank.starts[clip][:, None])
     return bank.data[idx]
+
+
+def looped_bank(bank, n: int):
+    """(span, data, begin): the bank's clips laid end to end, each followed by its own
+    continuation (looped) for ``span`` >= n samples, clip i starting at ``begin[i]``; so any
+    n samples of a clip from any offset are one contiguous slice. None when that copy would
+    be large beside the bank (many clips, long segments)."""
+    span = 1 << max(0, int(n) - 1).bit_length()
+    R = len(bank)
+    if R == 0 or R * span > 2 * bank.data.numel() + (1 << 22):
+        return None
+    lengths, starts = bank.lengths, bank.starts
+    size = lengths + span
+    begin = torch.cumsum(size, 0) - size
+    which = torch.repeat_interleave(torch.arange(R, device=lengths.device), size)
+    j = torch.arange(int(size.sum()), device=lengths.device) - begin[which]
+    return span, bank.data[starts[which] + j.remainder(lengths[which])], begin

@@ -68,5 +68,8 @@ class Filter(WaveOp):
                 continue
             b, a = biquad(edge, f[rows].clamp(1.0, nyq).to(torch.float64), sr, self.q)
             y = filtfilt(out[rows], L[rows], b, a)
-            out = y if rows.numel() == out.shape[0] else out.index_copy(0, rows, y)
+            if rows.numel() == out.shape[0]:
+                out = y
+            else:  # the first edge's result is ours to write; the input is not
+                out = out.index_copy(0, rows, y) if out is x else out.index_copy_(0, rows, y)
         return batch.replace(audio=out)

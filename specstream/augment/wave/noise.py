@@ -7,9 +7,9 @@ from typing import Sequence, Tuple, Union
 import torch
 
 from ...functional.dsp import NOISE_COLOURS, coloured_noise, mix_at_snr, power
-from ...functional.frames import lengths_mask
+from ...functional.frames import zero_padding
 from ..core import Context, Params, WaveBatch, check, check_range, lerp, randint
-from .base import BankOp, WaveOp, bank_segments
+from .base import BankOp, WaveOp, bank_segments, looped_bank
 
 COLOURS = NOISE_COLOURS
 
@@ -58,6 +58,7 @@ class BackgroundNoise(BankOp):
         check(self.name, "count", list(count) if isinstance(count, tuple) else count,
               lo == int(lo) and hi == int(hi), "whole numbers [min, max] within [1, 64]")
         self.count = (int(lo), int(hi))
+        self._looped = None  # (bank, looped_bank(bank, span)) for contiguous segment reads
 
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
         bank = self.loaded(ctx.device)
@@ -74,9 +75,13 @@ class BackgroundNoise(BankOp):
         N = x.shape[-1]
         count, clip, offset = params["count"], params["clip"], params["offset"]
         noise = x.new_zeros(x.shape[0], N)
-        valid = lengths_mask(L, N)
+        looped = self._looped
+        if looped is None or looped[0] is not bank or looped[1] is None or looped[1][0] < N:
+            # the bank laid out so that every segment is a contiguous row (kept; exact copies)
+            self._looped = looped = (bank, looped_bank(bank, N))
         for k in range(int(count.max())):
-            seg = bank_segments(bank, clip[:, k], offset[:, k], N).to(x.dtype).mul_(valid)
+            seg = zero_padding(bank_segments(bank, clip[:, k], offset[:, k], N, looped[1]).to(x.dtype), L,
+                               inplace=True)
             level = torch.rsqrt(power(seg, L).clamp(min=1e-20))
             noise.addcmul_(seg, (level * (k < count).to(x.dtype))[:, None])
         return batch.replace(audio=mix_at_snr(x, noise, L, params["snr_db"]))

@@ -8,8 +8,8 @@ from typing import List, Optional
 import torch
 
 from ...errors import BankError
-from ...functional.dsp import fft_convolve, power
-from ...functional.frames import lengths_mask
+from ...functional.dsp import fast_fft_size, fft_convolve_spectra, power
+from ...functional.frames import zero_padding
 from ..core import Context, Params, WaveBatch, check, check_choice, check_number, randint
 from .base import BankOp
 
@@ -78,6 +78,7 @@ class Reverb(BankOp):
         self.max_seconds = check_number(self.name, "max_seconds", max_seconds, 0.0, 60.0, lo_open=True)
         self.keep_level = check(self.name, "keep_level", keep_level, isinstance(keep_level, bool), "true or false")
         self._rirs: Optional[RIRBank] = None
+        self._spectra = None  # (bank, {(FFT size, device, dtype): [R, m // 2 + 1] RIR spectra})
 
     def rirs(self, device) -> RIRBank:
         if self._rirs is None:
@@ -86,15 +87,31 @@ class Reverb(BankOp):
         self._rirs = self._rirs.to(device)
         return self._rirs
 
+    def _rir_spectra(self, bank: RIRBank, rir: torch.Tensor, m: int, dtype) -> torch.Tensor:
+        """Real FFTs at size m of RIRs ``rir``: the whole bank's, transformed once per FFT size
+        and kept (a few sizes), when the bank is no larger than a batch; else the rows' own."""
+        key = (m, bank.rirs.device, dtype)
+        if self._spectra is None or self._spectra[0] is not bank:
+            self._spectra = (bank, {})
+        cache = self._spectra[1]
+        if key not in cache:
+            if len(bank) > rir.numel():
+                return torch.fft.rfft(bank.rirs.index_select(0, rir).to(dtype), m)
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = torch.fft.rfft(bank.rirs.to(dtype), m)
+        return cache[key].index_select(0, rir)
+
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
         return {"rir": randint(ctx.uniform(1)[:, 0], 0, len(self.rirs(ctx.device)) - 1)}
 
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
         x, L = batch.audio, batch.lengths
         bank = self.rirs(x.device)
-        h = bank.rirs[params["rir"]].to(x.dtype)
-        N = x.shape[-1]
-        wet = fft_convolve(x, h)[:, bank.pre:bank.pre + N] * lengths_mask(L, N).to(x.dtype)
+        N, K = x.shape[-1], bank.rirs.shape[-1]
+        m = fast_fft_size(N + K - 1)
+        wet = fft_convolve_spectra(x, self._rir_spectra(bank, params["rir"], m, x.dtype), K, m)
+        wet = zero_padding(wet[:, bank.pre:bank.pre + N], L, inplace=True)  # a view of a fresh result
         if self.keep_level:
             wet = wet * torch.sqrt(power(x, L) / power(wet, L).clamp(min=1e-20))[:, None]
         return batch.replace(audio=wet)

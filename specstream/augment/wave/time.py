@@ -7,10 +7,9 @@ from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
 
-from ...functional.dsp import phase_vocoder
-from ...functional.frames import lengths_mask, pad_to
+from ...functional.dsp import phase_vocoder, resample
+from ...functional.frames import lengths_mask, pad_to, zero_padding
 from ..core import Context, Params, WaveBatch, check, check_number, randint
 from .base import WaveOp
 
@@ -30,8 +29,8 @@ def _assemble(x: torch.Tensor, lengths: torch.Tensor, groups) -> Tuple[torch.Ten
     out = out.clone() if out is x else out  # pad_to made a new tensor already when it padded
     new_len = lengths.clone()
     for rows, y, nl in groups:
-        y = pad_to(y, n_out) * lengths_mask(nl, n_out).to(y.dtype)
-        out[rows] = y
+        y = zero_padding(pad_to(y, n_out), nl, inplace=True)  # y: the op's own result (or pad_to's copy)
+        out.index_copy_(0, rows, y)
         new_len[rows] = nl
     n_used = int(new_len.max()) if new_len.numel() else 0
     return out[:, : max(n_used, 1)], new_len
@@ -60,7 +59,7 @@ class _FactorOp(WaveOp):
 class Speed(_FactorOp):
     """Speed perturbation (Ko et al. 2015): resample by a factor drawn from ``factors``,
     changing tempo and pitch; a sample of L samples becomes ceil(L / factor) long.
-    Band-limited sinc resampling (torchaudio), batched per distinct factor."""
+    Band-limited sinc resampling (torchaudio's kernel), batched per distinct factor."""
 
     name = "speed"
 
@@ -76,7 +75,7 @@ class Speed(_FactorOp):
         for v, rows in _groups(params["factor"]):
             orig, new = self.rates(sr, v)
             xr = x[rows][:, : int(L[rows].max())]  # nothing past the longest sample's own length
-            groups.append((rows, AF.resample(xr, orig, new), torch.div(L[rows] * new + orig - 1, orig,
+            groups.append((rows, resample(xr, orig, new), torch.div(L[rows] * new + orig - 1, orig,
                                                                        rounding_mode="floor")))
         if not groups:
             return batch
