@@ -43,7 +43,8 @@ def main(argv=None) -> int:
 
     if not ray.is_initialized():
         # under `ray job submit` RAY_ADDRESS names the cluster; alone, start a local one
-        ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(include_dashboard=False)
+        # (address="local": a new local instance, never another job's Ray running on this machine)
+        ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(address="local", include_dashboard=False)
     pipe = build_pipeline(config_data(args.config, args.set), reserved_cpus=args.workers * args.cpus_per_worker,
                           reserved_gpus=args.workers if args.gpu else 0)
     num_classes = len(vocab_from_config(pipe.config))
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
                           num_workers=args.workers, epochs=args.epochs, lr=args.lr,
                           batch_size=pipe.config.deliver.batch_size, use_gpu=args.gpu,
                           cpus_per_worker=args.cpus_per_worker,
-                          multi_label=pipe.config.labels.multi_label, storage_path=args.storage_path)
+                          multi_label=pipe.config.labels.multi_label, storage_path=args.storage_path,
+                          pipeline_config=pipe.config.to_dict())
     wall = time.perf_counter() - t0
     report = pipe.write_report(args.report)
     history = json.loads(result.metrics["history"])
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
               f"acc {h['accuracy']:.3f}  {h['samples'] / h['seconds']:.0f} samples/s  "
               f"waiting for data {100 * h['data_wait_fraction']:.0f}% of the time")
     t = report["totals"]
-    print(f"read {t['read']}  delivered {t['delivered']}  quarantined {t['quarantined']}  "
+    print(f"read {t['read']}  delivered {t['delivered']}  quarantined {t['quarantined']}  carried {t['carried']}  "
           f"balanced {t['balanced']}  |  {t['delivered'] / wall:.0f} samples/s overall  |  report: {args.report}")
     return 0 if t["balanced"] else 1
 

@@ -33,7 +33,7 @@ def ours_ray(urls):
     from specstream.io.samples import ReaderOptions
     from specstream.pipeline.datasource import ShardDatasource
 
-    ds = ray.data.read_datasource(ShardDatasource(urls, options=ReaderOptions()),
+    ds = ray.data.read_datasource(ShardDatasource.over(urls, options=ReaderOptions()),
                                   override_num_blocks=len(urls))
     return sum(b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
 

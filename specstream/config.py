@@ -22,6 +22,10 @@ from .errors import ConfigError  # noqa: E402,F401 - defined in a leaf module, r
 @dataclass
 class SourceConfig:
     shards: Union[str, List[str]] = ""
+    # with several sources (``source`` given as a list): the source's name in the report and its share
+    # of the samples drawn (weights are normalised); the first source defines the epoch
+    name: Optional[str] = None
+    weight: float = 1.0
     endpoint_url: Optional[str] = None  # S3-compatible endpoint, e.g. http://127.0.0.1:9000
     region: Optional[str] = None
     buffer_mb: int = 8
@@ -60,6 +64,9 @@ class LabelsConfig:
     # frame-level labels: json:<name> holding [[start_s, end_s, label], ...] (same vocabulary);
     # delivered as frame_target [T, C] multi-hot on the feature frames, moved by the time ops
     frame_field: Optional[str] = None
+    # sequence targets: the transcript in ``field`` (txt or json:<name>) becomes ``tokens`` [U] with
+    # char | vocab:FILE | sentencepiece:MODEL (id 0 is the CTC blank and padding); no class vocabulary then
+    tokenizer: Optional[str] = None
 
 
 @dataclass
@@ -89,8 +96,38 @@ class DeliverConfig:
 
 
 @dataclass
+class BucketingConfig:
+    """Duration bucketing (``decode.mode: full``): a batch holds samples of one duration bucket,
+    as many as fit ``max_duration_s`` of *padded* audio (batch size x its longest sample), so
+    the frames a trainer must hold per batch are bounded by max_duration_s / hop (a sample
+    longer than max_duration_s alone, up to decode.max_seconds, makes a batch of one)."""
+    max_duration_s: float = 200.0
+    num_buckets: int = 10
+    buffer: int = 1000  # samples whose durations estimate the boundaries (when none are given)
+    # lhotse's quadratic_duration: a sample of d seconds costs d + d**2 / q (attention's quadratic memory)
+    quadratic_duration: Optional[float] = None
+    boundaries_s: Optional[List[float]] = None  # bucket edges in seconds (num_buckets - 1 of them)
+
+
+@dataclass
+class SamplingConfig:
+    """Which samples go together: a seeded shuffle buffer over several shards read at once per
+    read task (before featurizing, so mixup partners are shuffled neighbours), duration
+    bucketing, and equal steps on every rank."""
+    shuffle_buffer: int = 0  # samples held per read task; 0: file order
+    interleave: int = 1  # shards read at once per read task
+    bucketing: Optional[BucketingConfig] = None
+    # with torch.distributed initialised (Ray Train), every rank yields the same number of batches per
+    # epoch; what a rank holds past the common count is carried into its next epoch (and reported)
+    equal_steps: bool = True
+
+
+@dataclass
 class PipelineConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
+    # several sources drawn by weight (``source:`` given as a list in YAML): source is then sources[0]
+    sources: List[SourceConfig] = field(default_factory=list)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     features: MelConfig = field(default_factory=MelConfig)
@@ -113,7 +150,18 @@ class PipelineConfig:
             raise ConfigError("decode.crop: must be 'start', 'center' or 'random'")
         if d.sample_rate <= 0 or d.clip_seconds <= 0 or d.max_seconds <= 0:
             raise ConfigError("decode: sample_rate, clip_seconds and max_seconds must be positive")
-        if sum(x is not None for x in (lab.vocab, lab.vocab_file, lab.num_classes)) != 1:
+        if lab.tokenizer is not None:
+            if lab.field == "cls":
+                raise ConfigError("labels.tokenizer: tokens come from a transcript: set labels.field to txt or "
+                                  "json:<name>")
+            if any(x is not None for x in (lab.vocab, lab.vocab_file, lab.num_classes)) or lab.multi_label \
+                    or lab.frame_field is not None:
+                raise ConfigError("labels.tokenizer: sequence targets take no class vocabulary (vocab, vocab_file, "
+                                  "num_classes), multi_label or frame_field")
+            from .tokenizers import build_tokenizer
+
+            build_tokenizer(lab.tokenizer)
+        elif sum(x is not None for x in (lab.vocab, lab.vocab_file, lab.num_classes)) != 1:
             raise ConfigError("labels: give exactly one of vocab, vocab_file or num_classes")
         if lab.vocab_file is not None and not os.path.exists(lab.vocab_file):
             raise ConfigError(f"labels.vocab_file: {lab.vocab_file!r} does not exist")
@@ -141,6 +189,7 @@ class PipelineConfig:
             raise ConfigError("actors.fault_exit_after and actors.fault_file go together")
         if a.num_gpus < 0 or a.batch_size < 1 or self.deliver.batch_size < 1:
             raise ConfigError("actors/deliver: num_gpus >= 0 and batch sizes >= 1")
+        self._validate_sampling()
         if self.features.sample_rate != d.sample_rate:
             raise ConfigError(f"features.sample_rate ({self.features.sample_rate}) must equal "
                               f"decode.sample_rate ({d.sample_rate}); leave it out to inherit")
@@ -152,10 +201,49 @@ class PipelineConfig:
             from .augment import build_policy
 
             try:
-                build_policy(self.augment).check(self.decode.sample_rate)
+                policy = build_policy(self.augment).check(self.decode.sample_rate)
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"augment: {e}") from None
+            if self.sequence_targets and sum(op.name == "mixup" for op in policy.ops) > 1:
+                raise ConfigError("augment: with sequence targets (labels.tokenizer) at most one mixup op: each row "
+                                  "carries one partner transcript")
         return self
+
+    def _validate_sampling(self) -> None:
+        sm = self.sampling
+        if sm.shuffle_buffer < 0 or sm.interleave < 1:
+            raise ConfigError("sampling: shuffle_buffer must be >= 0 and interleave >= 1")
+        srcs = self.all_sources()
+        names = [s.name for s in srcs]
+        for i, s in enumerate(srcs):
+            if not s.shards:
+                raise ConfigError(f"source[{i}].shards: required")
+            if not s.weight > 0:
+                raise ConfigError(f"source[{i}].weight: must be > 0, got {s.weight}")
+        if len(srcs) > 1 and (None in names or len(set(names)) != len(names)):
+            raise ConfigError("source: with several sources each needs a distinct name")
+        b = sm.bucketing
+        if b is None:
+            return
+        if self.decode.mode != "full":
+            raise ConfigError("sampling.bucketing: needs decode.mode: full (fixed mode makes every clip one length)")
+        if not b.max_duration_s > 0 or b.num_buckets < 1 or b.buffer < 1:
+            raise ConfigError("sampling.bucketing: max_duration_s > 0, num_buckets >= 1 and buffer >= 1")
+        if b.quadratic_duration is not None and not b.quadratic_duration > 0:
+            raise ConfigError("sampling.bucketing.quadratic_duration: must be > 0 (seconds) or null")
+        if b.boundaries_s is not None:
+            e = b.boundaries_s
+            if len(e) != b.num_buckets - 1 or any(not x > 0 for x in e) or any(x >= y for x, y in zip(e, e[1:])):
+                raise ConfigError(f"sampling.bucketing.boundaries_s: {b.num_buckets - 1} increasing positive edges "
+                                  f"(num_buckets - 1), got {e}")
+
+    def all_sources(self) -> List[SourceConfig]:
+        """Every source, the first (which defines the epoch) first."""
+        return list(self.sources) if self.sources else [self.source]
+
+    @property
+    def sequence_targets(self) -> bool:
+        return self.labels.tokenizer is not None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -276,4 +364,15 @@ def load_config(config: Union[str, os.PathLike, Dict[str, Any], PipelineConfig])
     if isinstance(decode, dict) and "sample_rate" in decode:
         feats.setdefault("sample_rate", decode["sample_rate"])
     data["features"] = feats
-    return _build(PipelineConfig, data, "").validate()
+    src = data.get("source")
+    if isinstance(src, (list, tuple)):  # several weighted sources: the first defines the epoch
+        if not src:
+            raise ConfigError("source: an empty list; give one source or a list of {name, shards, weight}")
+        if data.get("sources"):
+            raise ConfigError("source: a list of sources, and sources besides it; give one")
+        data["sources"] = list(src)
+        data["source"] = src[0]
+    cfg = _build(PipelineConfig, data, "")
+    if cfg.sources and cfg.source != cfg.sources[0]:
+        raise ConfigError("source and sources[0] differ; give the sources as one list under source:")
+    return cfg.validate()

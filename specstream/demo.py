@@ -65,7 +65,8 @@ def run_demo(per_class: int = 200, epochs: int = 3, workers: int = 2, seed: int 
     t0 = time.perf_counter()
     result = run_training(pipe.dataset, num_classes=len(CLASSES), ledger=pipe.ledger,
                           num_workers=workers, epochs=epochs, batch_size=64,
-                          cpus_per_worker=cpus_per_worker, storage_path=os.path.join(cache_dir(), "ray_results"))
+                          cpus_per_worker=cpus_per_worker, storage_path=os.path.join(cache_dir(), "ray_results"),
+                          pipeline_config=pipe.config.to_dict())
     train_s = time.perf_counter() - t0
     report = pipe.report()
     if report_path:
@@ -76,7 +77,7 @@ def run_demo(per_class: int = 200, epochs: int = 3, workers: int = 2, seed: int 
     return {
         "shards": len(pipe.shards), "classes": len(CLASSES), "epochs": epochs, "workers": workers,
         "read": totals["read"], "delivered": totals["delivered"],
-        "quarantined": totals["quarantined"], "balanced": totals["balanced"],
+        "quarantined": totals["quarantined"], "carried": totals["carried"], "balanced": totals["balanced"],
         "train_seconds": train_s, "samples_per_s": totals["delivered"] / train_s,
         "history_rank0": history, "total_seconds": time.perf_counter() - t_start,
     }
@@ -88,7 +89,8 @@ def format_summary(s: dict) -> str:
         f"  corpus      : {s['shards']} shards, {s['classes']} classes, SpecAugment SM, "
         f"{s['epochs']} epochs x {s['workers']} Ray Train workers",
         f"  samples     : read {s['read']}  delivered {s['delivered']}  quarantined {s['quarantined']}"
-        f"  ({'balanced' if s['balanced'] else 'NOT BALANCED'}: read = delivered + quarantined)",
+        f"  carried {s['carried']}  ({'balanced' if s['balanced'] else 'NOT BALANCED'}: read = delivered + "
+        f"quarantined + carried, the rows a rank held past the last common step)",
         f"  throughput  : {s['samples_per_s']:.0f} samples/s into the trainers "
         f"(train wall {s['train_seconds']:.1f} s, total {s['total_seconds']:.1f} s)",
     ]

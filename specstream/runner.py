@@ -10,30 +10,33 @@ def run(config, epochs: int = 1, report_path: Optional[str] = None, progress: bo
         batch_size: Optional[int] = None) -> dict:
     from tqdm import tqdm
 
-    from .pipeline import build_pipeline, torch_batches
+    from .pipeline import TrainStream, build_pipeline
 
     pipe = build_pipeline(config)
     cfg = pipe.config
     bs = batch_size or cfg.deliver.batch_size
     per_epoch = []
+    stream = TrainStream(pipe.dataset, cfg, ledger=pipe.ledger, batch_size=bs, device="cpu")
     t_all = time.perf_counter()
     for e in range(epochs):
         n = 0
         t0 = time.perf_counter()
         with tqdm(desc=f"epoch {cfg.epoch + e}", unit=" samples", disable=not progress, smoothing=0.1) as bar:
-            for b in torch_batches(pipe.dataset, batch_size=bs, device="cpu", ledger=pipe.ledger,
-                                   prefetch_batches=cfg.deliver.prefetch_batches, drop_last=cfg.deliver.drop_last):
+            for b in stream:
                 k = len(b["key"])
                 n += k
                 bar.update(k)
         dt = time.perf_counter() - t0
-        per_epoch.append({"epoch": cfg.epoch + e, "samples": n, "seconds": dt, "samples_per_s": n / dt if dt else 0})
+        per_epoch.append({"epoch": cfg.epoch + e, "samples": n, "seconds": dt, "samples_per_s": n / dt if dt else 0,
+                          "batches": stream.last_epoch["batches"],
+                          "padding_fraction": stream.last_epoch["padding_fraction"]})
     wall = time.perf_counter() - t_all
     report = pipe.write_report(report_path) if report_path else pipe.report()
     t = report["totals"]
-    lines = [f"epoch {p['epoch']}: {p['samples']} samples in {p['seconds']:.1f} s = {p['samples_per_s']:.0f} samples/s"
-             for p in per_epoch]
-    lines.append(f"read {t['read']} = delivered {t['delivered']} + quarantined {t['quarantined']} over "
+    lines = [f"epoch {p['epoch']}: {p['samples']} samples in {p['batches']} batches ({p['padding_fraction']:.1%} "
+             f"padding) in {p['seconds']:.1f} s = {p['samples_per_s']:.0f} samples/s" for p in per_epoch]
+    carried = f" + carried {t['carried']}" if t.get("carried") else ""
+    lines.append(f"read {t['read']} = delivered {t['delivered']} + quarantined {t['quarantined']}{carried} over "
                  f"{t['shards']} shard(s): {'balanced' if t['balanced'] else 'NOT BALANCED'}"
                  + (f"; {t['resumes']} transient read error(s) resumed" if t.get("resumes") else ""))
     if t.get("shards_unread"):

@@ -55,23 +55,20 @@ def train_loop(config: Dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from .pipeline import torch_batches
+    from .pipeline import TrainStream
 
     torch.manual_seed(config.get("seed", 0))
     model = ray.train.torch.prepare_model(SmallCNN(config["num_classes"]))
     opt = torch.optim.AdamW(model.parameters(), lr=config.get("lr", 3e-3))
     shard = ray.train.get_dataset_shard("train")
     ctx = ray.train.get_context()
+    # the same number of batches on every rank (DDP steps together); bucketed when the config says so
+    stream = TrainStream(shard, config.get("pipeline_config"), ledger=config.get("ledger"),
+                         batch_size=config.get("batch_size"))
     history = []
     for epoch in range(config.get("epochs", 1)):
-        t0, seen, losses, correct, wait = time.perf_counter(), 0, [], 0, 0.0
-        batches = torch_batches(shard, batch_size=config.get("batch_size", 64), ledger=config.get("ledger"))
-        while True:
-            tw = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - tw
-            if batch is None:
-                break
+        t0, seen, losses, correct = time.perf_counter(), 0, [], 0
+        for batch in stream:
             logits = model(batch["features"], batch["length"])
             loss = loss_fn(logits, batch["target"], config.get("multi_label", False))
             opt.zero_grad(set_to_none=True)
@@ -88,7 +85,8 @@ def train_loop(config: Dict[str, Any]) -> None:
             "loss_first_quarter": sum(losses[:quarter]) / quarter if losses else float("nan"),
             "loss_last_quarter": sum(losses[-quarter:]) / quarter if losses else float("nan"),
             "accuracy": correct / max(seen, 1),
-            "data_wait_fraction": wait / dt if dt else 0.0,  # time the step waited for data
+            "data_wait_fraction": stream.last_epoch["data_wait_s"] / dt if dt else 0.0,  # time the step waited for data
+            "batches": stream.last_epoch.get("batches"), "carried_out": stream.last_epoch.get("carried_out"),
         })
         metrics = {"epoch": epoch, "rank": ctx.get_world_rank(), "samples": seen,
                    "samples_per_s": seen / dt if dt else 0.0,
@@ -107,21 +105,27 @@ def train_loop(config: Dict[str, Any]) -> None:
 
 
 def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, epochs: int = 1,
-                 batch_size: int = 64, lr: float = 3e-3, use_gpu: bool = False,
+                 batch_size: Optional[int] = None, lr: float = 3e-3, use_gpu: bool = False,
                  cpus_per_worker: float = 1.0, multi_label: bool = False,
-                 storage_path: Optional[str] = None):
-    """Fit SmallCNN with a TorchTrainer over ``dataset``; returns Ray Train's Result."""
+                 storage_path: Optional[str] = None, pipeline_config: Optional[Dict[str, Any]] = None):
+    """Fit SmallCNN with a TorchTrainer over ``dataset``; returns Ray Train's Result.
+    ``pipeline_config``: the pipeline's config as a dict (sampling: bucketing, equal steps;
+    deliver.batch_size unless ``batch_size`` is given)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from .pipeline import stream_data_config
 
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"num_classes": num_classes, "epochs": epochs, "lr": lr,
-                           "batch_size": batch_size, "ledger": ledger, "multi_label": multi_label},
+                           "batch_size": batch_size, "ledger": ledger, "multi_label": multi_label,
+                           "pipeline_config": pipeline_config},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         datasets={"train": dataset},
+        dataset_config=stream_data_config(),  # split without truncating: TrainStream equalises the steps
         run_config=RunConfig(storage_path=storage_path, name="specstream"),
     )
     return trainer.fit()

@@ -27,7 +27,8 @@ def labelled_shards(tmp_path_factory):
         n = s * 12 + i
         events = [[0.1, 0.3, NAMES[n % 3]], [0.2, 0.4, NAMES[(n + 1) % 3]]]
         return {"__key__": f"c{s}_{i:02d}", "flac": flac_bytes(tone(0.5 + 0.03 * n, freq=150 + 40 * (n % 10))),
-                "cls": str(n % 10).encode(), "json": json.dumps({"label": NAMES[n % 3], "events": events}).encode()}
+                "cls": str(n % 10).encode(), "json": json.dumps({"label": NAMES[n % 3], "events": events}).encode(),
+                "txt": NAMES[n % 3].encode()}
 
     return write_shard_set(tmp_path_factory.mktemp("cfgdata"), 3, 12, make)
 

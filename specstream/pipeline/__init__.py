@@ -20,13 +20,15 @@ import ray
 from ..config import PipelineConfig, load_config
 from ..io.samples import ReaderOptions
 from ..io.shards import Storage, expand_shards, shard_sizes
-from .datasource import ShardDatasource, shard_order
+from .datasource import ReadPlan, ShardDatasource, SourceShards, shard_order
 from .deliver import collate, torch_batches
 from .ledger import Ledger, LedgerSink, write_report
 from .stages import DecodeStage, FeaturizeStage, storage_of
+from .stream import TrainStream, stream_data_config
 
 __all__ = ["Pipeline", "build_pipeline", "check_resources", "build_dataset", "torch_batches", "collate",
-           "DecodeStage", "FeaturizeStage", "FeaturizeActor", "storage_from_config", "shard_order"]
+           "DecodeStage", "FeaturizeStage", "FeaturizeActor", "storage_from_config", "shard_order",
+           "TrainStream", "stream_data_config"]
 
 
 storage_from_config = storage_of  # the S3/local Storage a config's source names
@@ -141,24 +143,35 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     """
     cfg = load_config(config)
     storage = storage_from_config(cfg)
-    urls = expand_shards(cfg.source.shards, storage)
+    shard_sets = []
+    for i, src in enumerate(cfg.all_sources()):
+        st = storage_of(cfg, src)
+        urls = expand_shards(src.shards, st)
+        shard_sets.append(SourceShards(src.name or "default", urls, st, src.weight))
+    urls = shard_sets[0].urls
     check_banks(cfg, storage)
     if not ray.is_initialized():
         ray.init()
     if check_fit:
         check_resources(cfg, reserved_cpus, reserved_gpus)
-    sizes = shard_sizes(urls, storage)
-    ledger = Ledger.remote(urls, sizes)
+    sizes = {}
+    for s in shard_sets:
+        sizes.update(zip(s.urls, shard_sizes(s.urls, s.storage)))
+    names = {u: s.name for s in shard_sets for u in s.urls} if len(shard_sets) > 1 else None
+    ledger = Ledger.remote(urls, [sizes[u] for u in urls], names)
     sink = LedgerSink(ledger)
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),
                             block_rows=cfg.source.block_rows)
     cfg_dict = cfg.to_dict()
-    source = ShardDatasource(urls, storage, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink),
-                             base_epoch=cfg.epoch, sizes=sizes,
-                             shuffle_seed=cfg.seed if cfg.source.shuffle_shards else None)
+    sm = cfg.sampling
+    plan = ReadPlan(shard_sets, interleave=sm.interleave, shuffle_buffer=sm.shuffle_buffer, seed=cfg.seed,
+                    shuffle_shards=cfg.source.shuffle_shards, sizes=sizes)
+    source = ShardDatasource(plan, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink),
+                             base_epoch=cfg.epoch)
     read_res = dict(cfg.decode.resources) or None
-    ds = ray.data.read_datasource(source, override_num_blocks=len(urls),
+    ds = ray.data.read_datasource(source, override_num_blocks=plan.tasks,
                                   num_cpus=cfg.decode.num_cpus, resources=read_res)
+    ds.context.target_max_block_size = output_block_bytes(cfg)
     a = cfg.actors
     if a.compute == "actors" or (a.compute == "auto" and a.num_gpus > 0):
         concurrency = a.count if a.max_count is None else (a.count, a.max_count)
@@ -175,6 +188,16 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
         ds = ds.map_batches(_PerProcess(FeaturizeStage, cfg_dict, sink), batch_size=None,
                             batch_format="numpy", num_cpus=cfg.decode.num_cpus, resources=read_res)
     return Pipeline(cfg, urls, ds, ledger)
+
+
+def output_block_bytes(cfg: PipelineConfig) -> int:
+    """The Ray Data block size target for this pipeline: a little under one featurized block
+    (``source.block_rows`` rows of log-mel; full mode assumes ``decode.clip_seconds`` per row).
+    Ray's map stages hold their output until it passes the target (128 MiB by default): a read
+    task of many shards, or of big ones, would otherwise send nothing until a large part of
+    its work was done, and the time to the first batch would grow with the shard size."""
+    frames = cfg.decode.clip_seconds * cfg.decode.sample_rate / cfg.features.hop_length + 1
+    return max(1 << 20, int(0.9 * cfg.source.block_rows * cfg.features.n_mels * frames * 4))
 
 
 def build_dataset(config) -> "ray.data.Dataset":

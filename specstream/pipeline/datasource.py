@@ -1,23 +1,40 @@
-"""Ray Data source over WebDataset tar shards: one read task per shard, Arrow blocks out.
+"""Ray Data source over WebDataset tar shards: read tasks stream shards, Arrow blocks out.
 
 Replaces ``ray.data.read_webdataset`` (one pandas DataFrame per sample; a truncated tar
-fails the dataset; scripts/bench_reader.py compares the two): each task streams its shard with
-:func:`specstream.io.samples.read_shard`, emits Arrow tables of ``block_rows`` samples and
-records every chunk, quarantine entries included, in the run's ledger.
+fails the dataset; scripts/bench_reader.py compares the two): each task streams its shards
+with :func:`specstream.io.samples.read_shard`, emits Arrow tables of ``block_rows`` samples
+and records every chunk, quarantine entries included, in the run's ledger.
 
-``decode`` (optional) is applied to each table inside the read task — a callable from an
-Arrow table to a dict of numpy arrays, normally a :class:`~specstream.pipeline.stages.DecodeStage`
-— so that reading and decoding run in one CPU task per shard and the decoded rows never
-pass through the featurize actors' inputs undecoded. (Left to Ray's operator fusion, a
-decode ``map_batches`` fuses into the featurize actor instead, and decoding serialises
-there.)
+What goes into each block (``sampling`` in the config), decided here, before decoding and
+featurizing, so that the featurize stage's mixup partners are shuffled neighbours:
+
+- A read task reads at least ``interleave`` shards of the first source at once (the epoch's
+  shard order, dealt round-robin to ``shards // interleave`` tasks), taking their chunks in
+  turn.
+- Other sources (``source`` given as a list) are drawn by weight, row by row, against the
+  first source's rows: after every piece of ``PIECE_ROWS`` rows the source furthest behind
+  its share gives the next piece. Each task cycles through its own rotation of a weighted
+  source's shards and stops reading them when its first-source shards are done: the first
+  source defines the epoch, the others are sampled.
+- A shuffle buffer of ``shuffle_buffer`` samples (raw bytes, not decoded audio) per task
+  emits a seeded random one for each that arrives (webdataset's ``shuffle(n)``), then drains
+  at random.
+
+Every choice is a function of (seed, epoch, task slot): a retried read task emits the same
+rows in the same order. Which task's block reaches which consumer first is up to Ray's
+scheduler.
+
+``decode`` (optional) is applied to each block inside the read task — normally a
+:class:`~specstream.pipeline.stages.DecodeStage` — so that reading and decoding run in one
+CPU task and the decoded rows never pass through the featurize actors' inputs undecoded.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import random
-from typing import Callable, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
 
 import pyarrow as pa
 import ray
@@ -27,41 +44,101 @@ from ray.data.datasource import Datasource, ReadTask
 from ..io.samples import SCHEMA, ReaderOptions, read_shard
 from ..io.shards import Storage, shard_sizes
 
-OUT_SCHEMA = SCHEMA.append(pa.field("epoch", pa.int64()))
+# rows the reader adds per block: the epoch (augmentation draws depend on it) and the read id
+# (which read of which shard a row came from: quarantine entries count once per read)
+OUT_SCHEMA = SCHEMA.append(pa.field("epoch", pa.int64())).append(pa.field("read", pa.string()))
+PIECE_ROWS = 8  # weighted sources are interleaved in pieces of this many rows
+
+
+@dataclass
+class SourceShards:
+    """One source's shards, as the read tasks see them."""
+    name: str
+    urls: List[str]
+    storage: Storage
+    weight: float = 1.0
+
+
+@dataclass
+class ReadPlan:
+    """Which shards each read task reads, in each epoch, and how rows are mixed. Picklable."""
+    sources: List[SourceShards]
+    interleave: int = 1
+    shuffle_buffer: int = 0
+    seed: int = 0
+    shuffle_shards: bool = False
+    sizes: Dict[str, Optional[int]] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> int:
+        """Read tasks per epoch: each reads at least ``interleave`` first-source shards at once
+        (all of its shards: between interleave and 2 x interleave - 1)."""
+        return max(1, len(self.sources[0].urls) // self.interleave)
+
+    @property
+    def shuffled(self) -> bool:
+        return self.shuffle_shards or self.shuffle_buffer > 0
+
+    def order(self, source: int, epoch: int) -> List[str]:
+        urls = self.sources[source].urls
+        if not self.shuffled:
+            return list(urls)
+        return shard_order(urls, self.seed + source, epoch)
+
+    def task_shards(self, slot: int, epoch: int) -> List[str]:
+        """The first source's shards read task ``slot`` reads in ``epoch``."""
+        return self.order(0, epoch)[slot::self.tasks]
+
+    def rotation(self, source: int, slot: int, epoch: int) -> List[str]:
+        """A weighted source's shards in the order task ``slot`` cycles through them."""
+        order = self.order(source, epoch)
+        start = slot * len(order) // self.tasks
+        return order[start:] + order[:start]
+
+    def rng(self, slot: int, epoch: int) -> random.Random:
+        digest = hashlib.blake2b(f"buffer:{self.seed}:{epoch}:{slot}".encode(), digest_size=8).digest()
+        return random.Random(int.from_bytes(digest, "little"))
 
 
 class ShardDatasource(Datasource):
-    def __init__(self, urls: List[str], storage: Optional[Storage] = None,
-                 options: Optional[ReaderOptions] = None, ledger=None,
-                 decode: Optional[Callable] = None, base_epoch: int = 0,
-                 shuffle_seed: Optional[int] = None, sizes: Optional[List[Optional[int]]] = None):
+    def __init__(self, plan: ReadPlan, options: Optional[ReaderOptions] = None, ledger=None,
+                 decode: Optional[Callable] = None, base_epoch: int = 0):
         super().__init__()
-        self.shuffle_seed = shuffle_seed
+        self.plan = plan
         self.decode = decode
         self.base_epoch = base_epoch
-        self.urls = list(urls)
-        self.storage = storage or Storage()
         self.options = options or ReaderOptions()
         self.ledger = ledger
-        self._sizes = list(sizes) if sizes is not None else shard_sizes(self.urls, self.storage)
+        for s in plan.sources:
+            missing = [u for u in s.urls if u not in plan.sizes]
+            if missing:
+                plan.sizes.update(zip(missing, shard_sizes(missing, s.storage)))
+
+    @classmethod
+    def over(cls, urls: List[str], storage: Optional[Storage] = None, **kw) -> "ShardDatasource":
+        """One source, one shard per read task, file order: the plain reader."""
+        return cls(ReadPlan([SourceShards("default", list(urls), storage or Storage())]), **kw)
 
     def get_name(self) -> str:
         return "WebDatasetShards"
 
     def estimate_inmemory_data_size(self) -> Optional[int]:
-        if any(s is None for s in self._sizes):
+        sizes = [self.plan.sizes.get(u) for u in self.plan.sources[0].urls]
+        if any(s is None for s in sizes):
             return None
-        return int(sum(self._sizes))
+        return int(sum(sizes))
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
                        data_context=None) -> List[ReadTask]:
+        plan = self.plan
+        fixed = not plan.shuffled and plan.interleave == 1
         tasks = []
-        sizes = {u: s for u, s in zip(self.urls, self._sizes) if s is not None}
-        for slot, (url, size) in enumerate(zip(self.urls, self._sizes)):
-            meta = BlockMetadata(num_rows=None, size_bytes=None if size is None else int(size),
-                                 exec_stats=None, input_files=(url,) if self.shuffle_seed is None else None)
-            tasks.append(ReadTask(_make_read_fn(slot, self.urls, self.storage, self.options, self.ledger,
-                                                self.decode, self.base_epoch, self.shuffle_seed, sizes),
+        for slot in range(plan.tasks):
+            shards = plan.task_shards(slot, self.base_epoch)
+            size = sum(plan.sizes.get(u) or 0 for u in shards)
+            meta = BlockMetadata(num_rows=None, size_bytes=size or None, exec_stats=None,
+                                 input_files=tuple(shards) if fixed else None)
+            tasks.append(ReadTask(_make_read_fn(slot, plan, self.options, self.ledger, self.decode, self.base_epoch),
                                   meta, schema=OUT_SCHEMA if self.decode is None else None,
                                   per_task_row_limit=per_task_row_limit))
         return tasks
@@ -97,52 +174,246 @@ def _test_fault(stage: str, shard: str, chunk: int) -> None:
         os._exit(1)
 
 
-def _make_read_fn(slot: int, urls: List[str], storage: Storage, options: ReaderOptions, ledger, decode,
-                  base_epoch: int, shuffle_seed: Optional[int], sizes: dict):
-    def read_fn():
-        # Every pass over the dataset (each epoch of a Ray Train dataset shard) re-reads
-        # the shards: rows carry epoch = base_epoch + pass, so augmentation differs per
-        # epoch and stays a pure function of (seed, epoch, key). With shuffling, read task
-        # ``slot`` of pass p reads shard shard_order(urls, seed, base_epoch + p)[slot]: each
-        # pass reads every shard once, in that epoch's order.
-        node = ray.get_runtime_context().get_node_id()
-        if shuffle_seed is None:
-            url = urls[slot]
-            pass_ = ray.get(ledger.pass_of.remote(url)) if ledger is not None else 0
-        else:
-            pass_ = ray.get(ledger.slot_pass.remote(slot)) if ledger is not None else 0
-            url = shard_order(urls, shuffle_seed, base_epoch + pass_)[slot]
-        if ledger is not None:
-            ray.get(ledger.assign.remote(pass_, slot, url, node))
-        epoch = base_epoch + pass_
-        seen = 0
-        chunk = 0
-        pending = None
-        stats = None
-        for table, bad, stats in read_shard(url, storage, options, size=sizes.get(url)):
-            _test_fault("read", url, chunk)
-            if ledger is not None:
-                if pending is not None:
-                    ray.get(pending)
-                pending = ledger.record_read.remote(url, chunk, stats.samples - seen, bad, False)
-            seen = stats.samples
-            chunk += 1
-            if table is not None and table.num_rows:
-                table = table.append_column("epoch", pa.array([epoch] * table.num_rows, pa.int64()))
-                if decode is None:
-                    yield table
+class _ShardRead:
+    """One read of one shard inside a read task: its chunks go to the ledger (at most one
+    record in flight), its rows out as Arrow tables tagged with the epoch and read id."""
+
+    def __init__(self, url: str, storage: Storage, options: ReaderOptions, size: Optional[int], ledger,
+                 read_id: str, epoch: int):
+        self.url, self.ledger, self.read_id, self.epoch = url, ledger, read_id, epoch
+        self._gen = read_shard(url, storage, options, size=size)
+        self.chunk = 0
+        self.last = (0, 0)
+        self.seen = 0
+        self.stats = None
+        self.pending = None
+        self.done = False
+
+    def _record(self, *args, **kw):
+        if self.ledger is None:
+            return
+        if self.pending is not None:
+            ray.get(self.pending)
+        self.pending = self.ledger.record_read.remote(self.read_id, self.url, *args, **kw)
+
+    def next_table(self) -> Optional[pa.Table]:
+        """The next chunk's rows (possibly an empty table), or None at the end of the shard."""
+        if self.done:
+            return None
+        try:
+            table, bad, self.stats = next(self._gen)
+        except StopIteration:
+            self.close()
+            return None
+        _test_fault("read", self.url, self.chunk)
+        for e in bad:
+            e["read"] = self.read_id
+        self.last = (self.chunk, self.stats.samples - self.seen)
+        self._record(self.chunk, self.stats.samples - self.seen, bad, False)
+        self.seen = self.stats.samples
+        self.chunk += 1
+        if table is None or not table.num_rows:
+            return pa.Table.from_pylist([], schema=OUT_SCHEMA)
+        n = table.num_rows
+        return (table.append_column("epoch", pa.array([self.epoch] * n, pa.int64()))
+                .append_column("read", pa.array([self.read_id] * n, pa.string())))
+
+    def give_back(self, rows: int) -> None:
+        """The last chunk's final ``rows`` were not taken (a weighted source's read stopped
+        part-way through a chunk): they are not counted as read."""
+        if rows and self.ledger is not None:
+            chunk, samples = self.last
+            self._record(chunk, samples - rows, [], False)
+
+    def close(self, sampled: bool = False) -> None:
+        """The closing record: marks this read finished and says how much of the shard was read
+        (``sampled``: stopped on purpose, a weighted source's share for this epoch was taken)."""
+        if self.done:
+            return
+        self.done = True
+        self._gen.close()
+        s = self.stats
+        info = {"bytes_read": getattr(s, "bytes_read", 0), "bytes_total": getattr(s, "bytes_total", None),
+                "compression": getattr(s, "compression", None), "unread": getattr(s, "unread", None),
+                "corrupt": getattr(s, "corrupt", None)}
+        if sampled:
+            info["sampled"] = True
+        self._record(self.chunk, 0, [], True, getattr(s, "resumes", 0), info)
+        if self.pending is not None and self.ledger is not None:
+            ray.get(self.pending)
+            self.pending = None
+
+
+class _Source:
+    """Rows of one source for one read task, a piece at a time. The first source reads its
+    shards at once, a chunk from each in turn, and ends; a weighted source cycles through its
+    rotation until the task closes it."""
+
+    def __init__(self, index: int, urls: List[str], weight: float, open_read: Callable, cyclic: bool):
+        self.index, self.urls, self.weight, self.cyclic = index, urls, weight, cyclic
+        self.open_read = open_read
+        self.reads: List[_ShardRead] = []
+        self.next_url = 0
+        self.turn = 0
+        self.table: Optional[pa.Table] = None
+        self.offset = 0
+        self.taken = 0
+        self.dry = 0  # shards opened in a row that gave no rows (a source of only bad or empty shards ends)
+        if not cyclic:
+            self.reads = [open_read(u) for u in urls]
+
+    def _next_table(self) -> Optional[pa.Table]:
+        while True:
+            if self.cyclic:
+                if not self.reads:
+                    if not self.urls or self.dry >= len(self.urls):
+                        return None
+                    self.reads = [self.open_read(self.urls[self.next_url % len(self.urls)])]
+                    self.next_url += 1
+                    self.dry += 1
+                t = self.reads[0].next_table()
+                if t is None:
+                    self.reads = []
                     continue
-                batch = decode(table)
-                if len(batch["key"]):
-                    yield BlockAccessor.batch_to_block(batch)
+                if t.num_rows:
+                    self.dry = 0
+                return t
+            if not self.reads:
+                return None
+            self.turn %= len(self.reads)
+            t = self.reads[self.turn].next_table()
+            if t is None:
+                del self.reads[self.turn]
+                continue
+            self.turn += 1
+            return t
+
+    def piece(self, rows: Optional[int]) -> Optional[pa.Table]:
+        """Up to ``rows`` rows (None: the rest of the current chunk), or None when the source has
+        no more."""
+        while self.table is None or self.offset >= self.table.num_rows:
+            self.table, self.offset = self._next_table(), 0
+            if self.table is None:
+                return None
+        n = self.table.num_rows - self.offset if rows is None else min(rows, self.table.num_rows - self.offset)
+        out = self.table.slice(self.offset, n)
+        self.offset += n
+        self.taken += n
+        return out
+
+    def close(self) -> None:
+        if self.reads and self.table is not None:  # a cyclic source reads one shard at a time
+            self.reads[0].give_back(self.table.num_rows - self.offset)
+        for r in self.reads:
+            r.close(sampled=True)
+        self.reads = []
+
+
+def _pieces(sources: List[_Source]):
+    """Pieces of rows from the sources, weighted sources interleaved by weight, until the first
+    source is done."""
+    first = sources[0]
+    others = sources[1:]
+    total_w = sum(s.weight for s in sources)
+    try:
+        while True:
+            live = [s for s in others if s.urls and s.dry < len(s.urls)]
+            if not live:
+                t = first.piece(None)
+                if t is None:
+                    return
+                yield t
+                continue
+            # the source furthest behind its share of the rows taken so far gives the next piece
+            drawn = sum(s.taken for s in sources)
+            pick = min([first] + live, key=lambda s: (s.taken - drawn * s.weight / total_w, s.index))
+            t = pick.piece(PIECE_ROWS)
+            if t is None:
+                if pick is first:
+                    return
+                continue
+            yield t
+    finally:
+        for s in others:
+            s.close()
+
+
+def _shuffled(pieces, buffer: int, rng: random.Random):
+    """Rows through a shuffle buffer of ``buffer`` rows: once full, each arriving row sends out a
+    random one; at the end the rest leave in random order. Yields lists of row dicts."""
+    held: List[dict] = []
+    for t in pieces:
+        out = []
+        for row in t.to_pylist():
+            if len(held) < buffer:
+                held.append(row)
+                continue
+            i = rng.randrange(len(held))
+            out.append(held[i])
+            held[i] = row
+        if out:
+            yield out
+    rng.shuffle(held)
+    yield held
+
+
+def _blocks(plan: ReadPlan, sources: List[_Source], rng: random.Random, block_rows: int):
+    """Arrow blocks of ``block_rows`` rows from the sources, shuffled when configured."""
+    if plan.shuffle_buffer <= 0:
+        pending, n = [], 0
+        for t in _pieces(sources):
+            pending.append(t)
+            n += t.num_rows
+            if n >= block_rows:
+                yield pa.concat_tables(pending)
+                pending, n = [], 0
+        if pending:
+            yield pa.concat_tables(pending)
+        return
+    rows: List[dict] = []
+    for out in _shuffled(_pieces(sources), plan.shuffle_buffer, rng):
+        rows.extend(out)
+        while len(rows) >= block_rows:
+            yield pa.Table.from_pylist(rows[:block_rows], schema=OUT_SCHEMA)
+            rows = rows[block_rows:]
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=OUT_SCHEMA)
+
+
+def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, decode, base_epoch: int):
+    def read_fn():
+        # Every pass over the dataset (each epoch of a Ray Train dataset shard) re-reads: rows
+        # carry epoch = base_epoch + pass, so augmentation differs per epoch and stays a pure
+        # function of (seed, epoch, key). Read task ``slot`` of pass p reads the shards
+        # plan.task_shards(slot, base_epoch + p): each pass reads every first-source shard once.
+        node = ray.get_runtime_context().get_node_id()
+        pass_ = ray.get(ledger.slot_pass.remote(slot)) if ledger is not None else 0
+        epoch = base_epoch + pass_
+        shards = plan.task_shards(slot, epoch)
         if ledger is not None:
-            if pending is not None:
-                ray.get(pending)
-            # the closing record marks the shard as finished (an empty chunk) and says how much
-            # of it was read: bytes, and where an unread rest starts (if any)
-            info = {"bytes_read": stats.bytes_read, "bytes_total": stats.bytes_total,
-                    "compression": stats.compression, "unread": stats.unread, "corrupt": stats.corrupt}
-            ray.get(ledger.record_read.remote(url, chunk, 0, [], True, stats.resumes, info))
+            ray.get(ledger.assign.remote(pass_, slot, shards, node))
+        opened = [0]
+
+        def opener(source: int):
+            def open_read(url: str) -> _ShardRead:
+                opened[0] += 1
+                return _ShardRead(url, plan.sources[source].storage, options, plan.sizes.get(url), ledger,
+                                  f"{epoch}/{slot}/{opened[0]}", epoch)
+            return open_read
+
+        sources = [_Source(0, shards, plan.sources[0].weight, opener(0), cyclic=False)]
+        sources += [_Source(i, plan.rotation(i, slot, epoch), s.weight, opener(i), cyclic=True)
+                    for i, s in enumerate(plan.sources[1:], 1)]
+        for table in _blocks(plan, sources, plan.rng(slot, epoch), options.block_rows):
+            if not table.num_rows:
+                continue
+            if decode is None:
+                yield table
+                continue
+            batch = decode(table)
+            if len(batch["key"]):
+                yield BlockAccessor.batch_to_block(batch)
+        if ledger is not None:
             ray.get(ledger.slot_done.remote(slot))
 
     return read_fn

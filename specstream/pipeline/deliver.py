@@ -15,7 +15,10 @@ def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
     """numpy batch -> torch batch: ``features`` [B, n_mels, T_max] zero-padded, ``length`` [B],
     ``target`` ([B] int64 or [B, C] float32), ``key`` and ``shard`` as lists of str (and
     ``aug_params``, JSON per sample, when the pipeline logs them; ``frame_target`` [B, T_max, C]
-    with ``labels.frame_field``)."""
+    with ``labels.frame_field``). With ``labels.tokenizer``: ``tokens`` [B, U_max] int64 padded
+    with 0 (the CTC blank) and ``token_length`` [B] instead of ``target``; with mixup besides,
+    ``mix_lambda`` [B] (1 for a row not mixed), ``mix_tokens`` and ``mix_token_length`` (the
+    partner's transcript): see :func:`specstream.losses.mixed_ctc_loss`."""
     feats = pad_stack(batch["features"], length_axis=-1)
     out = {
         "features": torch.from_numpy(np.array(feats, dtype=np.float32)),
@@ -30,11 +33,24 @@ def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
     if "frame_target" in batch:  # [B, T_max, C], zero past each sample's frames
         out["frame_target"] = torch.from_numpy(np.array(pad_stack(batch["frame_target"], length_axis=-2),
                                                         dtype=np.float32))
+    for name in ("tokens", "mix_tokens"):  # sequence targets: [B, U] padded with 0 (the CTC blank)
+        if name in batch:
+            rows = [np.asarray(t, dtype=np.int64) for t in batch[name]]
+            lengths = np.array([len(t) for t in rows], dtype=np.int64)
+            out[name] = torch.from_numpy(pad_stack(rows, dtype=np.int64) if rows else np.zeros((0, 0), np.int64))
+            out["token_length" if name == "tokens" else "mix_token_length"] = torch.from_numpy(lengths)
+    if "mix_lambda" in batch:
+        out["mix_lambda"] = torch.from_numpy(np.array(batch["mix_lambda"], dtype=np.float32))
     target = batch.get("target")
     if target is not None:
         t = np.asarray(target) if getattr(target, "dtype", None) != object else np.stack(list(target))
         out["target"] = torch.from_numpy(np.array(t))
     return out
+
+
+# the columns moved to the trainer's device (keys, shards and logged params stay on the host)
+DEVICE_COLUMNS = ("features", "length", "target", "frame_target", "tokens", "token_length", "mix_lambda",
+                  "mix_tokens", "mix_token_length")
 
 
 def default_device() -> torch.device:
@@ -63,7 +79,7 @@ def torch_batches(source, batch_size: int = 64, device: Union[str, torch.device,
         for batch in source.iter_batches(batch_size=batch_size, batch_format="numpy",
                                          prefetch_batches=prefetch_batches, drop_last=drop_last):
             out = collate(batch)
-            for name in ("features", "length", "target", "frame_target"):
+            for name in DEVICE_COLUMNS:
                 if name in out:
                     t = out[name].pin_memory() if pin else out[name]
                     out[name] = t.to(device, non_blocking=pin)

@@ -19,36 +19,38 @@ import ray
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class Ledger:
-    """Counts are kept per pass: iterating the dataset again (a new epoch of a Ray Train
-    dataset shard) re-reads every shard; a shard's pass ends with its reader's closing
-    record. Quarantine entries count once per (shard, key, pass)."""
+    """Counts are kept per read: iterating the dataset again (a new epoch of a Ray Train
+    dataset shard) re-reads the shards, and a weighted source's shard may be read several
+    times in an epoch. Each read has an id (epoch/task slot/n) and ends with its reader's
+    closing record; a retried read task repeats the same ids, which count once. Quarantine
+    entries count once per (shard, key, read)."""
 
-    def __init__(self, shards: Optional[List[str]] = None, sizes: Optional[List[Optional[int]]] = None):
-        self.expected = list(shards or [])  # every shard of the run: one never read is reported unread
+    def __init__(self, shards: Optional[List[str]] = None, sizes: Optional[List[Optional[int]]] = None,
+                 sources: Optional[Dict[str, str]] = None):
+        # every shard of the first source: one never read is reported unread (weighted sources are sampled)
+        self.expected = list(shards or [])
         self.sizes = dict(zip(self.expected, sizes or []))
-        self.reads: Dict[str, dict] = {}  # shard -> bytes read/total, compression, unread (latest pass)
-        self.chunks: Dict[str, Dict[int, int]] = {}  # current pass: chunk -> samples
-        self.done_total: Counter = Counter()  # samples of completed passes
-        self.passes: Counter = Counter()
+        self.source_of = dict(sources or {})  # shard -> source name, with several sources
+        self.reads: Dict[str, dict] = {}  # shard -> bytes read/total, compression, unread (latest read)
+        self.open: Dict[str, dict] = {}  # read id -> {"shard": ..., "chunks": {chunk: samples}}
+        self.closed: set = set()
+        self.done_total: Counter = Counter()  # samples of finished reads
+        self.passes: Counter = Counter()  # finished reads per shard
         self.bad: Dict[tuple, dict] = {}
         self.delivered: Counter = Counter()
+        self.carried: Counter = Counter()  # held by a rank past the common step count, for its next epoch
         self.slot_passes: Counter = Counter()
         self.resumes: Counter = Counter()  # transient read errors survived, per shard
-        self.assignments: Dict[int, Dict[int, str]] = {}  # pass -> read-task slot -> shard
+        self.assignments: Dict[int, Dict[int, List[str]]] = {}  # pass -> read-task slot -> shards
         self.nodes: Dict[str, set] = {}  # stage -> node ids it ran on
 
-    def pass_of(self, shard: str) -> int:
-        """How many passes over this shard have finished: the pass a new read belongs to
-        (a retried read task of the same pass gets the same number)."""
-        return self.passes[shard]
-
     def slot_pass(self, slot: int) -> int:
-        """How many passes read task ``slot`` has finished (per-epoch shard permutation:
-        slot i reads shard order(epoch)[i])."""
+        """How many passes read task ``slot`` has finished: the pass a new read belongs to (a
+        retried read task of the same pass gets the same number)."""
         return self.slot_passes[slot]
 
-    def assign(self, pass_: int, slot: int, shard: str, node: str = "") -> None:
-        self.assignments.setdefault(pass_, {})[slot] = shard
+    def assign(self, pass_: int, slot: int, shards: List[str], node: str = "") -> None:
+        self.assignments.setdefault(pass_, {})[slot] = list(shards)
         if node:
             self.nodes.setdefault("read", set()).add(node)
 
@@ -58,88 +60,105 @@ class Ledger:
     def record_node(self, stage: str, node: str) -> None:
         self.nodes.setdefault(stage, set()).add(node)
 
-    def record_read(self, shard: str, chunk: int, samples: int, entries: List[dict], done: bool,
+    def record_read(self, read_id: str, shard: str, chunk: int, samples: int, entries: List[dict], done: bool,
                     resumes: int = 0, info: Optional[dict] = None) -> None:
-        """One chunk of a read task. The closing record (``done``) carries ``info``: bytes read
-        and total, compression, and ``unread`` (from_byte, reason) when the shard was not read
-        to its end."""
-        self.chunks.setdefault(shard, {})[chunk] = samples
+        """One chunk of a read. The closing record (``done``) carries ``info``: bytes read and
+        total, compression, ``unread`` (from_byte, reason) when the shard was not read to its
+        end, ``sampled`` when a weighted source's read was stopped on purpose."""
+        if read_id in self.closed:
+            return  # a retried read task repeating a read that already finished
+        self.open.setdefault(read_id, {"shard": shard, "chunks": {}})["chunks"][chunk] = samples
         self.quarantine(entries)
         if resumes:
             self.resumes[shard] += resumes
         if info is not None:
             prev = self.reads.get(shard)
-            # an unread rest in any pass stays reported (a later clean pass does not hide it)
+            # an unread rest in any read stays reported (a later clean read does not hide it)
             if prev is not None:
                 info = {**info, **{k: prev[k] for k in ("unread", "corrupt") if prev.get(k) and not info.get(k)}}
             self.reads[shard] = info
         if done:
-            self.done_total[shard] += sum(self.chunks.pop(shard).values())
+            self.done_total[shard] += sum(self.open.pop(read_id)["chunks"].values())
             self.passes[shard] += 1
+            self.closed.add(read_id)
 
     def quarantine(self, entries: List[dict]) -> None:
         for e in entries:
-            self.bad.setdefault((e["shard"], e["key"], self.passes[e["shard"]]), e)
+            self.bad.setdefault((e["shard"], e["key"], e.get("read", self.passes[e["shard"]])), e)
 
     def record_delivered(self, counts: Dict[str, int]) -> None:
         self.delivered.update(counts)
 
+    def record_carried(self, counts: Dict[str, int]) -> None:
+        """Change the rows carried over per shard (positive: held back; negative: delivered later)."""
+        for shard, n in counts.items():
+            self.carried[shard] += n
+
     def report(self) -> dict:
         read = Counter(self.done_total)
-        for shard, chunks in self.chunks.items():
-            read[shard] += sum(chunks.values())
+        for r in self.open.values():
+            read[r["shard"]] += sum(r["chunks"].values())
         reads = dict(self.reads)
         for shard in self.expected:
             if shard not in read and shard not in reads:
                 reads[shard] = {"bytes_read": 0, "bytes_total": self.sizes.get(shard), "never": True}
         report = build_report(dict(read), dict(self.passes), list(self.bad.values()), dict(self.delivered),
-                              reads=reads, in_progress=set(self.chunks))
+                              reads=reads, in_progress={r["shard"] for r in self.open.values()},
+                              carried=dict(self.carried), sources=self.source_of)
         report["nodes"] = {stage: sorted(n) for stage, n in self.nodes.items()}
         for shard, n in self.resumes.items():
             if shard in report["shards"]:
                 report["shards"][shard]["resumes"] = n
         if self.resumes:
             report["totals"]["resumes"] = sum(self.resumes.values())
-        report["shard_order"] = {str(p): [a[i] for i in sorted(a)] for p, a in sorted(self.assignments.items())}
+        report["shard_order"] = {str(p): [u for i in sorted(a) for u in a[i]]
+                                 for p, a in sorted(self.assignments.items())}
         return report
 
 
 def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[dict],
                  delivered: Dict[str, int], reads: Optional[Dict[str, dict]] = None,
-                 in_progress: frozenset = frozenset()) -> dict:
+                 in_progress: frozenset = frozenset(), carried: Optional[Dict[str, int]] = None,
+                 sources: Optional[Dict[str, str]] = None) -> dict:
     """Per-shard reconciliation plus totals and the quarantine list (one entry per
     (shard, key); counts include every pass).
 
-    Per shard: ``read``, ``delivered``, ``quarantined`` samples, ``passes``, ``bytes_read``
+    Per shard: ``read``, ``delivered``, ``quarantined``, ``carried`` samples (held by a rank
+    past the epoch's common step count, delivered in its next epoch), ``passes``, ``bytes_read``
     of ``bytes_total``, ``unread`` (null, or where the unread rest starts and why: its
     sample count is unknown) and ``balanced`` = the counts reconcile and nothing is unread
     or still being read, and a compressed shard's end checksum (when read to its end) held
     (``corrupt`` says otherwise). Totals add ``shards_corrupt``, ``shards_unread`` and ``bytes_unread`` (of the shards
     whose size is known)."""
     reads = reads or {}
+    carried = carried or {}
     counted = [e for e in quarantine if not e.get("unread")]
     q_by_shard: Counter = Counter(e["shard"] for e in counted)
     shards = {}
-    for shard in sorted(set(read) | set(delivered) | set(q_by_shard) | set(reads)):
-        r, d, q = read.get(shard, 0), delivered.get(shard, 0), q_by_shard.get(shard, 0)
+    for shard in sorted(set(read) | set(delivered) | set(q_by_shard) | set(reads) | set(carried)):
+        r, d, q, c = read.get(shard, 0), delivered.get(shard, 0), q_by_shard.get(shard, 0), carried.get(shard, 0)
         info = reads.get(shard)
         unread = None
         if info is not None and info.get("unread"):
             unread = dict(info["unread"])
         elif shard not in read and info is not None and info.get("never"):
             unread = {"from_byte": 0, "reason": "never read: the run ended before this shard was opened"}
-        row = {"read": r, "delivered": d, "quarantined": q, "passes": passes.get(shard, 0),
+        row = {"read": r, "delivered": d, "quarantined": q, "carried": c, "passes": passes.get(shard, 0),
                "bytes_read": (info or {}).get("bytes_read"), "bytes_total": (info or {}).get("bytes_total"),
                "unread": unread}
         if (info or {}).get("compression"):
             row["compression"] = info["compression"]
         if (info or {}).get("corrupt"):
             row["corrupt"] = info["corrupt"]
+        if (info or {}).get("sampled"):
+            row["sampled"] = True  # a weighted source: its last read stopped when the epoch's share was taken
+        if sources and shard in sources:
+            row["source"] = sources[shard]
         if shard in in_progress:
             row["reading"] = True  # a read of this shard has started and not finished
-        row["balanced"] = r == d + q and unread is None and not row.get("corrupt") and shard not in in_progress
+        row["balanced"] = r == d + q + c and unread is None and not row.get("corrupt") and shard not in in_progress
         shards[shard] = row
-    totals = {k: sum(s[k] for s in shards.values()) for k in ("read", "delivered", "quarantined")}
+    totals = {k: sum(s[k] for s in shards.values()) for k in ("read", "delivered", "quarantined", "carried")}
     totals["shards"] = len(shards)
     unread_rows = [s for s in shards.values() if s["unread"] is not None]
     totals["shards_unread"] = len(unread_rows)
@@ -147,9 +166,17 @@ def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[
                                  for s in unread_rows if s["bytes_total"] is not None)
     totals["shards_corrupt"] = sum(1 for s in shards.values() if s.get("corrupt"))
     totals["balanced"] = all(s["balanced"] for s in shards.values())
-    unique = {(e["shard"], e["key"]): e for e in quarantine}
-    return {"totals": totals, "shards": shards,
-            "quarantine": sorted(unique.values(), key=lambda e: (e["shard"], str(e["key"])))}
+    unique = {(e["shard"], e["key"]): {k: v for k, v in e.items() if k != "read"} for e in quarantine}
+    report = {"totals": totals, "shards": shards,
+              "quarantine": sorted(unique.values(), key=lambda e: (e["shard"], str(e["key"])))}
+    if sources and len(set(sources.values())) > 1:
+        per: Dict[str, Counter] = {}
+        for shard, row in shards.items():
+            c = per.setdefault(row.get("source", "?"), Counter())
+            c.update({k: row[k] for k in ("read", "delivered", "quarantined", "carried")})
+            c["shards_read"] += 1 if row["passes"] or row["read"] else 0
+        report["sources"] = {name: dict(c) for name, c in sorted(per.items())}
+    return report
 
 
 class LedgerSink:

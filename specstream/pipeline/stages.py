@@ -23,6 +23,7 @@ from ..io.banks import cached_loader
 from ..io.shards import Storage
 from ..io.samples import quarantine_entry
 from ..labels import LabelError, LabelVocab, encode_target, frame_matrix, label_of, segments_of
+from ..tokenizers import build_tokenizer
 
 Sink = Callable[[List[dict]], None]
 Batch = Dict[str, np.ndarray]
@@ -43,8 +44,11 @@ def _column(batch, name) -> list:
     return list(col)
 
 
-def vocab_from_config(cfg: PipelineConfig) -> LabelVocab:
+def vocab_from_config(cfg: PipelineConfig) -> Optional[LabelVocab]:
+    """The class vocabulary (None with sequence targets: the tokenizer is their vocabulary)."""
     lab = cfg.labels
+    if lab.tokenizer is not None:
+        return None
     if lab.vocab is not None:
         return LabelVocab(lab.vocab)
     if lab.vocab_file is not None:
@@ -57,7 +61,8 @@ class DecodeStage:
 
     Output columns: ``key``, ``shard``, ``key_id`` (int64), ``audio`` ([B, N] float32 in
     fixed mode; one 1-D array per row in full mode), ``num_samples`` (int64, samples of
-    signal before padding), ``target`` (int64 class, or [B, C] float32 multi-hot), and with
+    signal before padding), ``target`` (int64 class, or [B, C] float32 multi-hot) or, with
+    ``labels.tokenizer``, ``tokens`` (one int64 array per row), and with
     ``labels.frame_field`` ``segments`` (JSON, times relative to the kept audio).
     """
 
@@ -65,6 +70,7 @@ class DecodeStage:
         self.cfg = load_config(config)
         self.sink = sink
         self.vocab = vocab_from_config(self.cfg)
+        self.tokenizer = build_tokenizer(self.cfg.labels.tokenizer) if self.cfg.labels.tokenizer else None
         self._resample = Resampler(self.cfg.decode.sample_rate)
 
     def _crop_window(self, u: float):
@@ -88,6 +94,7 @@ class DecodeStage:
         cls = _column(batch, "cls")
         jsn = _column(batch, "json")
         txt = _column(batch, "txt")
+        reads = _column(batch, "read") if "read" in _names(batch) else None
         ids = make_key_ids(keys)
         epochs = (np.asarray(_column(batch, "epoch"), dtype=np.int64) if "epoch" in _names(batch)
                   else np.full(len(keys), self.cfg.epoch, dtype=np.int64))
@@ -101,12 +108,18 @@ class DecodeStage:
             try:
                 target = None
                 try:
-                    target = encode_target(self.vocab, label_of(lab.field, cls[i], jsn[i], txt[i]),
-                                           lab.multi_label)
+                    value = label_of(lab.field, cls[i], jsn[i], txt[i])
+                    if self.tokenizer is not None:
+                        target = np.asarray(self.tokenizer.encode(str(value)), dtype=np.int64)
+                    else:
+                        target = encode_target(self.vocab, value, lab.multi_label)
                 except LabelError:
                     if lab.required:
                         raise
-                    target = np.zeros(len(self.vocab), np.float32) if lab.multi_label else -1
+                    if self.tokenizer is not None:
+                        target = np.zeros(0, np.int64)  # no transcript: no tokens
+                    else:
+                        target = np.zeros(len(self.vocab), np.float32) if lab.multi_label else -1
                 segs = (segments_of(lab.frame_field, jsn[i], self.vocab) if lab.frame_field is not None
                         else None)
                 crop_start = [0.0]
@@ -123,7 +136,10 @@ class DecodeStage:
                     x, sr = decode_audio(audio[i], max_seconds=d.max_seconds)
                 x = self._resample(x, sr)
             except (AudioError, LabelError) as e:
-                bad.append(quarantine_entry(shards[i], key, "decode", str(e)))
+                entry = quarantine_entry(shards[i], key, "decode", str(e))
+                if reads is not None:
+                    entry["read"] = reads[i]
+                bad.append(entry)
                 continue
             if segs is not None:  # segment times relative to the kept audio's first sample
                 segments.append(json.dumps([[a - crop_start[0], b - crop_start[0], c] for a, b, c in segs]))
@@ -151,7 +167,11 @@ class DecodeStage:
             arr = np.empty(len(good), dtype=object)
             arr[:] = waves
             out["audio"] = arr
-        if lab.multi_label:
+        if self.tokenizer is not None:
+            tok = np.empty(len(targets), dtype=object)
+            tok[:] = targets
+            out["tokens"] = tok
+        elif lab.multi_label:
             out["target"] = (np.stack(targets) if targets
                              else np.zeros((0, len(self.vocab)), np.float32))
         else:
@@ -198,8 +218,9 @@ def resolve_device(requested: Optional[str] = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def storage_of(cfg: PipelineConfig) -> Storage:
-    s = cfg.source
+def storage_of(cfg: PipelineConfig, source=None) -> Storage:
+    """The Storage of ``source`` (a SourceConfig; default: the config's first source)."""
+    s = cfg.source if source is None else source
     return Storage(endpoint_url=s.endpoint_url, region=s.region, buffer_size=s.buffer_mb << 20,
                    retry_budget_s=s.retry_budget_s, retry_backoff=s.retry_backoff,
                    retry_backoff_max=s.retry_backoff_max, read_retries=s.read_retries)
@@ -224,12 +245,32 @@ class FeaturizeStage:
         self.sink = sink
         self.device = resolve_device(device or self.cfg.actors.device)
         self.logmel = LogMel(self.cfg.features).to(self.device)
-        num_classes = len(vocab_from_config(self.cfg))
+        vocab = vocab_from_config(self.cfg)
+        num_classes = None if vocab is None else len(vocab)
         self.policy = build_policy(self.cfg.augment, num_classes=num_classes,
                                    banks=cached_loader(self.cfg.decode.sample_rate, storage_of(self.cfg)),
                                    domain=FeatureDomain.from_mel(self.cfg.features))
         for op in self.policy.bank_ops():  # onto the device now, not inside the first batch
             op.loaded(self.device)
+        # with sequence targets, mixup's partner and lambda travel with each row (delivery re-batches):
+        # the loss mixes the row's own and its partner's transcripts (specstream.losses)
+        self.mixup_slot = next((i for i, op in enumerate(self.policy.ops) if op.name == "mixup"), None)
+
+    def _tokens(self, tokens, params) -> Batch:
+        """``tokens`` per row; with mixup, ``mix_lambda`` (1 for a row not mixed) and the partner's
+        ``mix_tokens``."""
+        out: Batch = {"tokens": tokens}
+        if self.mixup_slot is None:
+            return out
+        p = params[self.mixup_slot]
+        j = p["partner"].cpu()
+        B = len(tokens)
+        mixed = p["active"].cpu() & (j != torch.arange(B))
+        out["mix_lambda"] = torch.where(mixed, p["lam"].cpu().float(), torch.ones(B)).numpy()
+        partner = np.empty(B, dtype=object)
+        partner[:] = [tokens[int(k)] for k in j]
+        out["mix_tokens"] = partner
+        return out
 
     def _frame_targets(self, segments, T: int) -> np.ndarray:
         """[B, T, C] multi-hot on the clean log-mel frames (frame i at i * hop, or at
@@ -237,7 +278,7 @@ class FeaturizeStage:
         f = self.cfg.features
         hop_s = f.hop_length / f.sample_rate
         offset = 0.0 if f.center else f.n_fft / 2 / f.sample_rate
-        C = len(vocab_from_config(self.cfg))
+        C = len(vocab_from_config(self.cfg))  # frame_field is refused with a tokenizer: a vocabulary exists
         return np.stack([frame_matrix(json.loads(s), T, C, hop_s, offset) for s in segments]) if len(segments) \
             else np.zeros((0, T, C), np.float32)
 
@@ -246,7 +287,7 @@ class FeaturizeStage:
         wave = _tensor(pad_stack(batch["audio"]), self.device)
         nsamp = _tensor(batch["num_samples"], self.device, np.int64)
         ids = _tensor(batch["key_id"], self.device, np.int64)
-        targets = _tensor(batch["target"], self.device)
+        targets = _tensor(batch["target"], self.device) if "target" in batch else None
         T = int(self.cfg.features.num_frames(torch.tensor(wave.shape[-1])))
         epoch = _tensor(batch["epoch"], self.device, np.int64) if "epoch" in batch else self.cfg.epoch
         frame_targets = None
@@ -269,7 +310,11 @@ class FeaturizeStage:
         result: Batch = {"key": batch["key"], "shard": batch["shard"], "length": lengths,
                          "epoch": np.asarray(batch["epoch"]) if "epoch" in batch
                          else np.full(len(lengths), self.cfg.epoch, dtype=np.int64),
-                         "target": out.targets.cpu().numpy()}
+                         }
+        if out.targets is not None:
+            result["target"] = out.targets.cpu().numpy()
+        if "tokens" in batch:
+            result.update(self._tokens(batch["tokens"], out.params))
         if ft is not None:
             ft = ft.float().cpu().numpy()
         if self.cfg.decode.mode == "full":

@@ -1,0 +1,261 @@
+"""The trainer's stream: epochs of padded torch batches, bucketed by duration when configured,
+the same number of batches on every rank.
+
+Inside a Ray Train loop::
+
+    stream = TrainStream(ray.train.get_dataset_shard("train"), config, ledger=ledger)
+    for epoch in range(epochs):
+        for batch in stream:        # one epoch
+            ...
+        print(stream.last_epoch)    # batches, samples, padding fraction, carried rows
+
+Equal steps: with ``torch.distributed`` initialised (Ray Train's TorchTrainer does it) and
+``sampling.equal_steps`` on, the ranks agree before every step, with one all-reduce of one
+integer, whether all of them still have a batch. When one has run out, the rows the others
+still hold (their next batches and the rest of their split) are gathered, ordered by key and
+dealt out evenly (``all_gather_object``), batched again, and voted on the same way for a few
+last common steps. What is left after those (less than a batch per rank with fixed-size
+batches) is carried into that rank's next epoch and counted as ``carried`` in the run's
+report until delivered. So the epoch ends on every rank at the same step and a DDP
+all-reduce never waits for a rank that has left. Iterate each epoch to its end on every rank
+(a rank that leaves the loop early leaves the others waiting).
+
+Ray Train's default split (``streaming_split(equal=True)``) truncates the rows past an equal
+count; :class:`StreamDataConfig` splits without truncating: pass it as the TorchTrainer's
+``dataset_config`` so that nothing read is dropped there.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from typing import Dict, Iterator, List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..config import PipelineConfig, SamplingConfig, load_config
+from .compose import DurationBatcher, batch_of, padding_stats, rows_of
+from .deliver import DEVICE_COLUMNS, collate, default_device
+from .ledger import DeliveryCounter
+
+READ_ROWS = 256  # rows fetched from Ray per call when batches are formed here (bucketing)
+
+
+def _distributed():
+    """The default process group when torch.distributed is initialised with more than one rank."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed support
+        return None
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+class TrainStream:
+    """Epochs of torch batches from a Ray Train dataset shard, a ``streaming_split`` piece or
+    a Dataset. ``config``: the pipeline's config (dict, path or PipelineConfig): its
+    ``sampling`` (bucketing, equal steps), ``deliver`` (batch size, prefetch) and features'
+    hop. ``ledger``: the pipeline's ledger actor (delivered and carried counts)."""
+
+    def __init__(self, source, config: Union[dict, str, PipelineConfig, None] = None, ledger=None,
+                 batch_size: Optional[int] = None, device: Union[str, torch.device, None] = None,
+                 equal_steps: Optional[bool] = None):
+        cfg = load_config(config) if config is not None else None
+        self.source = source
+        self.ledger = ledger
+        self.sampling = cfg.sampling if cfg is not None else SamplingConfig()
+        self.batch_size = batch_size or (cfg.deliver.batch_size if cfg is not None else 64)
+        self.prefetch = cfg.deliver.prefetch_batches if cfg is not None else 2
+        self.drop_last = cfg.deliver.drop_last if cfg is not None else False
+        self.seconds_per_frame = (cfg.features.hop_length / cfg.features.sample_rate) if cfg is not None else 0.01
+        self.equal_steps = self.sampling.equal_steps if equal_steps is None else equal_steps
+        self.device = torch.device(device) if device is not None else default_device()
+        self.carry: List[Dict[str, np.ndarray]] = []
+        self._batcher: Optional[DurationBatcher] = None  # bucket edges, estimated once, kept across epochs
+        self.epochs = 0
+        self.last_epoch: Dict[str, float] = {}
+
+    # -- batches before collation -------------------------------------------------------------------------------
+    def _fresh(self) -> Iterator[Dict[str, np.ndarray]]:
+        """This epoch's batches from Ray. The pull starts now, not at the first ``next``: the
+        ranks' iterations over a ``streaming_split`` start together (a barrier), and a rank
+        that opens its epoch with carried batches must not hold the others at it."""
+        b = self.sampling.bucketing
+        if b is None:
+            return _pulled(self.source.iter_batches(batch_size=self.batch_size, batch_format="numpy",
+                                                    prefetch_batches=self.prefetch, drop_last=self.drop_last),
+                           depth=max(4, self.prefetch))
+        batcher = self._batcher = self._batcher or DurationBatcher.from_config(b, self.seconds_per_frame)
+        chunks = _pulled(self.source.iter_batches(batch_size=READ_ROWS, batch_format="numpy",
+                                                  prefetch_batches=self.prefetch),
+                         depth=max(4, 2 * b.buffer // READ_ROWS + b.num_buckets))
+
+        def rows():
+            for chunk in chunks:
+                yield from rows_of(chunk)
+
+        return (batch_of(group) for group in batcher(rows()))
+
+    def _carried(self, batches, sign: int) -> None:
+        counts = Counter()
+        for b in batches:
+            counts.update(str(s) for s in b["shard"])
+        if counts and self.ledger is not None:
+            import ray
+
+            ray.get(self.ledger.record_carried.remote({k: sign * v for k, v in counts.items()}))
+
+    @staticmethod
+    def _vote(dist, have: bool) -> bool:
+        """True when every rank has a batch for this step (one all-reduce MIN of one integer)."""
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+            else torch.device("cpu")
+        flag = torch.tensor([1 if have else 0], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _deal(self, dist, left: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
+        """Every rank's remaining rows gathered (all_gather_object), ordered by key and dealt
+        round-robin: rank r takes rows r, r + world, ...; batched again like the stream."""
+        rows = [r for b in left for r in rows_of(b)]
+        gathered: List = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, rows)
+        everything = sorted((r for part in gathered for r in part), key=lambda r: str(r["key"]))
+        mine = everything[dist.get_rank()::dist.get_world_size()]
+        if self._batcher is not None:
+            groups = list(self._batcher(iter(mine)))
+        else:
+            groups = [mine[i:i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        return [batch_of(g) for g in groups if g]
+
+    # -- one epoch ----------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Dict[str, object]]:
+        dist = _distributed() if self.equal_steps else None
+        carried_in, self.carry = self.carry, []
+        self._carried(carried_in, -1)
+        counter = DeliveryCounter(self.ledger)
+        pin = self.device.type == "cuda"
+        lengths, samples, wait = [], 0, 0.0
+        t0 = time.perf_counter()
+        batches = _chain(carried_in, self._fresh())
+        dealt = False
+        try:
+            while True:
+                tw = time.perf_counter()
+                batch = next(batches, None)
+                wait += time.perf_counter() - tw
+                if dist is not None and not self._vote(dist, batch is not None):
+                    # a rank has run out: what the others hold is dealt out evenly once, for a few last
+                    # common steps; what is left after those is carried into this rank's next epoch
+                    left = ([batch] if batch is not None else []) + list(batches)
+                    if not dealt:
+                        dealt = True
+                        batches = iter(self._deal(dist, left))
+                        continue
+                    if left:
+                        self.carry = left
+                        self._carried(self.carry, +1)
+                    break
+                if batch is None:
+                    break
+                out = collate(batch)
+                for name in DEVICE_COLUMNS:
+                    if name in out:
+                        t = out[name].pin_memory() if pin else out[name]
+                        out[name] = t.to(self.device, non_blocking=pin)
+                counter.add(out["shard"])
+                lengths.append(np.asarray(batch["length"]).tolist())
+                samples += len(out["key"])
+                yield out
+        finally:
+            counter.flush()
+            dt = time.perf_counter() - t0
+            self.epochs += 1
+            self.last_epoch = {"epoch": self.epochs - 1, "batches": len(lengths), "samples": samples,
+                               "carried_in": sum(len(b["key"]) for b in carried_in),
+                               "carried_out": sum(len(b["key"]) for b in self.carry),
+                               "seconds": dt, "data_wait_s": wait, **padding_stats(lengths)}
+
+
+_END = object()
+
+
+def _pulled(batches: Iterator, depth: int) -> Iterator:
+    """``batches`` pulled by a background thread, started now, up to ``depth`` ahead.
+
+    Ray's ``streaming_split`` couples the ranks: blocks are dealt to the split with the
+    fewest rows, and the stream stalls while one rank's queue is full. A rank waiting at the
+    equal-steps vote (or in a DDP all-reduce) must keep taking its share, or a rank still
+    gathering rows for its next (bucketed) batch would wait for it forever."""
+    q: "queue.Queue" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pull():
+        try:
+            for b in batches:
+                if not put(b):
+                    return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            put(e)
+
+    threading.Thread(target=pull, name="specstream-pull", daemon=True).start()
+
+    def consume():
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    return consume()
+
+
+def _chain(first: List, rest: Iterator) -> Iterator:
+    yield from first
+    yield from rest
+
+
+def stream_data_config():
+    """A Ray Train ``DataConfig`` that splits each dataset across the workers without
+    truncating it (``streaming_split(equal=False)``): Ray's default ``equal=True`` drops the
+    rows past an equal count, and they would show in the report as read but never delivered.
+    :class:`TrainStream` equalises the steps instead."""
+    from ray.train import DataConfig
+
+    class StreamDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            split = set(datasets) if self._datasets_to_split == "all" else set(self._datasets_to_split)
+            hints = worker_node_ids if self._enable_shard_locality else None
+            for name, ds in datasets.items():
+                if ds.name is None:
+                    ds.set_name(name)
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                if name in split:
+                    for i, piece in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
+                        output[i][name] = piece
+                else:
+                    for i in range(world_size):
+                        output[i][name] = ds.iterator()
+            return output
+
+    return StreamDataConfig()
