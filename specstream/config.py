@@ -107,6 +107,7 @@ class BucketingConfig:
     # lhotse's quadratic_duration: a sample of d seconds costs d + d**2 / q (attention's quadratic memory)
     quadratic_duration: Optional[float] = None
     boundaries_s: Optional[List[float]] = None  # bucket edges in seconds (num_buckets - 1 of them)
+    max_batch_size: Optional[int] = None  # an optional cap on samples per batch (very short clips)
 
 
 @dataclass
@@ -222,13 +223,19 @@ class PipelineConfig:
                 raise ConfigError(f"source[{i}].weight: must be > 0, got {s.weight}")
         if len(srcs) > 1 and (None in names or len(set(names)) != len(names)):
             raise ConfigError("source: with several sources each needs a distinct name")
+        for i, s in enumerate(srcs[1:], 1):  # storage keys are per source; the reader's apply to all
+            for key in ("block_rows", "max_member_mb", "shuffle_shards"):
+                if getattr(s, key) not in (getattr(srcs[0], key), getattr(SourceConfig, key)):
+                    raise ConfigError(f"source[{i}].{key}: the reader's settings come from the first source and "
+                                      f"apply to all; set {key} there")
         b = sm.bucketing
         if b is None:
             return
         if self.decode.mode != "full":
             raise ConfigError("sampling.bucketing: needs decode.mode: full (fixed mode makes every clip one length)")
-        if not b.max_duration_s > 0 or b.num_buckets < 1 or b.buffer < 1:
-            raise ConfigError("sampling.bucketing: max_duration_s > 0, num_buckets >= 1 and buffer >= 1")
+        if not b.max_duration_s > 0 or b.num_buckets < 1 or b.buffer < 1 or (b.max_batch_size or 1) < 1:
+            raise ConfigError("sampling.bucketing: max_duration_s > 0, num_buckets >= 1, buffer >= 1 and "
+                              "max_batch_size >= 1")
         if b.quadratic_duration is not None and not b.quadratic_duration > 0:
             raise ConfigError("sampling.bucketing.quadratic_duration: must be > 0 (seconds) or null")
         if b.boundaries_s is not None:

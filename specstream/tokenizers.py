@@ -2,14 +2,15 @@
 
 ``labels.tokenizer`` names one:
 
-- ``char``: characters, built in. Text is normalised (Unicode NFKC, lower case, punctuation
-  other than the apostrophe removed, runs of white space made one space, stripped), then
+- ``char``: characters, built in. Text is normalised (Unicode NFKC, lower case, typographic
+  apostrophes made ', punctuation other than the apostrophe removed, runs of white space made one space, stripped), then
   every character must be one of ``' abcdefghijklmnopqrstuvwxyz0123456789``; any other is a
   :class:`~specstream.labels.LabelError` naming it (the sample is quarantined, not
   silently changed).
 - ``vocab:FILE``: one token per line (UTF-8; the line's text, blank lines ignored, no
   duplicates). Text is normalised as for ``char`` when every token of the file is lower
-  case, and split into the longest tokens of the file that match (greedy, left to right);
+  case (punctuation kept when the file has tokens with punctuation), and split into the
+  longest tokens of the file that match (greedy, left to right);
   a space is a token when the file has a line holding a single ``|`` (wav2vec 2.0's word
   separator), else spaces are dropped.
 - ``sentencepiece:MODEL``: a SentencePiece model file (``pip install sentencepiece``, the
@@ -35,10 +36,15 @@ _PUNCT = re.compile(r"[^\w\s']", re.UNICODE)
 _SPACE = re.compile(r"\s+", re.UNICODE)
 
 
-def normalise(text: str) -> str:
-    """NFKC, lower case, punctuation (other than ') removed, white space collapsed."""
-    t = unicodedata.normalize("NFKC", text).lower().replace("_", " ")
-    t = _PUNCT.sub(" ", t)
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "`": "'"})
+
+
+def normalise(text: str, punctuation: bool = True) -> str:
+    """NFKC, lower case, typographic apostrophes made ', punctuation (other than ') removed
+    (unless ``punctuation`` is False), white space collapsed."""
+    t = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES).replace("_", " ")
+    if punctuation:
+        t = _PUNCT.sub(" ", t)
     return _SPACE.sub(" ", t).strip()
 
 
@@ -105,10 +111,13 @@ class VocabTokenizer(Tokenizer):
         self.vocab_size = len(tokens) + 1
         self.space = "|" if "|" in self.ids else None
         self.lower = all(t == t.lower() for t in tokens)
+        # punctuation is removed before matching unless the vocabulary has tokens for it
+        self.punctuation = not any(_PUNCT.search(t) for t in tokens if t != "|")
         self.longest = max(len(t) for t in tokens)
 
     def encode(self, text: str) -> List[int]:
-        t = normalise(text) if self.lower else _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+        t = normalise(text, self.punctuation) if self.lower \
+            else _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
         if not t:
             raise LabelError("empty transcript")
         out, i = [], 0
@@ -163,7 +172,8 @@ _CACHE: Dict[str, Tokenizer] = {}
 
 
 def build_tokenizer(spec: str) -> Tokenizer:
-    """``char``, ``vocab:FILE`` or ``sentencepiece:MODEL`` -> a Tokenizer (cached per process)."""
+    """``char``, ``vocab:FILE`` or ``sentencepiece:MODEL`` -> a Tokenizer (cached per process
+    and spec: a file changed while the process runs is not read again)."""
     tok = _CACHE.get(spec)
     if tok is not None:
         return tok

@@ -160,6 +160,24 @@ def test_pipeline_shuffles_across_shards_and_epochs(ray_session, sixteen):
     assert report["totals"]["balanced"] and report["totals"]["delivered"] == 2 * len(keys)
 
 
+def test_an_epoch_left_part_way_does_not_unsettle_the_next(ray_session, sixteen):
+    """A consumer that leaves an epoch early (max steps, a preview): the read tasks still
+    running are cancelled before they finish; the next epoch is still every sample once, all
+    of one epoch (the read tasks take the pass the consumer began)."""
+    from specstream.pipeline import TrainStream, build_pipeline
+
+    d, keys = sixteen
+    pipe = build_pipeline(cfg_for(d, sampling={"shuffle_buffer": 50, "interleave": 4}))
+    stream = TrainStream(pipe.dataset, pipe.config, ledger=pipe.ledger, batch_size=8, device="cpu")
+    for _ in stream:
+        break
+    got, epochs = [], set()
+    for b in stream:
+        got += b["key"]
+        epochs.update(b["epoch"].tolist())
+    assert sorted(got) == sorted(keys) and epochs == {1}
+
+
 def test_pipeline_weighted_sources_report(ray_session, tmp_path):
     from specstream.pipeline import TrainStream, build_pipeline
 
@@ -315,6 +333,8 @@ def test_two_ranks_same_steps_with_bucketing_and_all_reduce(ray_session, varied,
     ({"sampling": {"interleave": 0}}, "interleave >= 1"),
     ({"source": [{"name": "a", "shards": "x", "weight": 0}]}, "source[0].weight: must be > 0"),
     ({"source": [{"name": "a", "shards": "x"}, {"shards": "y"}]}, "distinct name"),
+    ({"source": [{"name": "a", "shards": "x"}, {"name": "b", "shards": "y", "block_rows": 8}]},
+     "source[1].block_rows: the reader's settings come from the first source"),
     ({"decode": {"mode": "full"}, "sampling": {"bucketing": {"num_buckets": 3, "boundaries_s": [5.0, 2.0]}}},
      "increasing positive edges"),
     ({"labels": {"field": "cls", "tokenizer": "char"}}, "set labels.field to txt"),

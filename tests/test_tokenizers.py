@@ -13,6 +13,7 @@ def test_char_tokenizer_normalises_and_round_trips():
     assert min(ids) >= 1 and tok.decode(ids) == "it's forty two please"
     assert tok.decode([0] + ids + [0, 999]) == "it's forty two please"  # blanks and unknown ids skipped
     assert normalise("Ｆｕｌｌ　ｗｉｄｔｈ") == "full width"  # NFKC
+    assert tok.decode(tok.encode("Don\u2019t rock \u2019n\u2019 roll")) == "don't rock 'n' roll"
 
 
 @pytest.mark.parametrize("text, message", [("", "empty transcript"), ("?!", "empty transcript"),
@@ -32,6 +33,10 @@ def test_vocab_file_greedy_longest_match_and_word_separator(tmp_path):
     assert tok.decode(ids) == "the teeth"
     with pytest.raises(LabelError, match="no token"):
         tok.encode("thx")
+    punct = tmp_path / "punct.txt"
+    punct.write_text("a\nb\n,\n?\n|\n", encoding="utf-8")
+    tp = build_tokenizer(f"vocab:{punct}")
+    assert [tp.tokens[i - 1] for i in tp.encode("A, b?")] == ["a", ",", "|", "b", "?"]  # its punctuation kept
 
 
 @pytest.mark.parametrize("content, message", [("", "is empty"), ("a\na\n", "repeats 'a'")])

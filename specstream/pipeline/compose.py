@@ -104,7 +104,8 @@ class DurationBatcher:
 
     @classmethod
     def from_config(cls, b, seconds_per_frame: float) -> "DurationBatcher":
-        return cls(b.max_duration_s, seconds_per_frame, b.num_buckets, b.buffer, b.quadratic_duration, b.boundaries_s)
+        return cls(b.max_duration_s, seconds_per_frame, b.num_buckets, b.buffer, b.quadratic_duration, b.boundaries_s,
+                   b.max_batch_size)
 
     def cost(self, seconds: float) -> float:
         return seconds + seconds * seconds / self.q if self.q else seconds

@@ -225,6 +225,11 @@ class _ShardRead:
             chunk, samples = self.last
             self._record(chunk, samples - rows, [], False)
 
+    def abandon(self) -> None:
+        """Stop reading, with no closing record (the task was cancelled or failed)."""
+        self.done = True
+        self._gen.close()
+
     def close(self, sampled: bool = False) -> None:
         """The closing record: marks this read finished and says how much of the shard was read
         (``sampled``: stopped on purpose, a weighted source's share for this epoch was taken)."""
@@ -301,6 +306,11 @@ class _Source:
         self.taken += n
         return out
 
+    def abandon(self) -> None:
+        for r in self.reads:
+            r.abandon()
+        self.reads = []
+
     def close(self) -> None:
         if self.reads and self.table is not None:  # a cyclic source reads one shard at a time
             self.reads[0].give_back(self.table.num_rows - self.offset)
@@ -315,12 +325,14 @@ def _pieces(sources: List[_Source]):
     first = sources[0]
     others = sources[1:]
     total_w = sum(s.weight for s in sources)
+    finished = False
     try:
         while True:
             live = [s for s in others if s.urls and s.dry < len(s.urls)]
             if not live:
                 t = first.piece(None)
                 if t is None:
+                    finished = True
                     return
                 yield t
                 continue
@@ -330,12 +342,16 @@ def _pieces(sources: List[_Source]):
             t = pick.piece(PIECE_ROWS)
             if t is None:
                 if pick is first:
+                    finished = True
                     return
                 continue
             yield t
     finally:
-        for s in others:
-            s.close()
+        # the epoch's share taken: the weighted sources' reads end here, counted as sampled. A task
+        # cancelled or failing part-way sends no closing record: its reads stay open in the ledger
+        # and a retry of the task (same read ids) counts them again from the start
+        for s in sources:
+            s.close() if finished else s.abandon()
 
 
 def _shuffled(pieces, buffer: int, rng: random.Random):

@@ -40,14 +40,22 @@ class Ledger:
         self.delivered: Counter = Counter()
         self.carried: Counter = Counter()  # held by a rank past the common step count, for its next epoch
         self.slot_passes: Counter = Counter()
+        self.driven: Optional[int] = None  # the pass the consumers began (TrainStream), when they say
         self.resumes: Counter = Counter()  # transient read errors survived, per shard
         self.assignments: Dict[int, Dict[int, List[str]]] = {}  # pass -> read-task slot -> shards
         self.nodes: Dict[str, set] = {}  # stage -> node ids it ran on
 
+    def begin_pass(self, pass_: int) -> None:
+        """The consumers (TrainStream, once per rank and epoch) say which pass over the data
+        they are starting: read tasks then take that pass, whatever became of the last one
+        (an iteration left part-way cancels its read tasks before they finish)."""
+        self.driven = pass_ if self.driven is None else max(self.driven, pass_)
+
     def slot_pass(self, slot: int) -> int:
-        """How many passes read task ``slot`` has finished: the pass a new read belongs to (a
-        retried read task of the same pass gets the same number)."""
-        return self.slot_passes[slot]
+        """The pass a new read of task ``slot`` belongs to: the one the consumers began, else
+        how many passes that slot has finished (a retried read task of the same pass gets the
+        same number)."""
+        return self.driven if self.driven is not None else self.slot_passes[slot]
 
     def assign(self, pass_: int, slot: int, shards: List[str], node: str = "") -> None:
         self.assignments.setdefault(pass_, {})[slot] = list(shards)

@@ -265,7 +265,8 @@ class FeaturizeStage:
         p = params[self.mixup_slot]
         j = p["partner"].cpu()
         B = len(tokens)
-        mixed = p["active"].cpu() & (j != torch.arange(B))
+        has = torch.tensor([len(t) > 0 for t in tokens], dtype=torch.bool)
+        mixed = p["active"].cpu() & (j != torch.arange(B)) & has & has[j]
         out["mix_lambda"] = torch.where(mixed, p["lam"].cpu().float(), torch.ones(B)).numpy()
         partner = np.empty(B, dtype=object)
         partner[:] = [tokens[int(k)] for k in j]
@@ -287,7 +288,13 @@ class FeaturizeStage:
         wave = _tensor(pad_stack(batch["audio"]), self.device)
         nsamp = _tensor(batch["num_samples"], self.device, np.int64)
         ids = _tensor(batch["key_id"], self.device, np.int64)
-        targets = _tensor(batch["target"], self.device) if "target" in batch else None
+        if "tokens" in batch:
+            # sequence targets: a [B, 1] stand-in tells the mixing ops which rows have a transcript
+            # (-1: none, with labels.required false): those are neither mixed nor chosen as partners
+            has = np.array([len(t) > 0 for t in batch["tokens"]], dtype=bool)
+            targets = _tensor(np.where(has, 1.0, -1.0).astype(np.float32)[:, None], self.device)
+        else:
+            targets = _tensor(batch["target"], self.device)
         T = int(self.cfg.features.num_frames(torch.tensor(wave.shape[-1])))
         epoch = _tensor(batch["epoch"], self.device, np.int64) if "epoch" in batch else self.cfg.epoch
         frame_targets = None
@@ -311,10 +318,10 @@ class FeaturizeStage:
                          "epoch": np.asarray(batch["epoch"]) if "epoch" in batch
                          else np.full(len(lengths), self.cfg.epoch, dtype=np.int64),
                          }
-        if out.targets is not None:
-            result["target"] = out.targets.cpu().numpy()
         if "tokens" in batch:
             result.update(self._tokens(batch["tokens"], out.params))
+        else:
+            result["target"] = out.targets.cpu().numpy()
         if ft is not None:
             ft = ft.float().cpu().numpy()
         if self.cfg.decode.mode == "full":

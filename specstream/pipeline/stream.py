@@ -33,6 +33,7 @@ from collections import Counter
 from typing import Dict, Iterator, List, Optional, Union
 
 import numpy as np
+import ray
 import torch
 
 from ..config import PipelineConfig, SamplingConfig, load_config
@@ -79,33 +80,33 @@ class TrainStream:
         self.last_epoch: Dict[str, float] = {}
 
     # -- batches before collation -------------------------------------------------------------------------------
-    def _fresh(self) -> Iterator[Dict[str, np.ndarray]]:
-        """This epoch's batches from Ray. The pull starts now, not at the first ``next``: the
-        ranks' iterations over a ``streaming_split`` start together (a barrier), and a rank
-        that opens its epoch with carried batches must not hold the others at it."""
+    def _fresh(self):
+        """(this epoch's batches from Ray, the pull to close). The pull starts now, not at the
+        first ``next``: the ranks' iterations over a ``streaming_split`` start together (a
+        barrier), and a rank that opens its epoch with carried batches must not hold the
+        others at it."""
         b = self.sampling.bucketing
         if b is None:
-            return _pulled(self.source.iter_batches(batch_size=self.batch_size, batch_format="numpy",
-                                                    prefetch_batches=self.prefetch, drop_last=self.drop_last),
+            pull = _pulled(self.source.iter_batches(batch_size=self.batch_size, batch_format="numpy",
+                                                    prefetch_batches=self.prefetch),
                            depth=max(4, self.prefetch))
+            return pull, pull
         batcher = self._batcher = self._batcher or DurationBatcher.from_config(b, self.seconds_per_frame)
-        chunks = _pulled(self.source.iter_batches(batch_size=READ_ROWS, batch_format="numpy",
-                                                  prefetch_batches=self.prefetch),
-                         depth=max(4, 2 * b.buffer // READ_ROWS + b.num_buckets))
+        pull = _pulled(self.source.iter_batches(batch_size=READ_ROWS, batch_format="numpy",
+                                                prefetch_batches=self.prefetch),
+                       depth=max(4, 2 * b.buffer // READ_ROWS + b.num_buckets))
 
         def rows():
-            for chunk in chunks:
+            for chunk in pull:
                 yield from rows_of(chunk)
 
-        return (batch_of(group) for group in batcher(rows()))
+        return (batch_of(group) for group in batcher(rows())), pull
 
     def _carried(self, batches, sign: int) -> None:
         counts = Counter()
         for b in batches:
             counts.update(str(s) for s in b["shard"])
         if counts and self.ledger is not None:
-            import ray
-
             ray.get(self.ledger.record_carried.remote({k: sign * v for k, v in counts.items()}))
 
     @staticmethod
@@ -136,21 +137,33 @@ class TrainStream:
         dist = _distributed() if self.equal_steps else None
         carried_in, self.carry = self.carry, []
         self._carried(carried_in, -1)
+        if self.drop_last and self.sampling.bucketing is None and len(carried_in) > 1:
+            rows = [r for b in carried_in for r in rows_of(b)]  # partial batches held back: full ones again
+            carried_in = [batch_of(rows[i:i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
         counter = DeliveryCounter(self.ledger)
         pin = self.device.type == "cuda"
         lengths, samples, wait = [], 0, 0.0
         t0 = time.perf_counter()
-        batches = _chain(carried_in, self._fresh())
+        if self.ledger is not None:  # read tasks take this pass, even after an iteration left part-way
+            ray.get(self.ledger.begin_pass.remote(self.epochs))
+        fresh, pull = self._fresh()
+        batches = _chain(carried_in, fresh)
         dealt = False
+        held: List[Dict[str, np.ndarray]] = []  # partial batches held back by drop_last
         try:
             while True:
                 tw = time.perf_counter()
                 batch = next(batches, None)
+                while batch is not None and self.drop_last and self._batcher is None \
+                        and len(batch["key"]) < self.batch_size:
+                    held.append(batch)  # drop_last: a partial batch is not trained on; it is carried, not lost
+                    batch = next(batches, None)
                 wait += time.perf_counter() - tw
                 if dist is not None and not self._vote(dist, batch is not None):
                     # a rank has run out: what the others hold is dealt out evenly once, for a few last
                     # common steps; what is left after those is carried into this rank's next epoch
-                    left = ([batch] if batch is not None else []) + list(batches)
+                    left = held + ([batch] if batch is not None else []) + list(batches)
+                    held = []
                     if not dealt:
                         dealt = True
                         batches = iter(self._deal(dist, left))
@@ -171,6 +184,10 @@ class TrainStream:
                 samples += len(out["key"])
                 yield out
         finally:
+            pull.close()  # stops the pull thread, also when the consumer left during the carried batches
+            if held:
+                self.carry.extend(held)
+                self._carried(held, +1)
             counter.flush()
             dt = time.perf_counter() - t0
             self.epochs += 1
@@ -183,49 +200,57 @@ class TrainStream:
 _END = object()
 
 
-def _pulled(batches: Iterator, depth: int) -> Iterator:
-    """``batches`` pulled by a background thread, started now, up to ``depth`` ahead.
+class _pulled:
+    """``batches`` pulled by a background thread, started now, up to ``depth`` ahead; an
+    iterator whose ``close()`` stops the thread (also when it was never read from).
 
     Ray's ``streaming_split`` couples the ranks: blocks are dealt to the split with the
     fewest rows, and the stream stalls while one rank's queue is full. A rank waiting at the
     equal-steps vote (or in a DDP all-reduce) must keep taking its share, or a rank still
     gathering rows for its next (bucketed) batch would wait for it forever."""
-    q: "queue.Queue" = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(item) -> bool:
-        while not stop.is_set():
+    def __init__(self, batches: Iterator, depth: int):
+        self.q: "queue.Queue" = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.done = False
+        threading.Thread(target=self._pull, args=(batches,), name="specstream-pull", daemon=True).start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self.q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def pull():
+    def _pull(self, batches) -> None:
         try:
             for b in batches:
-                if not put(b):
+                if not self._put(b):
                     return
-            put(_END)
+            self._put(_END)
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            put(e)
+            self._put(e)
 
-    threading.Thread(target=pull, name="specstream-pull", daemon=True).start()
+    def __iter__(self):
+        return self
 
-    def consume():
-        try:
-            while True:
-                item = q.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
+    def __next__(self):
+        if self.done:
+            raise StopIteration
+        item = self.q.get()
+        if item is _END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
 
-    return consume()
+    def close(self) -> None:
+        self.done = True
+        self.stop.set()
 
 
 def _chain(first: List, rest: Iterator) -> Iterator:
