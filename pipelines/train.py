@@ -28,6 +28,11 @@ def main(argv=None) -> int:
     p.add_argument("--report", default="specstream-report.json")
     p.add_argument("--metrics", help="write rank 0's per-epoch history and the totals here (JSON)")
     p.add_argument("--storage-path", help="Ray Train results/checkpoints folder (default: Ray's, ~/ray_results)")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also checkpoint (weights + stream state) every STEPS steps within an epoch")
+    p.add_argument("--resume-from", metavar="CHECKPOINT_DIR",
+                   help="continue from a checkpoint of this script (its model.pt and stream_state.json): the rest "
+                        "of that epoch, then the epochs left of --epochs; --workers may differ")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (YAML), e.g. source.shards=s3://bucket/train/*.tar")
     args = p.parse_args(argv)
@@ -45,12 +50,33 @@ def main(argv=None) -> int:
         # under `ray job submit` RAY_ADDRESS names the cluster; alone, start a local one
         # (address="local": a new local instance, never another job's Ray running on this machine)
         ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(address="local", include_dashboard=False)
-    pipe = build_pipeline(config_data(args.config, args.set), reserved_cpus=args.workers * args.cpus_per_worker,
-                          reserved_gpus=args.workers if args.gpu else 0)
+    from specstream.config import ConfigError, load_config
+
+    data = config_data(args.config, args.set)
+    resume, model_path, epochs = None, None, args.epochs
+    try:
+        if args.resume_from:
+            resume = os.path.join(args.resume_from, "stream_state.json")
+            model_path = os.path.join(args.resume_from, "model.pt")
+            if not (os.path.exists(resume) and os.path.exists(model_path)):
+                raise ConfigError(f"--resume-from {args.resume_from}: expected model.pt and stream_state.json there "
+                                  f"(a checkpoint this script wrote)")
+        pipe = build_pipeline(data, reserved_cpus=args.workers * args.cpus_per_worker,
+                              reserved_gpus=args.workers if args.gpu else 0, resume=resume)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if resume:  # the epochs already done count against --epochs
+        epochs = args.epochs - (pipe.config.epoch - load_config(data).epoch)
+        print(f"resuming epoch {pipe.config.epoch} from {args.resume_from}; {epochs} epoch(s) to go")
+        if epochs <= 0:
+            print(f"nothing to do: the checkpoint is past the {args.epochs} epoch(s) asked for")
+            return 0
     num_classes = len(vocab_from_config(pipe.config))
     t0 = time.perf_counter()
     result = run_training(pipe.dataset, num_classes=num_classes, ledger=pipe.ledger,
-                          num_workers=args.workers, epochs=args.epochs, lr=args.lr,
+                          num_workers=args.workers, epochs=epochs, lr=args.lr,
+                          checkpoint_every=args.checkpoint_every, resume_model=model_path,
                           batch_size=pipe.config.deliver.batch_size, use_gpu=args.gpu,
                           cpus_per_worker=args.cpus_per_worker,
                           multi_label=pipe.config.labels.multi_label, storage_path=args.storage_path,

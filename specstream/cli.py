@@ -89,9 +89,10 @@ def _cmd_run(args) -> int:
     from .runner import run
 
     summary = run(config_data(args.config, args.set), epochs=args.epochs, report_path=args.report,
-                  progress=not args.quiet, batch_size=args.batch_size)
+                  progress=not args.quiet, batch_size=args.batch_size, stop_after=args.stop_after_samples,
+                  state_out=args.state_out, resume=args.resume, keys_out=args.keys_out)
     print(summary["text"])
-    return 0 if summary["report"]["totals"]["balanced"] else 1
+    return 0 if summary["report"]["totals"]["balanced"] or summary["stopped"] else 1
 
 
 def _cmd_preview(args) -> int:
@@ -181,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="delivery batch size (default: deliver.batch_size)")
     run.add_argument("--report", default="specstream-report.json", help="reconciliation report (JSON) path")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--stop-after-samples", type=int, metavar="N",
+                     help="stop once N samples are consumed (mid-epoch); with --state-out, resumable")
+    run.add_argument("--state-out", metavar="FILE", help="write the stream state (JSON) at the end or the stop")
+    run.add_argument("--resume", metavar="FILE", help="continue from a stream state written by --state-out")
+    run.add_argument("--keys-out", metavar="FILE", help="write the delivered sample keys, one per line")
     run.set_defaults(func=_cmd_run)
 
     pv = sub.add_parser("preview", help="N samples before/after augmentation, with their parameters (PNG)")

@@ -49,16 +49,39 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     return F.cross_entropy(logits, target)
 
 
+def _checkpoint(model, history, stream_state, metrics) -> None:
+    """Report ``metrics`` with a checkpoint from rank 0: model weights, history and the stream
+    state (``stream_state.json``: where a resumed run continues)."""
+    import ray.train
+
+    from .resume import save_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            state = model.module.state_dict() if hasattr(model, "module") else model.state_dict()
+            torch.save(state, os.path.join(tmp, "model.pt"))
+            with open(os.path.join(tmp, "history.json"), "w") as f:
+                json.dump(history, f)
+            save_state(stream_state, os.path.join(tmp, "stream_state.json"))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
 def train_loop(config: Dict[str, Any]) -> None:
     """Ray Train worker function. config: num_classes, epochs, lr, batch_size, ledger,
-    multi_label."""
+    multi_label, pipeline_config; ``checkpoint_every`` (steps: also checkpoint mid-epoch, with
+    the stream state) and ``resume_model`` (weights to start from)."""
     import ray.train
     import ray.train.torch
 
     from .pipeline import TrainStream
 
     torch.manual_seed(config.get("seed", 0))
-    model = ray.train.torch.prepare_model(SmallCNN(config["num_classes"]))
+    net = SmallCNN(config["num_classes"])
+    if config.get("resume_model"):
+        net.load_state_dict(torch.load(config["resume_model"], map_location="cpu", weights_only=True))
+    model = ray.train.torch.prepare_model(net)
     opt = torch.optim.AdamW(model.parameters(), lr=config.get("lr", 3e-3))
     shard = ray.train.get_dataset_shard("train")
     ctx = ray.train.get_context()
@@ -68,7 +91,8 @@ def train_loop(config: Dict[str, Any]) -> None:
     history = []
     for epoch in range(config.get("epochs", 1)):
         t0, seen, losses, correct = time.perf_counter(), 0, [], 0
-        for batch in stream:
+        every = config.get("checkpoint_every")
+        for step, batch in enumerate(stream, 1):
             logits = model(batch["features"], batch["length"])
             loss = loss_fn(logits, batch["target"], config.get("multi_label", False))
             opt.zero_grad(set_to_none=True)
@@ -78,6 +102,10 @@ def train_loop(config: Dict[str, Any]) -> None:
             seen += len(batch["key"])
             if not batch["target"].dtype.is_floating_point:
                 correct += (logits.argmax(-1) == batch["target"]).sum().item()
+            if every and step % every == 0:  # mid-epoch: every rank takes the state (a collective)
+                _checkpoint(model, history, stream.state_dict(),
+                            {"epoch": epoch, "step": step, "rank": ctx.get_world_rank(), "samples": seen,
+                             "history": json.dumps(history)})
         dt = time.perf_counter() - t0
         quarter = max(1, len(losses) // 4)
         history.append({
@@ -92,22 +120,15 @@ def train_loop(config: Dict[str, Any]) -> None:
                    "samples_per_s": seen / dt if dt else 0.0,
                    "loss": history[-1]["loss_last_quarter"], "history": json.dumps(history)}
         # Ray Train 2.x keeps only metrics that come with a checkpoint: rank 0 attaches one
-        # (model weights + history) each epoch.
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if ctx.get_world_rank() == 0:
-                state = model.module.state_dict() if hasattr(model, "module") else model.state_dict()
-                torch.save(state, os.path.join(tmp, "model.pt"))
-                with open(os.path.join(tmp, "history.json"), "w") as f:
-                    json.dump(history, f)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        # (model weights, history, the stream state) each epoch.
+        _checkpoint(model, history, stream.state_dict(), metrics)
 
 
 def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, epochs: int = 1,
                  batch_size: Optional[int] = None, lr: float = 3e-3, use_gpu: bool = False,
                  cpus_per_worker: float = 1.0, multi_label: bool = False,
-                 storage_path: Optional[str] = None, pipeline_config: Optional[Dict[str, Any]] = None):
+                 storage_path: Optional[str] = None, pipeline_config: Optional[Dict[str, Any]] = None,
+                 checkpoint_every: Optional[int] = None, resume_model: Optional[str] = None):
     """Fit SmallCNN with a TorchTrainer over ``dataset``; returns Ray Train's Result.
     ``pipeline_config``: the pipeline's config as a dict (sampling: bucketing, equal steps;
     deliver.batch_size unless ``batch_size`` is given)."""
@@ -121,7 +142,8 @@ def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, e
         train_loop,
         train_loop_config={"num_classes": num_classes, "epochs": epochs, "lr": lr,
                            "batch_size": batch_size, "ledger": ledger, "multi_label": multi_label,
-                           "pipeline_config": pipeline_config},
+                           "pipeline_config": pipeline_config, "checkpoint_every": checkpoint_every,
+                           "resume_model": resume_model},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         datasets={"train": dataset},

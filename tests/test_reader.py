@@ -42,7 +42,7 @@ def test_rows_hold_whitelisted_fields_only_and_never_unpickle(tmp_path):
     assert not marker.exists()
     assert bad == []
     assert [r["key"] for r in rows] == ["k0", "k1"]
-    assert set(rows[0]) == {"key", "shard", "audio", "audio_format", "cls", "txt", "json"}
+    assert set(rows[0]) == {"key", "shard", "audio", "audio_format", "cls", "txt", "json", "index"}
     assert rows[0]["audio_format"] == "flac" and rows[0]["audio"] == s["flac"]
     assert rows[0]["cls"] == "3" and rows[0]["txt"] == "hello" and json.loads(rows[0]["json"]) == {"label": 3}
     assert rows[1]["txt"] is None

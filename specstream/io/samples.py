@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import pyarrow as pa
 from webdataset.tariterators import base_plus_ext
 
+from ..resume import contains
 from .compress import CompressedDataError
 from .shards import Storage, StorageAccessError, open_shard, redact, storage_message
 from .tar import Member, Problem, iter_members
@@ -35,6 +36,7 @@ SCHEMA = pa.schema([
     ("cls", pa.string()),
     ("txt", pa.string()),
     ("json", pa.string()),
+    ("index", pa.int64()),  # the sample's ordinal in its shard (counted on the headers: stable across reads)
 ])
 
 
@@ -49,7 +51,9 @@ class ReaderOptions:
 @dataclass
 class ShardStats:
     shard: str
-    samples: int = 0  # samples (and corrupt regions) met: rows + quarantined
+    samples: int = 0  # samples (and corrupt regions) met: rows + quarantined (skipped ones not counted)
+    position: int = 0  # samples named so far (the next one's index), skipped ones included
+    skipped: int = 0  # samples passed over unparsed because a resumed run had consumed them
     rows: int = 0
     quarantined: int = 0
     bytes_read: int = 0  # bytes taken from storage (compressed bytes for a compressed shard)
@@ -98,8 +102,10 @@ class _Pending:
 
 
 def iter_samples(stream, shard: str, options: Optional[ReaderOptions] = None,
-                 stats: Optional[ShardStats] = None) -> Iterator[Union[dict, Tuple[str, dict]]]:
-    """Yield ``("row", row_dict)`` or ``("quarantine", entry)`` for every sample in a stream."""
+                 stats: Optional[ShardStats] = None, skip=None) -> Iterator[Union[dict, Tuple[str, dict]]]:
+    """Yield ``("row", row_dict)`` or ``("quarantine", entry)`` for every sample in a stream
+    (and ``("skip", None)`` for a sample whose index is in ``skip``, sorted [start, end)
+    ranges: one a resumed run had consumed, passed over without parsing its fields)."""
     options = options or ReaderOptions()
     stats = stats if stats is not None else ShardStats(shard)
     audio_exts = set(options.audio_exts)
@@ -107,6 +113,11 @@ def iter_samples(stream, shard: str, options: Optional[ReaderOptions] = None,
     cur: Optional[_Pending] = None
 
     def finish(p: _Pending):
+        index = stats.position
+        stats.position += 1
+        if skip and contains(skip, index):
+            stats.skipped += 1
+            return "skip", None
         stats.samples += 1
         if p.key in seen_keys:
             p.problem = p.problem or "duplicate key: another sample in this shard has this key"
@@ -114,6 +125,7 @@ def iter_samples(stream, shard: str, options: Optional[ReaderOptions] = None,
         if p.problem is None:
             row, reason = _build_row(p, shard, options.audio_exts)
             if row is not None:
+                row["index"] = index
                 stats.rows += 1
                 return "row", row
             p.problem = reason
@@ -234,7 +246,7 @@ def _build_row(p: _Pending, shard: str, audio_exts) -> Tuple[Optional[dict], Opt
         present = ", ".join(sorted(p.fields)) or "none"
         return None, f"no audio member (fields present: {present})"
     row = {"key": p.key, "shard": shard, "audio": p.fields[audio_fmt], "audio_format": audio_fmt,
-           "cls": None, "txt": None, "json": None}
+           "cls": None, "txt": None, "json": None, "index": None}
     for name in TEXT_FIELDS:
         raw = p.fields.get(name)
         if raw is None:
@@ -260,7 +272,7 @@ def rows_to_table(rows: List[dict]) -> pa.Table:
 
 
 def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[ReaderOptions] = None,
-               size: Optional[int] = None) -> Iterator[Tuple[Optional[pa.Table], List[dict], ShardStats]]:
+               size: Optional[int] = None, skip=None) -> Iterator[Tuple[Optional[pa.Table], List[dict], ShardStats]]:
     """Stream a shard (plain or compressed tar) as ``(table or None, quarantine entries,
     running stats)`` chunks.
 
@@ -270,7 +282,8 @@ def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[Re
     an ``unread`` entry (``<unread:N>``) that is not counted as a sample.
     Access denied (403) raises :class:`~specstream.io.shards.StorageAccessError`.
     ``size``: the object's size when the caller knows it (else it is looked up for local
-    files only).
+    files only). ``skip``: sorted [start, end) ranges of sample indices to pass over (a
+    resumed run's consumed samples): their members are read past, not parsed or emitted.
     """
     options = options or ReaderOptions()
     stats = ShardStats(url, bytes_total=size)
@@ -290,7 +303,9 @@ def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[Re
     nbytes = 0
     chunks = 0
     try:
-        for kind, obj in iter_samples(stream, url, options, stats):
+        for kind, obj in iter_samples(stream, url, options, stats, skip=skip):
+            if kind == "skip":
+                continue
             if kind == "row":
                 rows.append(obj)
                 nbytes += len(obj["audio"])

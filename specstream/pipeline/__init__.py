@@ -10,6 +10,7 @@ This package is the only one that knows Ray. Typical use::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, Dict, List
 import ray
 
 from ..config import PipelineConfig, load_config
+from ..resume import fingerprint, load_state
 from ..io.samples import ReaderOptions
 from ..io.shards import Storage, expand_shards, shard_sizes
 from .datasource import ReadPlan, ShardDatasource, SourceShards, shard_order
@@ -132,7 +134,7 @@ def check_resources(cfg: PipelineConfig, reserved_cpus: float = 0.0, reserved_gp
 
 
 def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.0,
-                   check_fit: bool = True) -> Pipeline:
+                   check_fit: bool = True, resume=None) -> Pipeline:
     """Build the streaming Ray Dataset for a config (dict, YAML path or PipelineConfig).
 
     Rows carry ``key``, ``shard``, ``features``, ``length`` and ``target``. Nothing runs
@@ -140,6 +142,10 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     ``reserved_cpus``/``reserved_gpus``: what the consumers (Ray Train workers) will hold,
     so that a layout that cannot run fails here instead of stalling. On an autoscaling
     cluster whose nodes are not up yet, pass ``check_fit=False``.
+    ``resume``: a stream state (dict or JSON path, from ``TrainStream.state_dict()``): the
+    first pass reads the rest of that epoch, skipping the samples it records as consumed on
+    the tar headers (never decoded or featurized); later passes are whole epochs. A state of
+    another config or corpus is a ConfigError.
     """
     cfg = load_config(config)
     storage = storage_from_config(cfg)
@@ -158,14 +164,21 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     for s in shard_sets:
         sizes.update(zip(s.urls, shard_sizes(s.urls, s.storage)))
     names = {u: s.name for s in shard_sets for u in s.urls} if len(shard_sets) > 1 else None
-    ledger = Ledger.remote(urls, [sizes[u] for u in urls], names)
+    fp = fingerprint(cfg.to_dict(), [u for s in shard_sets for u in s.urls])
+    state = None
+    if resume is not None:
+        state = load_state(resume, fp)
+        # the resumed epoch's draws: each sample's augmentation as it would have been
+        cfg = dataclasses.replace(cfg, epoch=state["epoch"])
+    ledger = Ledger.remote(urls, [sizes[u] for u in urls], names, fp)
     sink = LedgerSink(ledger)
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),
                             block_rows=cfg.source.block_rows)
     cfg_dict = cfg.to_dict()
     sm = cfg.sampling
     plan = ReadPlan(shard_sets, interleave=sm.interleave, shuffle_buffer=sm.shuffle_buffer, seed=cfg.seed,
-                    shuffle_shards=cfg.source.shuffle_shards, sizes=sizes)
+                    shuffle_shards=cfg.source.shuffle_shards, sizes=sizes,
+                    skip=state["consumed"] if state else {}, skip_epoch=state["epoch"] if state else None)
     source = ShardDatasource(plan, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink),
                              base_epoch=cfg.epoch)
     read_res = dict(cfg.decode.resources) or None

@@ -68,6 +68,9 @@ class ReadPlan:
     seed: int = 0
     shuffle_shards: bool = False
     sizes: Dict[str, Optional[int]] = field(default_factory=dict)
+    # a resumed run: the samples (index ranges per shard) of epoch ``skip_epoch`` the trainers had consumed
+    skip: Dict[str, List[List[int]]] = field(default_factory=dict)
+    skip_epoch: Optional[int] = None
 
     @property
     def tasks(self) -> int:
@@ -179,9 +182,9 @@ class _ShardRead:
     record in flight), its rows out as Arrow tables tagged with the epoch and read id."""
 
     def __init__(self, url: str, storage: Storage, options: ReaderOptions, size: Optional[int], ledger,
-                 read_id: str, epoch: int):
+                 read_id: str, epoch: int, skip=None):
         self.url, self.ledger, self.read_id, self.epoch = url, ledger, read_id, epoch
-        self._gen = read_shard(url, storage, options, size=size)
+        self._gen = read_shard(url, storage, options, size=size, skip=skip)
         self.chunk = 0
         self.last = (0, 0)
         self.seen = 0
@@ -239,6 +242,7 @@ class _ShardRead:
         self._gen.close()
         s = self.stats
         info = {"bytes_read": getattr(s, "bytes_read", 0), "bytes_total": getattr(s, "bytes_total", None),
+                "skipped": getattr(s, "skipped", 0),
                 "compression": getattr(s, "compression", None), "unread": getattr(s, "unread", None),
                 "corrupt": getattr(s, "corrupt", None)}
         if sampled:
@@ -413,8 +417,9 @@ def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, dec
         def opener(source: int):
             def open_read(url: str) -> _ShardRead:
                 opened[0] += 1
+                skip = plan.skip.get(url) if epoch == plan.skip_epoch else None
                 return _ShardRead(url, plan.sources[source].storage, options, plan.sizes.get(url), ledger,
-                                  f"{epoch}/{slot}/{opened[0]}", epoch)
+                                  f"{epoch}/{slot}/{opened[0]}", epoch, skip)
             return open_read
 
         sources = [_Source(0, shards, plan.sources[0].weight, opener(0), cyclic=False)]

@@ -28,6 +28,8 @@ def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
     }
     if "epoch" in batch:
         out["epoch"] = torch.from_numpy(np.array(batch["epoch"], dtype=np.int64))
+    if "index" in batch:  # each sample's ordinal in its shard (a stream state records these)
+        out["index"] = torch.from_numpy(np.array(batch["index"], dtype=np.int64))
     if "aug_params" in batch:
         out["aug_params"] = [str(p) for p in batch["aug_params"]]
     if "frame_target" in batch:  # [B, T_max, C], zero past each sample's frames

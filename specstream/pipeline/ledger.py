@@ -26,7 +26,8 @@ class Ledger:
     entries count once per (shard, key, read)."""
 
     def __init__(self, shards: Optional[List[str]] = None, sizes: Optional[List[Optional[int]]] = None,
-                 sources: Optional[Dict[str, str]] = None):
+                 sources: Optional[Dict[str, str]] = None, fingerprint: str = ""):
+        self._fingerprint = fingerprint  # of the run's config and shards: stream states carry it
         # every shard of the first source: one never read is reported unread (weighted sources are sampled)
         self.expected = list(shards or [])
         self.sizes = dict(zip(self.expected, sizes or []))
@@ -44,6 +45,9 @@ class Ledger:
         self.resumes: Counter = Counter()  # transient read errors survived, per shard
         self.assignments: Dict[int, Dict[int, List[str]]] = {}  # pass -> read-task slot -> shards
         self.nodes: Dict[str, set] = {}  # stage -> node ids it ran on
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     def begin_pass(self, pass_: int) -> None:
         """The consumers (TrainStream, once per rank and epoch) say which pass over the data
@@ -84,6 +88,7 @@ class Ledger:
             # an unread rest in any read stays reported (a later clean read does not hide it)
             if prev is not None:
                 info = {**info, **{k: prev[k] for k in ("unread", "corrupt") if prev.get(k) and not info.get(k)}}
+                info["skipped"] = (info.get("skipped") or 0) + (prev.get("skipped") or 0)  # over every read
             self.reads[shard] = info
         if done:
             self.done_total[shard] += sum(self.open.pop(read_id)["chunks"].values())
@@ -158,6 +163,8 @@ def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[
             row["compression"] = info["compression"]
         if (info or {}).get("corrupt"):
             row["corrupt"] = info["corrupt"]
+        if (info or {}).get("skipped"):
+            row["skipped"] = info["skipped"]  # consumed before a resume: passed over, not read
         if (info or {}).get("sampled"):
             row["sampled"] = True  # a weighted source: its last read stopped when the epoch's share was taken
         if sources and shard in sources:
@@ -173,6 +180,7 @@ def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[
     totals["bytes_unread"] = sum(s["bytes_total"] - (s["unread"].get("from_byte") or 0)
                                  for s in unread_rows if s["bytes_total"] is not None)
     totals["shards_corrupt"] = sum(1 for s in shards.values() if s.get("corrupt"))
+    totals["skipped"] = sum(s.get("skipped", 0) for s in shards.values())
     totals["balanced"] = all(s["balanced"] for s in shards.values())
     unique = {(e["shard"], e["key"]): {k: v for k, v in e.items() if k != "read"} for e in quarantine}
     report = {"totals": totals, "shards": shards,

@@ -157,6 +157,9 @@ class DecodeStage:
             "epoch": epochs[good],
             "num_samples": np.asarray(lengths, dtype=np.int64),
         }
+        if "index" in _names(batch):  # the sample's ordinal in its shard: what a stream state records
+            index = _column(batch, "index")
+            out["index"] = np.array([-1 if index[i] is None else index[i] for i in good], dtype=np.int64)
         if d.mode == "fixed":
             arr = np.zeros((len(good), clip_n), dtype=np.float32)
             for j, x in enumerate(waves):
@@ -315,6 +318,7 @@ class FeaturizeStage:
         feats = feats.float().cpu().numpy()
         lengths = lengths.cpu().numpy().astype(np.int64)
         result: Batch = {"key": batch["key"], "shard": batch["shard"], "length": lengths,
+                         **({"index": np.asarray(batch["index"])} if "index" in batch else {}),
                          "epoch": np.asarray(batch["epoch"]) if "epoch" in batch
                          else np.full(len(lengths), self.cfg.epoch, dtype=np.int64),
                          }

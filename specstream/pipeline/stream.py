@@ -75,6 +75,12 @@ class TrainStream:
         self.equal_steps = self.sampling.equal_steps if equal_steps is None else equal_steps
         self.device = torch.device(device) if device is not None else default_device()
         self.carry: List[Dict[str, np.ndarray]] = []
+        # the stream state: the epoch in progress and which of its samples (shard -> indices) were consumed
+        self.base_epoch = cfg.epoch if cfg is not None else 0
+        self.seed = cfg.seed if cfg is not None else 0
+        self._state_epoch = self.base_epoch
+        self._consumed: Dict[str, List[int]] = {}
+        self._last = None  # the batch yielded last: consumed once its step is done (the next request)
         self._batcher: Optional[DurationBatcher] = None  # bucket edges, estimated once, kept across epochs
         self.epochs = 0
         self.last_epoch: Dict[str, float] = {}
@@ -118,6 +124,34 @@ class TrainStream:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
+    def _mark_last(self) -> None:
+        b, self._last = self._last, None
+        if b is None or "index" not in b:
+            return
+        for shard, index, epoch in zip(b["shard"], b["index"], b["epoch"]):
+            if int(epoch) == self._state_epoch:  # rows carried in from the epoch before are not in its state
+                self._consumed.setdefault(str(shard), []).append(int(index))
+
+    def state_dict(self) -> dict:
+        """The stream's state: the epoch in progress and the samples of it the trainers have
+        consumed (every batch yielded so far, the last one included: call it after the step).
+        With torch.distributed initialised it is a collective (call it on every rank): the
+        ranks' states are gathered and merged, and every rank gets the whole state. Save it
+        with the checkpoint; ``build_pipeline(config, resume=state)`` reads the rest of the
+        epoch (see the README's Resume section)."""
+        self._mark_last()
+        from ..resume import add_indices, make_state, merge_states
+
+        fp = ray.get(self.ledger.fingerprint.remote()) if self.ledger is not None else ""
+        local = make_state(fp, self.seed, self._state_epoch,
+                           {s: add_indices([], idx) for s, idx in self._consumed.items()})
+        dist = _distributed()
+        if dist is None:
+            return local
+        states: List = [None] * dist.get_world_size()
+        dist.all_gather_object(states, local)
+        return merge_states(states)
+
     def _deal(self, dist, left: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
         """Every rank's remaining rows gathered (all_gather_object), ordered by key and dealt
         round-robin: rank r takes rows r, r + world, ...; batched again like the stream."""
@@ -148,6 +182,8 @@ class TrainStream:
             ray.get(self.ledger.begin_pass.remote(self.epochs))
         fresh, pull = self._fresh()
         batches = _chain(carried_in, fresh)
+        self._state_epoch, self._consumed, self._last = self.base_epoch + self.epochs, {}, None
+        completed = False
         dealt = False
         held: List[Dict[str, np.ndarray]] = []  # partial batches held back by drop_last
         try:
@@ -171,8 +207,10 @@ class TrainStream:
                     if left:
                         self.carry = left
                         self._carried(self.carry, +1)
+                    completed = True
                     break
                 if batch is None:
+                    completed = True
                     break
                 out = collate(batch)
                 for name in DEVICE_COLUMNS:
@@ -182,9 +220,13 @@ class TrainStream:
                 counter.add(out["shard"])
                 lengths.append(np.asarray(batch["length"]).tolist())
                 samples += len(out["key"])
+                self._last = batch
                 yield out
+                self._mark_last()
         finally:
             pull.close()  # stops the pull thread, also when the consumer left during the carried batches
+            if completed:  # the epoch is done: the state moves to the next, nothing of it consumed yet
+                self._state_epoch, self._consumed, self._last = self._state_epoch + 1, {}, None
             if held:
                 self.carry.extend(held)
                 self._carried(held, +1)

@@ -1,0 +1,197 @@
+"""Mid-epoch resume: the stream state, restore on another number of workers, errors."""
+import json
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import good_sample, write_shard_set
+from specstream.config import ConfigError
+from specstream.resume import add_indices, contains, count, load_state, merge_states
+
+VOCAB = [str(i) for i in range(10)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 300), max_size=200), st.lists(st.integers(0, 300), max_size=100))
+def test_ranges_hold_exactly_the_indices_added(a, b):
+    r = add_indices(add_indices([], a), b)
+    assert all(x[0] < x[1] for x in r) and all(x[1] < y[0] for x, y in zip(r, r[1:]))  # sorted, merged
+    assert {i for i in range(302) if contains(r, i)} == set(a) | set(b)
+    assert count(r) == len(set(a) | set(b))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_shard_set(tmp_path_factory.mktemp("resume"), 8, 40,
+                           lambda s, i: good_sample(f"r{s}_{i:02d}", (s + i) % 10, seconds=0.1))
+
+
+def cfg_for(d, **over):
+    c = {"source": {"shards": d, "block_rows": 16}, "labels": {"vocab": VOCAB}, "decode": {"num_cpus": 0.5},
+         "sampling": {"shuffle_buffer": 60, "interleave": 2}, "seed": 5, "log_params": True,
+         "augment": {"ops": [{"op": "freq_mask", "max_width": 10}, {"op": "time_mask", "max_width": 5}]}}
+    c.update(over)
+    return c
+
+
+def rows_of(pipe, stop_after=None):
+    """{key: aug_params} delivered, and the stream (stopped once ``stop_after`` rows are consumed)."""
+    from specstream.pipeline import TrainStream
+
+    stream = TrainStream(pipe.dataset, pipe.config, ledger=pipe.ledger, batch_size=8, device="cpu")
+    got = {}
+    for b in stream:
+        for k, p in zip(b["key"], b["aug_params"]):
+            assert k not in got
+            got[k] = json.loads(p)
+        if stop_after is not None and len(got) >= stop_after:
+            break
+    return got, stream
+
+
+def test_resume_delivers_the_rest_exactly_with_the_same_augmentation(ray_session, corpus):
+    """(a) the union of both runs is every key once; (c) the resumed run reads only the rest
+    (the consumed samples are passed over on the headers, never decoded); (d) each remaining
+    sample's recorded augmentation equals the uninterrupted run's."""
+    from specstream.pipeline import build_pipeline
+
+    d, keys = corpus
+    whole, _ = rows_of(build_pipeline(cfg_for(d)))
+    assert sorted(whole) == sorted(keys)
+    n = random.Random(0).randrange(40, 250)
+    first, stream = rows_of(build_pipeline(cfg_for(d)), stop_after=n)
+    state = stream.state_dict()
+    assert state["samples"] == len(first) and state["epoch"] == 0
+    assert sum(len(r) for r in state["consumed"].values()) < len(first)  # ranges, not a list of samples
+    pipe = build_pipeline(cfg_for(d), resume=json.loads(json.dumps(state)))
+    rest, _ = rows_of(pipe)
+    assert sorted(list(first) + list(rest)) == sorted(keys)
+    assert all(rest[k] == whole[k] for k in rest)
+    t = pipe.report()["totals"]
+    assert t["balanced"] and t["read"] == len(keys) - len(first) and t["skipped"] == len(first)
+
+
+def test_state_after_a_whole_epoch_starts_the_next(ray_session, corpus):
+    from specstream.pipeline import build_pipeline
+
+    d, keys = corpus
+    pipe = build_pipeline(cfg_for(d))
+    _, stream = rows_of(pipe)
+    state = stream.state_dict()
+    assert state["epoch"] == 1 and state["consumed"] == {} and state["samples"] == 0
+    again, _ = rows_of(build_pipeline(cfg_for(d), resume=state))
+    assert sorted(again) == sorted(keys)
+    assert all(p["0:freq_mask"] for p in again.values())
+
+
+def test_elastic_two_ranks_then_one(ray_session, corpus, tmp_path):
+    """Run 1: a 2-worker TorchTrainer stops mid-epoch at the same step on both ranks and saves
+    the merged state; run 2 resumes in one process: every key of the epoch exactly once."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from specstream.pipeline import build_pipeline, stream_data_config
+    from specstream.runner import run
+
+    d, keys = corpus
+    cfg = cfg_for(d, decode={"num_cpus": 0.25})
+    pipe = build_pipeline(cfg, reserved_cpus=1.0)
+    out = str(tmp_path)
+
+    def loop(config):
+        import ray.train
+
+        from specstream.pipeline import TrainStream
+        from specstream.resume import save_state
+
+        stream = TrainStream(ray.train.get_dataset_shard("train"), config["cfg"], ledger=config["ledger"],
+                             batch_size=8, device="cpu")
+        rank = ray.train.get_context().get_world_rank()
+        seen = []
+        for step, batch in enumerate(stream):
+            seen += batch["key"]
+            if step == 5:
+                break
+        state = stream.state_dict()  # a collective: every rank calls it
+        with open(os.path.join(config["out"], f"keys{rank}.txt"), "w") as f:
+            f.write("\n".join(seen))
+        if rank == 0:
+            save_state(state, os.path.join(config["out"], "state.json"))
+
+    result = TorchTrainer(loop, train_loop_config={"cfg": pipe.config.to_dict(), "ledger": pipe.ledger, "out": out},
+                          scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                          datasets={"train": pipe.dataset}, dataset_config=stream_data_config(),
+                          run_config=RunConfig(storage_path=str(tmp_path / "results"), name="resume")).fit()
+    assert result.error is None
+    before = [k for r in range(2) for k in open(os.path.join(out, f"keys{r}.txt")).read().split()]
+    assert len(before) == 2 * 6 * 8
+    summary = run(cfg, progress=False, resume=os.path.join(out, "state.json"),
+                  keys_out=os.path.join(out, "after.txt"))
+    after = open(os.path.join(out, "after.txt")).read().split()
+    assert sorted(before + after) == sorted(keys)
+    assert summary["report"]["totals"]["balanced"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a JSON stream state"),
+    ('{"weights": [1, 2]}', "not a specstream stream state"),
+    ('{"format": "specstream-stream-state", "version": 99}', "version 99"),
+    ('{"format": "specstream-stream-state", "version": 1, "fingerprint": "x", "epoch": 0, "consumed": {"a": [[5, 2]]}}',
+     "malformed"),
+    ('{"format": "specstream-stream-state", "version": 1, "fingerprint": "other", "epoch": 0, "consumed": {}}',
+     "another config or corpus"),
+])
+def test_a_bad_state_file_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_state(str(path), "abc")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_state(str(tmp_path / "none.json"), "abc")
+
+
+def test_a_state_of_another_config_is_refused_by_the_pipeline(ray_session, corpus):
+    from specstream.pipeline import build_pipeline
+
+    d, _ = corpus
+    _, stream = rows_of(build_pipeline(cfg_for(d)), stop_after=8)
+    state = stream.state_dict()
+    with pytest.raises(ConfigError, match="another config or corpus"):
+        build_pipeline(cfg_for(d, seed=6), resume=state)
+    assert merge_states([state, state])["consumed"] == state["consumed"]
+
+
+def test_train_script_checkpoints_mid_epoch_and_resumes_on_fewer_workers(ray_session, corpus, tmp_path, capsys):
+    """pipelines/train.py: checkpoints every 3 steps carry the stream state; a run resumed from
+    the first (mid-epoch) one on 1 worker instead of 2 reads only what was not consumed."""
+    import glob
+    import importlib.util
+
+    d, keys = corpus
+    root = os.path.join(os.path.dirname(__file__), "..")
+    spec = importlib.util.spec_from_file_location("specstream_train_script_resume",
+                                                  os.path.join(root, "pipelines", "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    common = ["--config", os.path.join(root, "configs", "reference-corpus.yaml"), "--set", f"source.shards={d}",
+              "--set", "deliver.batch_size=16", "--set", "source.block_rows=16", "--epochs", "1",
+              "--cpus-per-worker", "0.25"]
+    rc = train.main(common + ["--workers", "2", "--checkpoint-every", "3", "--report", str(tmp_path / "r1.json"),
+                              "--storage-path", str(tmp_path / "run1")])
+    assert rc == 0
+    states = []
+    for c in glob.glob(str(tmp_path / "run1" / "**" / "stream_state.json"), recursive=True):
+        s = json.load(open(c))
+        states.append((s["epoch"], s["samples"], os.path.dirname(c)))
+    mid = sorted(s for s in states if s[0] == 0 and s[1] > 0)
+    assert mid and mid[0][1] == 2 * 3 * 16  # both ranks, 3 steps of 16
+    assert any(s[0] == 1 and s[1] == 0 for s in states)  # the epoch's end: the next epoch, nothing consumed
+    rc = train.main(common + ["--workers", "1", "--resume-from", mid[0][2], "--report", str(tmp_path / "r2.json"),
+                              "--storage-path", str(tmp_path / "run2")])
+    assert rc == 0
+    t = json.load(open(tmp_path / "r2.json"))["totals"]
+    assert t["skipped"] == 96 and t["read"] == len(keys) - 96 and t["balanced"]
+    assert "resuming epoch 0" in capsys.readouterr().out
