@@ -69,6 +69,18 @@ def ray_cluster():
     cluster.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _release_ray_handles():
+    """After each test, collect the cycles that keep a finished pipeline's dataset and ledger
+    actor alive: each actor is a worker process with torch loaded, and a suite's worth of
+    them held until the garbage collector happens to run brings the machine to Ray's
+    memory-monitor threshold (it then kills workers of the test running)."""
+    yield
+    import gc
+
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def ray_session(ray_cluster):
     import ray

@@ -97,7 +97,7 @@ def test_elastic_two_ranks_then_one(ray_session, corpus, tmp_path):
     from specstream.runner import run
 
     d, keys = corpus
-    cfg = cfg_for(d, decode={"num_cpus": 0.25})
+    cfg = cfg_for(d)
     pipe = build_pipeline(cfg, reserved_cpus=1.0)
     out = str(tmp_path)
 
