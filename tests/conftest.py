@@ -70,15 +70,30 @@ def ray_cluster():
 
 
 @pytest.fixture(autouse=True)
-def _release_ray_handles():
-    """After each test, collect the cycles that keep a finished pipeline's dataset and ledger
-    actor alive: each actor is a worker process with torch loaded, and a suite's worth of
-    them held until the garbage collector happens to run brings the machine to Ray's
-    memory-monitor threshold (it then kills workers of the test running)."""
-    yield
-    import gc
+def _release_ledgers(monkeypatch):
+    """A test's pipelines' ledger actors end with the test. Each is a worker process with
+    torch loaded, and Ray Data's bookkeeping keeps finished datasets (and so the actors'
+    handles) alive well past their test: a suite's worth of them brings the machine to Ray's
+    memory-monitor threshold, which then kills workers of the test running."""
+    import specstream.pipeline as pipeline
 
-    gc.collect()
+    made = []
+    real = pipeline.Ledger
+
+    class Recording:
+        @staticmethod
+        def remote(*args, **kwargs):
+            handle = real.remote(*args, **kwargs)
+            made.append(handle)
+            return handle
+
+    monkeypatch.setattr(pipeline, "Ledger", Recording)
+    yield
+    if made:
+        import ray
+
+        for handle in made:
+            ray.kill(handle)
 
 
 @pytest.fixture(scope="session")
