@@ -31,7 +31,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List
 
@@ -46,6 +45,7 @@ def train_loop(config: Dict[str, Any]) -> None:
     from specstream.losses import mixed_ctc_loss
     from specstream.pipeline import TrainStream
     from specstream.tokenizers import build_tokenizer
+    from specstream.trainer import report_checkpoint
 
     torch.manual_seed(config["seed"])
     cfg = config["pipeline_config"]
@@ -88,15 +88,7 @@ def train_loop(config: Dict[str, Any]) -> None:
             "data_wait_fraction": stream.last_epoch["data_wait_s"] / dt if dt else 0.0, "lr": base,
         })
         metrics = {"epoch": epoch, "rank": ctx.get_world_rank(), "loss": round(history[-1]["loss"], 4)}
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if ctx.get_world_rank() == 0:
-                net = model.module if hasattr(model, "module") else model
-                torch.save(net.state_dict(), os.path.join(tmp, "model.pt"))
-                with open(os.path.join(tmp, "history.json"), "w") as f:
-                    json.dump(history, f)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        report_checkpoint(model, history, stream.state_dict(), metrics)  # weights, history, stream state
 
 
 def test_sets(root: str) -> Dict[str, List[str]]:

@@ -28,21 +28,13 @@ import tracemalloc
 def read_path(urls, buffer: int, interleave: int) -> dict:
     from specstream.io.samples import ReaderOptions
     from specstream.io.shards import Storage
-    from specstream.pipeline.datasource import ReadPlan, SourceShards, _blocks, _ShardRead, _Source
+    from specstream.pipeline.datasource import ReadPlan, SourceShards, task_blocks
 
     plan = ReadPlan([SourceShards("a", urls, Storage())], interleave=interleave, shuffle_buffer=buffer, seed=0)
-    opts = ReaderOptions(block_rows=250)
     tracemalloc.start()
     t0 = time.perf_counter()
     n = 0
-    opened = [0]
-
-    def open_read(u):
-        opened[0] += 1
-        return _ShardRead(u, Storage(), opts, None, None, f"0/0/{opened[0]}", 0)
-
-    src = [_Source(0, plan.task_shards(0, 0), 1.0, open_read, cyclic=False)]
-    for block in _blocks(plan, src, plan.rng(0, 0), opts.block_rows):
+    for block in task_blocks(plan, 0, 0, ReaderOptions(block_rows=250)):
         n += block.num_rows
     dt = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1]

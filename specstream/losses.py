@@ -35,8 +35,10 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 def _from_batch(tokens, token_length, mix_lambda, mix_tokens, mix_token_length, batch,
-                names: Tuple[str, str], fn: str):
-    """Resolve the explicit-tensor and batch-dict call forms into five values."""
+                names: Tuple[str, str], fn: str, reduction: str):
+    """Check ``reduction``; resolve the explicit-tensor and batch-dict call forms into five values."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if isinstance(tokens, Mapping):
         if batch is not None:
             raise TypeError(f"{fn}: pass the batch dict once (positionally or as batch=)")
@@ -110,11 +112,9 @@ def mixed_ctc_loss(log_probs: torch.Tensor, input_lengths: torch.Tensor, tokens=
       row's output frames allow) is infinite otherwise.
     """
     fn = "mixed_ctc_loss"
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     tokens, token_length, mix_lambda, mix_tokens, mix_token_length = _from_batch(
         tokens, token_length, mix_lambda, mix_tokens, mix_token_length, batch,
-        ("tokens", "token_length"), fn)
+        ("tokens", "token_length"), fn, reduction)
     if log_probs.dim() != 3:
         raise ValueError(f"{fn}: log_probs must be 3-D ([B, T, V], or [T, B, V] with time_major=True), "
                          f"got shape {tuple(log_probs.shape)}")
@@ -176,11 +176,9 @@ def mixed_cross_entropy(logits: torch.Tensor, targets=None, mix_lambda: Optional
     and averages over the batch (as ``mixed_ctc_loss``), ``"sum"`` and ``"none"`` as there.
     """
     fn = "mixed_cross_entropy"
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     targets, target_length, mix_lambda, mix_targets, mix_target_length = _from_batch(
         targets, target_length, mix_lambda, mix_targets, mix_target_length, batch,
-        ("tokens", "token_length"), fn)
+        ("tokens", "token_length"), fn, reduction)
     B = logits.shape[0]
     V = logits.shape[-1]
 

@@ -49,7 +49,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     return F.cross_entropy(logits, target)
 
 
-def _checkpoint(model, history, stream_state, metrics) -> None:
+def report_checkpoint(model, history, stream_state, metrics) -> None:
     """Report ``metrics`` with a checkpoint from rank 0: model weights, history and the stream
     state (``stream_state.json``: where a resumed run continues)."""
     import ray.train
@@ -103,7 +103,7 @@ def train_loop(config: Dict[str, Any]) -> None:
             if not batch["target"].dtype.is_floating_point:
                 correct += (logits.argmax(-1) == batch["target"]).sum().item()
             if every and step % every == 0:  # mid-epoch: every rank takes the state (a collective)
-                _checkpoint(model, history, stream.state_dict(),
+                report_checkpoint(model, history, stream.state_dict(),
                             {"epoch": epoch, "step": step, "rank": ctx.get_world_rank(), "samples": seen,
                              "history": json.dumps(history)})
         dt = time.perf_counter() - t0
@@ -121,7 +121,7 @@ def train_loop(config: Dict[str, Any]) -> None:
                    "loss": history[-1]["loss_last_quarter"], "history": json.dumps(history)}
         # Ray Train 2.x keeps only metrics that come with a checkpoint: rank 0 attaches one
         # (model weights, history, the stream state) each epoch.
-        _checkpoint(model, history, stream.state_dict(), metrics)
+        report_checkpoint(model, history, stream.state_dict(), metrics)
 
 
 def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, epochs: int = 1,

@@ -14,27 +14,15 @@ from conftest import flac_bytes, good_sample, tone, write_shard, write_shard_set
 from specstream.io.samples import ReaderOptions
 from specstream.io.shards import Storage
 from specstream.pipeline.compose import DurationBatcher, batch_of, estimate_boundaries, padding_stats, rows_of
-from specstream.pipeline.datasource import ReadPlan, SourceShards, _blocks, _ShardRead, _Source
+from specstream.pipeline.datasource import ReadPlan, SourceShards, task_blocks
 
 VOCAB = [str(i) for i in range(10)]
 
 
 def read_task(plan: ReadPlan, slot: int, epoch: int, block_rows: int = 16):
     """One read task's blocks, without Ray (no ledger): [(key, shard), ...] per block."""
-    opened = [0]
-
-    def opener(source):
-        def open_read(url):
-            opened[0] += 1
-            return _ShardRead(url, plan.sources[source].storage, ReaderOptions(block_rows=block_rows), None, None,
-                              f"{epoch}/{slot}/{opened[0]}", epoch)
-        return open_read
-
-    sources = [_Source(0, plan.task_shards(slot, epoch), plan.sources[0].weight, opener(0), cyclic=False)]
-    sources += [_Source(i, plan.rotation(i, slot, epoch), s.weight, opener(i), cyclic=True)
-                for i, s in enumerate(plan.sources[1:], 1)]
     return [list(zip(b.column("key").to_pylist(), b.column("shard").to_pylist()))
-            for b in _blocks(plan, sources, plan.rng(slot, epoch), block_rows)]
+            for b in task_blocks(plan, slot, epoch, ReaderOptions(block_rows=block_rows))]
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +239,6 @@ def test_tokens_and_mixup_partners_travel_with_rows(ray_session, varied):
                                   sampling={"shuffle_buffer": 40, "interleave": 2},
                                   augment={"ops": [{"op": "mixup", "alpha": 1.0}]}, log_params=True))
     tok = build_tokenizer("char")
-    text = {}
     mixed = 0
     for b in TrainStream(pipe.dataset, pipe.config, ledger=pipe.ledger, batch_size=8, device="cpu"):
         assert "target" not in b and b["tokens"].dtype == torch.int64
@@ -265,7 +252,6 @@ def test_tokens_and_mixup_partners_travel_with_rows(ray_session, varied):
             if lam < 1:
                 mixed += 1
                 assert lam == pytest.approx(params["lam"], abs=1e-6)
-                text[k] = partner
             else:
                 assert partner == own
     assert mixed > len(keys) // 2

@@ -9,6 +9,7 @@ sample's cost), so the frames a trainer holds per batch are bounded.
 from __future__ import annotations
 
 import bisect
+import itertools
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -123,7 +124,7 @@ class DurationBatcher:
                 if len(head) >= self.buffer:
                     break
             self.edges = estimate_boundaries([self.duration(r) for r in head], self.num_buckets)
-            it = _chain(head, it)
+            it = itertools.chain(head, it)
         buckets: List[List[Row]] = [[] for _ in range(len(self.edges) + 1)]
         longest = [0.0] * len(buckets)
         for row in it:
@@ -142,8 +143,3 @@ class DurationBatcher:
         for bucket in buckets:
             if bucket:
                 yield bucket
-
-
-def _chain(head: List[Row], rest: Iterator[Row]) -> Iterator[Row]:
-    yield from head
-    yield from rest

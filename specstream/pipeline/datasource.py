@@ -400,6 +400,26 @@ def _blocks(plan: ReadPlan, sources: List[_Source], rng: random.Random, block_ro
         yield pa.Table.from_pylist(rows, schema=OUT_SCHEMA)
 
 
+def task_blocks(plan: ReadPlan, slot: int, epoch: int, options: ReaderOptions, ledger=None):
+    """Read task ``slot``'s Arrow blocks for ``epoch``: its first-source shards read at once,
+    the weighted sources drawn against them, through the shuffle buffer. ``ledger``: the run's
+    ledger actor, or None (no accounting: tests and benchmarks run it in one process)."""
+    opened = [0]
+
+    def opener(source: int):
+        def open_read(url: str) -> _ShardRead:
+            opened[0] += 1
+            skip = plan.skip.get(url) if epoch == plan.skip_epoch else None
+            return _ShardRead(url, plan.sources[source].storage, options, plan.sizes.get(url), ledger,
+                              f"{epoch}/{slot}/{opened[0]}", epoch, skip)
+        return open_read
+
+    sources = [_Source(0, plan.task_shards(slot, epoch), plan.sources[0].weight, opener(0), cyclic=False)]
+    sources += [_Source(i, plan.rotation(i, slot, epoch), s.weight, opener(i), cyclic=True)
+                for i, s in enumerate(plan.sources[1:], 1)]
+    return _blocks(plan, sources, plan.rng(slot, epoch), options.block_rows)
+
+
 def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, decode, base_epoch: int):
     def read_fn():
         # Every pass over the dataset (each epoch of a Ray Train dataset shard) re-reads: rows
@@ -412,20 +432,7 @@ def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, dec
         shards = plan.task_shards(slot, epoch)
         if ledger is not None:
             ray.get(ledger.assign.remote(pass_, slot, shards, node))
-        opened = [0]
-
-        def opener(source: int):
-            def open_read(url: str) -> _ShardRead:
-                opened[0] += 1
-                skip = plan.skip.get(url) if epoch == plan.skip_epoch else None
-                return _ShardRead(url, plan.sources[source].storage, options, plan.sizes.get(url), ledger,
-                                  f"{epoch}/{slot}/{opened[0]}", epoch, skip)
-            return open_read
-
-        sources = [_Source(0, shards, plan.sources[0].weight, opener(0), cyclic=False)]
-        sources += [_Source(i, plan.rotation(i, slot, epoch), s.weight, opener(i), cyclic=True)
-                    for i, s in enumerate(plan.sources[1:], 1)]
-        for table in _blocks(plan, sources, plan.rng(slot, epoch), options.block_rows):
+        for table in task_blocks(plan, slot, epoch, options, ledger):
             if not table.num_rows:
                 continue
             if decode is None:

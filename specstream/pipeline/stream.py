@@ -26,6 +26,7 @@ count; :class:`StreamDataConfig` splits without truncating: pass it as the Torch
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -181,7 +182,7 @@ class TrainStream:
         if self.ledger is not None:  # read tasks take this pass, even after an iteration left part-way
             ray.get(self.ledger.begin_pass.remote(self.epochs))
         fresh, pull = self._fresh()
-        batches = _chain(carried_in, fresh)
+        batches = itertools.chain(carried_in, fresh)
         self._state_epoch, self._consumed, self._last = self.base_epoch + self.epochs, {}, None
         completed = False
         dealt = False
@@ -293,11 +294,6 @@ class _pulled:
     def close(self) -> None:
         self.done = True
         self.stop.set()
-
-
-def _chain(first: List, rest: Iterator) -> Iterator:
-    yield from first
-    yield from rest
 
 
 def stream_data_config():
