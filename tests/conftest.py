@@ -74,8 +74,15 @@ def _release_ledgers(monkeypatch):
     """A test's pipelines' ledger actors end with the test. Each is a worker process with
     torch loaded, and Ray Data's bookkeeping keeps finished datasets (and so the actors'
     handles) alive well past their test: a suite's worth of them brings the machine to Ray's
-    memory-monitor threshold, which then kills workers of the test running."""
-    import specstream.pipeline as pipeline
+    memory-monitor threshold, which then kills workers of the test running. Where Ray is not
+    installed (the GPU box runs the CUDA parity tests without it) there is nothing to release."""
+    try:
+        import specstream.pipeline as pipeline
+    except ModuleNotFoundError as e:
+        if e.name != "ray":
+            raise
+        yield
+        return
 
     made = []
     real = pipeline.Ledger

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.frames import move_frames, pad_to, zero_padding
-from ..functional.random import hash32, keyed_prefix, uniform
+from ..functional.random import hash32, keyed_prefix, unit_float
 
 Params = Dict[str, torch.Tensor]
 
@@ -176,29 +176,46 @@ class WaveBatch(_Rows):
 
 @dataclass
 class Context:
-    """What an op may draw from: per-sample counter-based uniforms keyed by sample id."""
+    """What an op may draw from: per-sample counter-based uniforms keyed by sample id.
 
-    ids: torch.Tensor  # [B] int64 key ids
+    Parameter draws are small ([B, n]) and are hashed on the host, then copied to the batch's
+    device in one transfer: on a GPU the hash's integer steps would each be a kernel launch
+    (hundreds per op), and a gate known on the host needs no device sync. The values are
+    the same integers on every device (the hash is exact), so CPU and CUDA draw alike.
+    Element-wise fields too large to copy (noise) are hashed on the device from
+    :meth:`stream_keys`."""
+
+    ids: torch.Tensor  # [B] int64 key ids (on the host or the batch's device)
     seed: int
     epoch: Union[int, torch.Tensor]  # an int, or [B] per sample (rows from different passes)
     slot: int  # the op's position in its policy
     counter: int = 0
-    prefix: Optional[torch.Tensor] = None  # keyed_prefix(seed, epoch, ids), shared by a policy's ops
+    prefix: Optional[torch.Tensor] = None  # keyed_prefix(seed, epoch, ids) on the host, shared by a policy's ops
+    device: Optional[torch.device] = None  # where draws go (default: the ids' device)
 
-    @property
-    def device(self):
-        return self.ids.device
+    def __post_init__(self):
+        if self.device is None:
+            self.device = self.ids.device
+        self.device = torch.device(self.device)
 
     def _prefix(self) -> torch.Tensor:
         if self.prefix is None:
-            self.prefix = keyed_prefix(self.seed, self.epoch, self.ids)
+            epoch = self.epoch.cpu() if isinstance(self.epoch, torch.Tensor) else self.epoch
+            self.prefix = keyed_prefix(self.seed, epoch, self.ids.cpu())
         return self.prefix
+
+    def _next(self) -> int:
+        self.counter += 1
+        return self.slot * 64 + self.counter - 1
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        # non_blocking: a pageable host tensor is staged at once, with no wait on the stream
+        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
 
     def uniform(self, n: int = 1) -> torch.Tensor:
         """[B, n] uniforms in [0, 1); successive calls draw fresh streams."""
-        u = uniform(self.seed, self.epoch, self.ids, self.slot * 64 + self.counter, n, prefix=self._prefix())
-        self.counter += 1
-        return u
+        prefix = self._prefix()
+        return self._to_device(unit_float(hash32([self._next(), torch.arange(n)], state=prefix)))
 
     def normal(self, n: int = 1) -> torch.Tensor:
         """[B, n] standard normals (Box-Muller on two uniform streams)."""
@@ -210,9 +227,8 @@ class Context:
         fields too large to record (noise, per-frame choices): the op records the key and
         regenerates the field from it (:func:`~specstream.functional.random.stream_field`),
         so the recorded parameters stay small and replay is exact."""
-        h = hash32([self.slot * 64 + self.counter], device=self.device, state=self._prefix().reshape(-1))
-        self.counter += 1
-        return h
+        prefix = self._prefix()
+        return self._to_device(hash32([self._next()], state=prefix.reshape(-1)))
 
 
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:

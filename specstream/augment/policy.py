@@ -105,12 +105,13 @@ class Policy:
         return f"Policy({self.ops!r})"
 
     @staticmethod
-    def _ids(keys, key_ids, device) -> torch.Tensor:
+    def _ids(keys, key_ids, device) -> tuple:
+        """(key ids as given: host or device, the batch's device)."""
         if key_ids is None:
             if keys is None:
                 raise ValueError("policy needs keys or key_ids: parameters are a function of the sample key")
             key_ids = torch.from_numpy(_key_ids([str(k) for k in keys]))
-        return torch.as_tensor(key_ids, dtype=torch.int64).to(device)
+        return torch.as_tensor(key_ids, dtype=torch.int64), torch.device(device)
 
     def _run(self, batch: Batch, param_source, start: int = 0, caller: Optional[torch.Tensor] = None) -> tuple:
         """Apply the spectrogram ops from ``start`` on; ``param_source(slot, op, batch)``
@@ -151,11 +152,14 @@ class Policy:
 
     @staticmethod
     def _drawer(ids, seed, epoch):
-        ep = epoch.to(ids.device) if isinstance(epoch, torch.Tensor) else int(epoch)
-        prefix = keyed_prefix(int(seed), ep, ids)  # the words every op's draws share, hashed once
+        """Each op's draws: hashed on the host from one shared prefix (see Context)."""
+        ids, device = ids
+        ep = epoch.cpu() if isinstance(epoch, torch.Tensor) else int(epoch)
+        prefix = keyed_prefix(int(seed), ep, ids.cpu())  # the words every op's draws share, hashed once
+        ids = ids.to(device, non_blocking=True)
 
         def draw(slot, op, batch):
-            params = op.sample(Context(ids, int(seed), ep, slot, prefix=prefix), batch)
+            params = op.sample(Context(ids, int(seed), ep, slot, prefix=prefix, device=device), batch)
             params["__name__"] = op.name
             return params
 

@@ -101,7 +101,11 @@ def resample(x: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
     return y[:, :target]
 
 
-def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor) -> torch.Tensor:
+PV_QUIET = 1e-3  # phase_vocoder: cells below this fraction of the sample's peak magnitude (-60 dB) are "quiet"
+
+
+def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor, quiet: float = PV_QUIET
+                  ) -> torch.Tensor:
     """Phase-vocoder time stretch of complex STFTs [..., freq, T] by ``rate`` (> 1: fewer
     frames), as ``torchaudio.functional.phase_vocoder``, but with output frame i read at
     input time i * rate computed on its own in float64: torchaudio's float ``arange`` rounds
@@ -124,10 +128,25 @@ def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor) 
     a0, a1 = ang.index_select(-1, i0), ang.index_select(-1, i0 + 1)
     phase = a1.sub_(a0).sub_(phase_advance)
     phase = phase - 2 * math.pi * torch.round(phase / (2 * math.pi))
+    # The angle of a cell far below its sample's peak is mostly float noise, which differs
+    # between FFT implementations (CPU and CUDA), and the running phase sum keeps every
+    # error for the rest of the clip. A quiet cell's measured phase deviation is therefore
+    # blended towards none (the bin's nominal advance), as unit phasors, smoothly in the cell's
+    # level (weight m^2 / (m^2 + floor^2), floor QUIET of the sample's peak): cells well
+    # above the floor keep their measured deviation, and no threshold flips.
+    floor = quiet * norm.amax(dim=(-2, -1), keepdim=True)
+    m = torch.minimum(norm.index_select(-1, i0), norm.index_select(-1, i0 + 1))
+    w = m.square_()
+    w = w.div_(w + floor * floor)
+    phase = torch.atan2(w * torch.sin(phase), (w * torch.cos(phase)).add_(1 - w))
     phase = torch.cat([phase_0, (phase + phase_advance)[..., :-1]], dim=-1)
     n0 = norm.index_select(-1, i0)
     mag = n0.add_(alphas * (norm.index_select(-1, i0 + 1) - n0))
-    out = torch.polar(mag, torch.cumsum(phase, -1))
+    # the running phase reaches pi * hop * frames (tens of thousands of radians): summed in
+    # float32 it keeps ~1e-2 rad, and the sum's rounding depends on the device's scan order.
+    # Summed in float64 and wrapped to [0, 2 pi) it is exact to float32 on every device.
+    acc = torch.remainder(torch.cumsum(phase.to(torch.float64), -1), 2 * math.pi).to(real)
+    out = torch.polar(mag, acc)
     return out.reshape(tuple(shape[:-1]) + (out.shape[-1],))
 
 
