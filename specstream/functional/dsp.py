@@ -137,7 +137,7 @@ def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor, 
     floor = quiet * norm.amax(dim=(-2, -1), keepdim=True)
     m = torch.minimum(norm.index_select(-1, i0), norm.index_select(-1, i0 + 1))
     w = m.square_()
-    w = w.div_(w + floor * floor)
+    w = w.div_((w + floor * floor).clamp_(min=torch.finfo(w.dtype).tiny))  # a silent sample: 0 / 0 -> 0
     phase = torch.atan2(w * torch.sin(phase), (w * torch.cos(phase)).add_(1 - w))
     phase = torch.cat([phase_0, (phase + phase_advance)[..., :-1]], dim=-1)
     n0 = norm.index_select(-1, i0)
