@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    from specstream.cli import config_data
+    from specstream.config import config_data
     from specstream.pipeline import build_pipeline
     from specstream.pipeline.stages import vocab_from_config
     from specstream.trainer import run_training
@@ -52,12 +52,15 @@ def main(argv=None) -> int:
         ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(address="local", include_dashboard=False)
     from specstream.config import ConfigError, load_config
 
-    data = config_data(args.config, args.set)
-    resume, model_path, epochs = None, None, args.epochs
+    resume, model_path, optimizer_path, epochs = None, None, None, args.epochs
     try:
+        data = config_data(args.config, args.set)
         if args.resume_from:
             resume = os.path.join(args.resume_from, "stream_state.json")
             model_path = os.path.join(args.resume_from, "model.pt")
+            optimizer_path = os.path.join(args.resume_from, "optimizer.pt")
+            if not os.path.exists(optimizer_path):  # a checkpoint written before optimizer states were kept
+                optimizer_path = None
             if not (os.path.exists(resume) and os.path.exists(model_path)):
                 raise ConfigError(f"--resume-from {args.resume_from}: expected model.pt and stream_state.json there "
                                   f"(a checkpoint this script wrote)")

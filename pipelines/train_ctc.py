@@ -191,7 +191,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    from specstream.cli import config_data
+    from specstream.config import config_data
     from specstream.config import ConfigError, load_config
     from specstream.pipeline import build_pipeline, stream_data_config
 

@@ -41,51 +41,8 @@ def _cmd_make_rir_bank(args) -> int:
     return 0
 
 
-def apply_overrides(data: dict, overrides: List[str]) -> dict:
-    """``key.sub=value`` (value parsed as YAML, safely; list items by index: augment.ops.1.bank=...)."""
-    import yaml
-
-    for item in overrides or []:
-        path, sep, raw = item.partition("=")
-        if not sep or not path:
-            raise SystemExit(f"--set {item!r}: expected key.path=value")
-        value = yaml.safe_load(raw)
-        node = data
-        keys = path.split(".")
-        for n, k in enumerate(keys):
-            last = n == len(keys) - 1
-            if isinstance(node, list):
-                try:
-                    idx = int(k)
-                    node[idx]
-                except (ValueError, IndexError):
-                    raise SystemExit(f"--set {path}: {k!r} is not an index of the list at "
-                                     f"{'.'.join(keys[:n])}") from None
-                if last:
-                    node[idx] = value
-                else:
-                    node = node[idx]
-                continue
-            if last:
-                node[k] = value
-            else:
-                if not isinstance(node.get(k), (dict, list)):
-                    node[k] = {}
-                node = node[k]
-    return data
-
-
-def config_data(path: str, overrides: List[str]) -> dict:
-    """A config file's data with ``--set`` overrides applied (validated later, on load)."""
-    from .config import ConfigError, load_yaml
-
-    data = load_yaml(path) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top of the config, got {type(data).__name__}")
-    return apply_overrides(data, overrides)
-
-
 def _cmd_run(args) -> int:
+    from .config import config_data
     from .runner import run
 
     summary = run(config_data(args.config, args.set), epochs=args.epochs, report_path=args.report,
@@ -96,6 +53,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_preview(args) -> int:
+    from .config import config_data
     from .preview import preview
 
     info = preview(config_data(args.config, args.set), args.out, n=args.n, epoch=args.epoch)
@@ -108,6 +66,7 @@ def _cmd_preview(args) -> int:
 def _cmd_stats(args) -> int:
     import yaml
 
+    from .config import config_data
     from .runner import feature_stats
 
     st = feature_stats(config_data(args.config, args.set), max_samples=args.max_samples, progress=not args.quiet)

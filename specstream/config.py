@@ -82,10 +82,6 @@ class ActorsConfig:
     device: Optional[str] = None  # default: cuda when the actor holds a GPU, else cpu
     resources: Dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
     max_restarts: int = -1  # a featurize actor that dies is restarted (its batch is retried)
-    # testing aid: the first actor to reach this many batches while fault_file exists removes
-    # the file and kills its own process (os._exit), as a crash would
-    fault_exit_after: Optional[int] = None
-    fault_file: Optional[str] = None
 
 
 @dataclass
@@ -186,8 +182,6 @@ class PipelineConfig:
                               ">= retry_backoff")
         if s.read_retries is not None and s.read_retries < 0:
             raise ConfigError("source.read_retries: must be >= 0 (or null: only the time budget)")
-        if (a.fault_exit_after is None) != (a.fault_file is None):
-            raise ConfigError("actors.fault_exit_after and actors.fault_file go together")
         if a.num_gpus < 0 or a.batch_size < 1 or self.deliver.batch_size < 1:
             raise ConfigError("actors/deliver: num_gpus >= 0 and batch sizes >= 1")
         self._validate_sampling()
@@ -355,6 +349,54 @@ def bounded_size(data, where: str, limit: int = MAX_CONFIG_VALUES) -> None:
             stack.extend(x.values())
         elif isinstance(x, (list, tuple)):
             stack.extend(x)
+
+
+def apply_overrides(data: dict, overrides: List[str]) -> dict:
+    """``key.sub=value`` overrides (``--set`` on every command line), in place: the value is
+    parsed as YAML (safely); list items by index (``augment.ops.1.bank=...``)."""
+    for item in overrides or []:
+        path, sep, raw = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {path}: the value is not YAML ({str(e).splitlines()[0]})") from None
+        node = data
+        keys = path.split(".")
+        for n, k in enumerate(keys):
+            last = n == len(keys) - 1
+            if isinstance(node, list):
+                try:
+                    idx = int(k)
+                    node[idx]
+                except (ValueError, IndexError):
+                    raise ConfigError(f"--set {path}: {k!r} is not an index of the list at "
+                                      f"{'.'.join(keys[:n])}") from None
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+                continue
+            if last:
+                node[k] = value
+            else:
+                if node.get(k) is not None and not isinstance(node[k], (dict, list)):
+                    raise ConfigError(f"--set {path}: {'.'.join(keys[:n + 1])} is a value "
+                                      f"({node[k]!r}), not a mapping or a list")
+                if node.get(k) is None:
+                    node[k] = {}
+                node = node[k]
+    return data
+
+
+def config_data(path: Union[str, os.PathLike], overrides: List[str]) -> dict:
+    """A config file's data with ``--set`` overrides applied (validated once, by
+    :func:`load_config`, where the pipeline is built)."""
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top of the config, got {type(data).__name__}")
+    return apply_overrides(data, overrides)
 
 
 def load_config(config: Union[str, os.PathLike, Dict[str, Any], PipelineConfig]) -> PipelineConfig:

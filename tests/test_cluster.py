@@ -81,15 +81,17 @@ def test_two_worker_torch_trainer_on_the_multi_node_layout(ray_cluster, clean_sh
 
 def test_actor_killed_mid_stream_delivers_every_key_exactly_once(ray_cluster, clean_shards, tmp_path):
     d, all_keys = clean_shards
-    flag = tmp_path / "kill-once"
-    flag.write_text("the first featurize actor to reach its 3rd batch exits (os._exit)")
-    cfg = layout(d, actors={"fault_exit_after": 3, "fault_file": str(flag)}, log_params=True)
+    # the pipeline's test hook: the first featurize actor to reach its 3rd batch exits (os._exit)
+    flag = os.path.join(os.environ["SPECSTREAM_TEST_FAULT_DIR"], "featurize-exit")
+    with open(flag, "w", encoding="utf-8") as f:
+        f.write("actor 3")
+    cfg = layout(d, log_params=True)
     pipe = build_pipeline(cfg)
     keys, params = [], {}
     for b in torch_batches(pipe.dataset, batch_size=8, device="cpu", ledger=pipe.ledger):
         keys.extend(b["key"])
         params.update(zip(b["key"], b["aug_params"]))
-    assert not flag.exists()  # the crash happened
+    assert not os.path.exists(flag)  # the crash happened
     assert sorted(keys) == sorted(all_keys)  # nothing lost, nothing twice
     assert pipe.report()["totals"]["balanced"]
     # the retried batch drew the same parameters as any other run with this seed

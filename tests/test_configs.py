@@ -12,7 +12,8 @@ import soundfile as sf
 import yaml
 
 from conftest import ALSA, fields, flac_bytes, need_recordings, s3_client, tone, write_shard, write_shard_set
-from specstream.cli import apply_overrides, main
+from specstream.cli import main
+from specstream.config import ConfigError, apply_overrides
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
 NAMES = ["speech", "music", "noise"]
@@ -128,8 +129,12 @@ def test_overrides_parse_yaml_and_index_lists():
                            "decode.resources={cpu_node: 0.1}"])
     assert data == {"source": {"shards": "s3://b/*.tar"}, "augment": {"ops": [{"op": "reverb", "bank": "x", "p": 0.5}]},
                     "actors": {"count": 2}, "decode": {"resources": {"cpu_node": 0.1}}}
-    with pytest.raises(SystemExit, match="not an index"):
+    with pytest.raises(ConfigError, match="not an index"):
         apply_overrides(data, ["augment.ops.5.p=1"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides(data, ["source.shards"])
+    with pytest.raises(ConfigError, match="source.shards is a value"):
+        apply_overrides(data, ["source.shards.x=1"])
 
 
 def test_inspect_counts_durations_labels_and_problems(labelled_shards, tmp_path, capsys):
