@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--resume-from", metavar="CHECKPOINT_DIR",
                    help="continue from a checkpoint of this script (its model.pt and stream_state.json): the rest "
                         "of that epoch, then the epochs left of --epochs; --workers may differ")
+    p.add_argument("--keys-out", metavar="DIR",
+                   help="each rank appends the keys it trained on to DIR/keys-rank{R}.txt (one 'epoch step key' "
+                        "line per sample, flushed every step)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (YAML), e.g. source.shards=s3://bucket/train/*.tar")
     args = p.parse_args(argv)
@@ -76,10 +79,13 @@ def main(argv=None) -> int:
             print(f"nothing to do: the checkpoint is past the {args.epochs} epoch(s) asked for")
             return 0
     num_classes = len(vocab_from_config(pipe.config))
+    if args.keys_out:
+        os.makedirs(args.keys_out, exist_ok=True)
     t0 = time.perf_counter()
     result = run_training(pipe.dataset, num_classes=num_classes, ledger=pipe.ledger,
                           num_workers=args.workers, epochs=epochs, lr=args.lr,
                           checkpoint_every=args.checkpoint_every, resume_model=model_path,
+                          resume_optimizer=optimizer_path, keys_dir=args.keys_out,
                           batch_size=pipe.config.deliver.batch_size, use_gpu=args.gpu,
                           cpus_per_worker=args.cpus_per_worker,
                           multi_label=pipe.config.labels.multi_label, storage_path=args.storage_path,

@@ -49,9 +49,10 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     return F.cross_entropy(logits, target)
 
 
-def report_checkpoint(model, history, stream_state, metrics) -> None:
-    """Report ``metrics`` with a checkpoint from rank 0: model weights, history and the stream
-    state (``stream_state.json``: where a resumed run continues)."""
+def report_checkpoint(model, history, stream_state, metrics, optimizer=None) -> None:
+    """Report ``metrics`` with a checkpoint from rank 0: model weights (``model.pt``), the
+    optimizer's state (``optimizer.pt``, when given), history and the stream state
+    (``stream_state.json``: where a resumed run continues)."""
     import ray.train
 
     from .resume import save_state
@@ -61,6 +62,8 @@ def report_checkpoint(model, history, stream_state, metrics) -> None:
         if ray.train.get_context().get_world_rank() == 0:
             state = model.module.state_dict() if hasattr(model, "module") else model.state_dict()
             torch.save(state, os.path.join(tmp, "model.pt"))
+            if optimizer is not None:
+                torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
             with open(os.path.join(tmp, "history.json"), "w") as f:
                 json.dump(history, f)
             save_state(stream_state, os.path.join(tmp, "stream_state.json"))
@@ -71,7 +74,10 @@ def report_checkpoint(model, history, stream_state, metrics) -> None:
 def train_loop(config: Dict[str, Any]) -> None:
     """Ray Train worker function. config: num_classes, epochs, lr, batch_size, ledger,
     multi_label, pipeline_config; ``checkpoint_every`` (steps: also checkpoint mid-epoch, with
-    the stream state) and ``resume_model`` (weights to start from)."""
+    the stream state), ``resume_model`` / ``resume_optimizer`` (a checkpoint's model.pt and
+    optimizer.pt to start from) and ``keys_dir`` (each rank appends the keys of every batch
+    it trained on, one ``epoch step key`` line each, to keys-rank{R}.txt there, flushed per
+    step: what was consumed before a crash can be checked against a checkpoint)."""
     import ray.train
     import ray.train.torch
 
@@ -83,12 +89,18 @@ def train_loop(config: Dict[str, Any]) -> None:
         net.load_state_dict(torch.load(config["resume_model"], map_location="cpu", weights_only=True))
     model = ray.train.torch.prepare_model(net)
     opt = torch.optim.AdamW(model.parameters(), lr=config.get("lr", 3e-3))
+    if config.get("resume_optimizer"):
+        opt.load_state_dict(torch.load(config["resume_optimizer"], map_location="cpu", weights_only=True))
     shard = ray.train.get_dataset_shard("train")
     ctx = ray.train.get_context()
     # the same number of batches on every rank (DDP steps together); bucketed when the config says so
     stream = TrainStream(shard, config.get("pipeline_config"), ledger=config.get("ledger"),
                          batch_size=config.get("batch_size"))
     history = []
+    keys_log = None
+    if config.get("keys_dir"):
+        keys_log = open(os.path.join(config["keys_dir"], f"keys-rank{ctx.get_world_rank()}.txt"), "a",
+                        encoding="utf-8")
     for epoch in range(config.get("epochs", 1)):
         t0, seen, losses, correct = time.perf_counter(), 0, [], 0
         every = config.get("checkpoint_every")
@@ -100,12 +112,15 @@ def train_loop(config: Dict[str, Any]) -> None:
             opt.step()
             losses.append(loss.item())
             seen += len(batch["key"])
+            if keys_log is not None:
+                keys_log.write("".join(f"{stream.base_epoch + epoch} {step} {k}\n" for k in batch["key"]))
+                keys_log.flush()
             if not batch["target"].dtype.is_floating_point:
                 correct += (logits.argmax(-1) == batch["target"]).sum().item()
             if every and step % every == 0:  # mid-epoch: every rank takes the state (a collective)
                 report_checkpoint(model, history, stream.state_dict(),
-                            {"epoch": epoch, "step": step, "rank": ctx.get_world_rank(), "samples": seen,
-                             "history": json.dumps(history)})
+                                  {"epoch": epoch, "step": step, "rank": ctx.get_world_rank(), "samples": seen,
+                                   "history": json.dumps(history)}, optimizer=opt)
         dt = time.perf_counter() - t0
         quarter = max(1, len(losses) // 4)
         history.append({
@@ -121,14 +136,17 @@ def train_loop(config: Dict[str, Any]) -> None:
                    "loss": history[-1]["loss_last_quarter"], "history": json.dumps(history)}
         # Ray Train 2.x keeps only metrics that come with a checkpoint: rank 0 attaches one
         # (model weights, history, the stream state) each epoch.
-        report_checkpoint(model, history, stream.state_dict(), metrics)
+        report_checkpoint(model, history, stream.state_dict(), metrics, optimizer=opt)
+    if keys_log is not None:
+        keys_log.close()
 
 
 def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, epochs: int = 1,
                  batch_size: Optional[int] = None, lr: float = 3e-3, use_gpu: bool = False,
                  cpus_per_worker: float = 1.0, multi_label: bool = False,
                  storage_path: Optional[str] = None, pipeline_config: Optional[Dict[str, Any]] = None,
-                 checkpoint_every: Optional[int] = None, resume_model: Optional[str] = None):
+                 checkpoint_every: Optional[int] = None, resume_model: Optional[str] = None,
+                 resume_optimizer: Optional[str] = None, keys_dir: Optional[str] = None):
     """Fit SmallCNN with a TorchTrainer over ``dataset``; returns Ray Train's Result.
     ``pipeline_config``: the pipeline's config as a dict (sampling: bucketing, equal steps;
     deliver.batch_size unless ``batch_size`` is given)."""
@@ -143,7 +161,8 @@ def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, e
         train_loop_config={"num_classes": num_classes, "epochs": epochs, "lr": lr,
                            "batch_size": batch_size, "ledger": ledger, "multi_label": multi_label,
                            "pipeline_config": pipeline_config, "checkpoint_every": checkpoint_every,
-                           "resume_model": resume_model},
+                           "resume_model": resume_model, "resume_optimizer": resume_optimizer,
+                           "keys_dir": keys_dir},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         datasets={"train": dataset},

@@ -37,14 +37,16 @@ def cfg_for(d, **over):
     return c
 
 
-def rows_of(pipe, stop_after=None):
-    """{key: aug_params} delivered, and the stream (stopped once ``stop_after`` rows are consumed)."""
+def rows_of(pipe, stop_after=None, batch_size=8, by_epoch=False):
+    """{key: aug_params} delivered (``by_epoch``: {(key, epoch): ...}: rows of two epochs), and
+    the stream (stopped once ``stop_after`` rows are consumed)."""
     from specstream.pipeline import TrainStream
 
-    stream = TrainStream(pipe.dataset, pipe.config, ledger=pipe.ledger, batch_size=8, device="cpu")
+    stream = TrainStream(pipe.dataset, pipe.config, ledger=pipe.ledger, batch_size=batch_size, device="cpu")
     got = {}
     for b in stream:
-        for k, p in zip(b["key"], b["aug_params"]):
+        for k, p, e in zip(b["key"], b["aug_params"], b["epoch"].tolist()):
+            k = (k, e) if by_epoch else k
             assert k not in got
             got[k] = json.loads(p)
         if stop_after is not None and len(got) >= stop_after:
@@ -72,6 +74,48 @@ def test_resume_delivers_the_rest_exactly_with_the_same_augmentation(ray_session
     assert all(rest[k] == whole[k] for k in rest)
     t = pipe.report()["totals"]
     assert t["balanced"] and t["read"] == len(keys) - len(first) and t["skipped"] == len(first)
+
+
+def test_a_run_resumed_twice_keeps_what_each_run_consumed(ray_session, corpus):
+    """Preempted twice in one epoch: the second run's state holds what the first run consumed
+    too, so the third run delivers exactly the rest."""
+    from specstream.pipeline import build_pipeline
+
+    d, keys = corpus
+    first, stream = rows_of(build_pipeline(cfg_for(d)), stop_after=60)
+    s1 = stream.state_dict()
+    second, stream = rows_of(build_pipeline(cfg_for(d), resume=s1), stop_after=90)
+    s2 = stream.state_dict()
+    assert s2["epoch"] == 0 and s2["samples"] == len(first) + len(second)
+    third, _ = rows_of(build_pipeline(cfg_for(d), resume=json.loads(json.dumps(s2))))
+    assert sorted(list(first) + list(second) + list(third)) == sorted(keys)
+
+
+def test_rows_carried_past_the_epoch_end_are_in_the_state_and_delivered_on_resume(ray_session, corpus):
+    """drop_last holds an epoch's last partial batch for the next epoch. A state taken at the
+    epoch's end names those rows as pending; the resumed run delivers them (with their own
+    epoch's augmentation) besides the next epoch, and its own end state holds its own."""
+    from specstream.pipeline import build_pipeline
+
+    d, keys = corpus
+    whole, _ = rows_of(build_pipeline(cfg_for(d)))  # epoch 0, nothing held back
+    cfg = cfg_for(d, deliver={"drop_last": True})
+    first, stream = rows_of(build_pipeline(cfg), batch_size=7)
+    held = len(keys) % 7
+    state = json.loads(json.dumps(stream.state_dict()))
+    assert state["epoch"] == 1 and state["samples"] == 0 and len(first) == len(keys) - held
+    assert sum(b - a for sh in state["pending"]["0"].values() for a, b in sh) == held
+    pipe = build_pipeline(cfg, resume=state)
+    second, stream = rows_of(pipe, batch_size=7, by_epoch=True)
+    pending = [k for k, e in second if e == 0]
+    assert sorted(list(first) + pending) == sorted(keys)  # epoch 0: every key once over both runs
+    assert all(second[(k, 0)] == whole[k] for k in pending)  # drawn as in epoch 0
+    end = stream.state_dict()
+    assert end["epoch"] == 2 and list(end.get("pending", {})) == ["1"]
+    assert len([k for k, e in second if e == 1]) + sum(
+        b - a for sh in end["pending"]["1"].values() for a, b in sh) == len(keys)
+    t = pipe.report()["totals"]
+    assert t["balanced"] and t["read"] == len(keys) + held and t["carried"] == (len(keys) + held) % 7
 
 
 def test_state_after_a_whole_epoch_starts_the_next(ray_session, corpus):
@@ -195,3 +239,110 @@ def test_train_script_checkpoints_mid_epoch_and_resumes_on_fewer_workers(ray_ses
     t = json.load(open(tmp_path / "r2.json"))["totals"]
     assert t["skipped"] == 96 and t["read"] == len(keys) - 96 and t["balanced"]
     assert "resuming epoch 0" in capsys.readouterr().out
+
+
+def _marked(mark: str):
+    """The processes of one job: every process started under it (the driver, its Ray
+    cluster's GCS and raylet, Ray workers) inherits SPECSTREAM_TEST_JOB=mark."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("SPECSTREAM_TEST_JOB") == mark:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _checkpoints(storage: str):
+    """[(epoch, samples, dir)] of the complete checkpoints (weights, optimizer, stream state)
+    under a train.py storage path; a checkpoint cut by the kill is not one."""
+    import glob
+
+    out = []
+    for path in glob.glob(os.path.join(storage, "**", "stream_state.json"), recursive=True):
+        d = os.path.dirname(path)
+        try:
+            s = json.load(open(path))
+        except (OSError, ValueError):
+            continue
+        if all(os.path.exists(os.path.join(d, f)) for f in ("model.pt", "optimizer.pt")):
+            out.append((s["epoch"], s["samples"], d))
+    return sorted(out)
+
+
+def _keys(folder: str):
+    """[(epoch, step, key)] every rank trained on (pipelines/train.py --keys-out)."""
+    import glob
+
+    rows = []
+    for path in glob.glob(os.path.join(folder, "keys-rank*.txt")):
+        for line in open(path):
+            if line.strip():
+                e, s, k = line.split()
+                rows.append((int(e), int(s), k))
+    return rows
+
+
+@pytest.mark.slow
+def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_on_three_workers(corpus, tmp_path):
+    """(b) pipelines/train.py on 2 workers, in its own Ray cluster, checkpointing every 2 steps,
+    is killed with SIGKILL mid-epoch: the driver and every process of its cluster at once.
+    Restarted from the last complete checkpoint on 3 workers: the keys consumed before that
+    checkpoint are not delivered again, and every other key of the epoch is delivered once
+    (or carried past the epoch's end by equal steps, and counted so)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    d, keys = corpus
+    root = os.path.join(os.path.dirname(__file__), "..")
+    mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(SPECSTREAM_TEST_JOB=mark, RAY_DATA_DISABLE_PROGRESS_BARS="1", RAY_AUTH_MODE="disabled")
+    common = [sys.executable, os.path.join(root, "pipelines", "train.py"),
+              "--config", os.path.join(root, "configs", "reference-corpus.yaml"), "--set", f"source.shards={d}",
+              "--set", "deliver.batch_size=8", "--set", "source.block_rows=8", "--set", "sampling.shuffle_buffer=40",
+              "--epochs", "1", "--cpus-per-worker", "0.25"]
+    run1 = str(tmp_path / "run1")
+    log1 = open(tmp_path / "run1.log", "w")
+    job = subprocess.Popen(common + ["--workers", "2", "--checkpoint-every", "2", "--storage-path", run1,
+                                     "--keys-out", str(tmp_path / "keys1"), "--report", str(tmp_path / "r1.json")],
+                           env=env, start_new_session=True, stdout=log1, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(e == 0 and n > 0 for e, n, _ in _checkpoints(run1)):
+            assert job.poll() is None, open(tmp_path / "run1.log").read()[-3000:]
+            assert time.monotonic() < deadline, "no mid-epoch checkpoint within 300 s"
+            time.sleep(0.1)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        for p in _marked(mark):  # the Ray processes that left the driver's process group
+            p.kill()
+        job.wait()
+    assert not _marked(mark)
+    epoch0 = [c for c in _checkpoints(run1) if c[0] == 0 and c[1] > 0]
+    _, done, last = epoch0[-1]
+    trained = _keys(str(tmp_path / "keys1"))
+    assert len({k for _, _, k in trained}) < len(keys), "the job finished its epoch before the kill"
+    step = done // (2 * 8)  # 2 ranks x batches of 8 per step
+    before = [k for e, s, k in trained if e == 0 and s <= step]
+    assert len(before) == len(set(before)) == done
+
+    log2 = open(tmp_path / "run2.log", "w")
+    rc = subprocess.run(common + ["--workers", "3", "--resume-from", last, "--storage-path", str(tmp_path / "run2"),
+                                  "--keys-out", str(tmp_path / "keys2"), "--report", str(tmp_path / "r2.json")],
+                        env=env, start_new_session=True, stdout=log2, stderr=subprocess.STDOUT, timeout=300).returncode
+    assert rc == 0, open(tmp_path / "run2.log").read()[-3000:]
+    after = [k for _, _, k in _keys(str(tmp_path / "keys2"))]
+    t = json.load(open(tmp_path / "r2.json"))["totals"]
+    assert len(after) == len(set(after))  # once
+    assert not set(after) & set(before)  # consumed before the checkpoint: not again
+    assert set(after) | set(before) <= set(keys)
+    assert len(after) + t["carried"] == len(keys) - done  # every other key: delivered, or carried and counted
+    assert t["skipped"] == done and t["read"] == len(keys) - done and t["balanced"]
+    assert "resuming epoch 0" in open(tmp_path / "run2.log").read()

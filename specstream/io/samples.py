@@ -272,7 +272,8 @@ def rows_to_table(rows: List[dict]) -> pa.Table:
 
 
 def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[ReaderOptions] = None,
-               size: Optional[int] = None, skip=None) -> Iterator[Tuple[Optional[pa.Table], List[dict], ShardStats]]:
+               size: Optional[int] = None, skip=None, until: Optional[int] = None
+               ) -> Iterator[Tuple[Optional[pa.Table], List[dict], ShardStats]]:
     """Stream a shard (plain or compressed tar) as ``(table or None, quarantine entries,
     running stats)`` chunks.
 
@@ -284,6 +285,8 @@ def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[Re
     ``size``: the object's size when the caller knows it (else it is looked up for local
     files only). ``skip``: sorted [start, end) ranges of sample indices to pass over (a
     resumed run's consumed samples): their members are read past, not parsed or emitted.
+    ``until``: stop once the samples before that index have been met (a resumed run reading
+    again only some samples of a shard); the rest of the shard is not read.
     """
     options = options or ReaderOptions()
     stats = ShardStats(url, bytes_total=size)
@@ -305,6 +308,8 @@ def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[Re
     try:
         for kind, obj in iter_samples(stream, url, options, stats, skip=skip):
             if kind == "skip":
+                if until is not None and stats.position >= until:
+                    break
                 continue
             if kind == "row":
                 rows.append(obj)
@@ -316,6 +321,8 @@ def read_shard(url: str, storage: Optional[Storage] = None, options: Optional[Re
                     rows, bad, nbytes = [], [], 0
             else:
                 bad.append(obj)
+            if until is not None and stats.position >= until:
+                break
     finally:
         stats.resumes = stream.resumes
         stats.bytes_read = stream.raw_pos

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
@@ -22,7 +21,7 @@ from ..config import PipelineConfig, load_config
 from ..resume import fingerprint, load_state
 from ..io.samples import ReaderOptions
 from ..io.shards import Storage, expand_shards, shard_sizes
-from .datasource import ReadPlan, ShardDatasource, SourceShards, shard_order
+from .datasource import ReadPlan, ShardDatasource, SourceShards, _test_fault, shard_order
 from .deliver import collate, torch_batches
 from .ledger import Ledger, LedgerSink, write_report
 from .stages import DecodeStage, FeaturizeStage, storage_of
@@ -70,10 +69,10 @@ class _PerProcess:
 
 
 class FeaturizeActor(FeaturizeStage):
-    """The featurize stage as a Ray Data actor: records the node it runs on in the ledger,
-    and carries the testing aid ``actors.fault_exit_after`` / ``fault_file`` (the first
-    actor to reach that many batches while the file exists deletes it and exits the
-    process: Ray restarts the actor and retries the batch)."""
+    """The featurize stage as a Ray Data actor: records the node it runs on in the ledger.
+    Test hook (not configuration, see ``datasource._test_fault``): a file ``featurize-exit``
+    reading ``actor N`` makes the first actor to reach its N-th batch exit its process, as
+    a crash would (Ray restarts the actor and retries the batch)."""
 
     def __init__(self, config, sink=None, ledger=None):
         super().__init__(config, sink)
@@ -83,14 +82,7 @@ class FeaturizeActor(FeaturizeStage):
 
     def __call__(self, batch):
         self._batches += 1
-        a = self.cfg.actors
-        if a.fault_file and self._batches >= a.fault_exit_after:
-            try:
-                os.remove(a.fault_file)
-            except FileNotFoundError:
-                pass
-            else:
-                os._exit(1)
+        _test_fault("featurize", "actor", self._batches)
         return super().__call__(batch)
 
 
@@ -170,7 +162,8 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
         state = load_state(resume, fp)
         # the resumed epoch's draws: each sample's augmentation as it would have been
         cfg = dataclasses.replace(cfg, epoch=state["epoch"])
-    ledger = Ledger.remote(urls, [sizes[u] for u in urls], names, fp)
+    ledger = Ledger.remote(urls, [sizes[u] for u in urls], names, fp,
+                           {k: state[k] for k in ("epoch", "consumed", "pending")} if state else None)
     sink = LedgerSink(ledger)
     options = ReaderOptions(max_member_bytes=int(cfg.source.max_member_mb * (1 << 20)),
                             block_rows=cfg.source.block_rows)
@@ -178,7 +171,8 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     sm = cfg.sampling
     plan = ReadPlan(shard_sets, interleave=sm.interleave, shuffle_buffer=sm.shuffle_buffer, seed=cfg.seed,
                     shuffle_shards=cfg.source.shuffle_shards, sizes=sizes,
-                    skip=state["consumed"] if state else {}, skip_epoch=state["epoch"] if state else None)
+                    skip=state["consumed"] if state else {}, skip_epoch=state["epoch"] if state else None,
+                    pending=state["pending"] if state else {})
     source = ShardDatasource(plan, options, ledger, decode=_PerProcess(DecodeStage, cfg_dict, sink),
                              base_epoch=cfg.epoch)
     read_res = dict(cfg.decode.resources) or None

@@ -31,6 +31,7 @@ CPU task and the decoded rows never pass through the featurize actors' inputs un
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from ..io.samples import SCHEMA, ReaderOptions, read_shard
 from ..io.shards import Storage, shard_sizes
+from .ledger import LedgerClient
 
 # rows the reader adds per block: the epoch (augmentation draws depend on it) and the read id
 # (which read of which shard a row came from: quarantine entries count once per read)
@@ -71,6 +73,9 @@ class ReadPlan:
     # a resumed run: the samples (index ranges per shard) of epoch ``skip_epoch`` the trainers had consumed
     skip: Dict[str, List[List[int]]] = field(default_factory=dict)
     skip_epoch: Optional[int] = None
+    # ... and the samples of earlier epochs they held, not consumed (epoch -> shard -> ranges):
+    # read again, with their own epoch, by the read tasks of epoch ``skip_epoch``
+    pending: Dict[int, Dict[str, List[List[int]]]] = field(default_factory=dict)
 
     @property
     def tasks(self) -> int:
@@ -97,6 +102,15 @@ class ReadPlan:
         order = self.order(source, epoch)
         start = slot * len(order) // self.tasks
         return order[start:] + order[:start]
+
+    def pending_reads(self, slot: int, epoch: int) -> List[tuple]:
+        """[(source index, url, earlier epoch, index ranges)]: the pending samples read task
+        ``slot`` reads again in the resumed ``epoch`` (none in any other epoch)."""
+        if epoch != self.skip_epoch or not self.pending:
+            return []
+        where = {u: i for i, s in reversed(list(enumerate(self.sources))) for u in s.urls}
+        items = sorted((e, u) for e, shards in self.pending.items() for u in shards)
+        return [(where[u], u, e, self.pending[e][u]) for e, u in items[slot::self.tasks] if u in where]
 
     def rng(self, slot: int, epoch: int) -> random.Random:
         digest = hashlib.blake2b(f"buffer:{self.seed}:{epoch}:{slot}".encode(), digest_size=8).digest()
@@ -157,9 +171,10 @@ def shard_order(urls: List[str], seed: int, epoch: int) -> List[str]:
 
 def _test_fault(stage: str, shard: str, chunk: int) -> None:
     """Test hook (not configuration): when ``SPECSTREAM_TEST_FAULT_DIR`` is set and holds a
-    file ``{stage}-exit`` whose text is ``<shard substring> <chunk>``, the first process to
-    reach that chunk of a matching shard removes the file and exits at once, as a crashed
-    worker would. Costs one environment lookup per chunk otherwise."""
+    file ``{stage}-exit`` whose text is ``<substring> <count>``, the first process to reach
+    that count (a read task: chunk of a shard whose url holds the substring; a featurize
+    actor: its batch, substring ``actor``) removes the file and exits at once, as a crashed
+    worker would. Costs one environment lookup per call otherwise."""
     d = os.environ.get("SPECSTREAM_TEST_FAULT_DIR")
     if not d:
         return
@@ -178,26 +193,23 @@ def _test_fault(stage: str, shard: str, chunk: int) -> None:
 
 
 class _ShardRead:
-    """One read of one shard inside a read task: its chunks go to the ledger (at most one
-    record in flight), its rows out as Arrow tables tagged with the epoch and read id."""
+    """One read of one shard inside a read task: its chunks go to the ledger (through the
+    task's :class:`LedgerClient`), its rows out as Arrow tables tagged with the epoch and
+    read id."""
 
-    def __init__(self, url: str, storage: Storage, options: ReaderOptions, size: Optional[int], ledger,
-                 read_id: str, epoch: int, skip=None):
+    def __init__(self, url: str, storage: Storage, options: ReaderOptions, size: Optional[int],
+                 ledger: LedgerClient, read_id: str, epoch: int, skip=None, until: Optional[int] = None):
         self.url, self.ledger, self.read_id, self.epoch = url, ledger, read_id, epoch
-        self._gen = read_shard(url, storage, options, size=size, skip=skip)
+        self._gen = read_shard(url, storage, options, size=size, skip=skip, until=until)
         self.chunk = 0
         self.last = (0, 0)
         self.seen = 0
         self.stats = None
-        self.pending = None
         self.done = False
 
-    def _record(self, *args, **kw):
-        if self.ledger is None:
-            return
-        if self.pending is not None:
-            ray.get(self.pending)
-        self.pending = self.ledger.record_read.remote(self.read_id, self.url, *args, **kw)
+    def _record(self, chunk: int, samples: int, entries: List[dict], done: bool, resumes: int = 0,
+                info: Optional[dict] = None) -> None:
+        self.ledger.record(self.read_id, self.url, chunk, samples, entries, done, resumes, info)
 
     def next_table(self) -> Optional[pa.Table]:
         """The next chunk's rows (possibly an empty table), or None at the end of the shard."""
@@ -224,7 +236,7 @@ class _ShardRead:
     def give_back(self, rows: int) -> None:
         """The last chunk's final ``rows`` were not taken (a weighted source's read stopped
         part-way through a chunk): they are not counted as read."""
-        if rows and self.ledger is not None:
+        if rows:
             chunk, samples = self.last
             self._record(chunk, samples - rows, [], False)
 
@@ -248,9 +260,6 @@ class _ShardRead:
         if sampled:
             info["sampled"] = True
         self._record(self.chunk, 0, [], True, getattr(s, "resumes", 0), info)
-        if self.pending is not None and self.ledger is not None:
-            ray.get(self.pending)
-            self.pending = None
 
 
 class _Source:
@@ -319,7 +328,7 @@ class _Source:
         if self.reads and self.table is not None:  # a cyclic source reads one shard at a time
             self.reads[0].give_back(self.table.num_rows - self.offset)
         for r in self.reads:
-            r.close(sampled=True)
+            r.close()
         self.reads = []
 
 
@@ -400,11 +409,14 @@ def _blocks(plan: ReadPlan, sources: List[_Source], rng: random.Random, block_ro
         yield pa.Table.from_pylist(rows, schema=OUT_SCHEMA)
 
 
-def task_blocks(plan: ReadPlan, slot: int, epoch: int, options: ReaderOptions, ledger=None):
+def task_blocks(plan: ReadPlan, slot: int, epoch: int, options: ReaderOptions,
+                ledger: Optional[LedgerClient] = None):
     """Read task ``slot``'s Arrow blocks for ``epoch``: its first-source shards read at once,
-    the weighted sources drawn against them, through the shuffle buffer. ``ledger``: the run's
-    ledger actor, or None (no accounting: tests and benchmarks run it in one process)."""
+    the weighted sources drawn against them, through the shuffle buffer. ``ledger``: the
+    task's client of the run's ledger (the caller flushes it when the task ends), or None
+    (no accounting: tests and benchmarks run it in one process)."""
     opened = [0]
+    ledger = ledger if ledger is not None else LedgerClient(None)
 
     def opener(source: int):
         def open_read(url: str) -> _ShardRead:
@@ -417,7 +429,35 @@ def task_blocks(plan: ReadPlan, slot: int, epoch: int, options: ReaderOptions, l
     sources = [_Source(0, plan.task_shards(slot, epoch), plan.sources[0].weight, opener(0), cyclic=False)]
     sources += [_Source(i, plan.rotation(i, slot, epoch), s.weight, opener(i), cyclic=True)
                 for i, s in enumerate(plan.sources[1:], 1)]
-    return _blocks(plan, sources, plan.rng(slot, epoch), options.block_rows)
+    pending = [_ShardRead(url, plan.sources[source].storage, options, plan.sizes.get(url), ledger,
+                          f"{epoch}/{slot}/pending{n}", earlier, _complement(ranges), until=ranges[-1][1])
+               for n, (source, url, earlier, ranges) in enumerate(plan.pending_reads(slot, epoch))]
+    return itertools.chain(_pending_blocks(pending), _blocks(plan, sources, plan.rng(slot, epoch), options.block_rows))
+
+
+def _complement(ranges: List[List[int]]) -> List[List[int]]:
+    """The indices before ``ranges``' end that are not in them (what a pending read skips)."""
+    out, at = [], 0
+    for a, b in ranges:
+        if a > at:
+            out.append([at, a])
+        at = b
+    return out
+
+
+def _pending_blocks(reads: List["_ShardRead"]):
+    """A resumed run's pending samples (rows of earlier epochs the trainers held), read before
+    the epoch's own: each read stops after its last pending sample (the reader stops there
+    on purpose: nothing is unread); the samples it passes over were consumed, and count as
+    ``skipped``."""
+    for r in reads:
+        while True:
+            table = r.next_table()
+            if table is None:
+                break
+            if table.num_rows:
+                yield table
+        r.close(sampled=True)
 
 
 def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, decode, base_epoch: int):
@@ -432,7 +472,8 @@ def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, dec
         shards = plan.task_shards(slot, epoch)
         if ledger is not None:
             ray.get(ledger.assign.remote(pass_, slot, shards, node))
-        for table in task_blocks(plan, slot, epoch, options, ledger):
+        client = LedgerClient(ledger)
+        for table in task_blocks(plan, slot, epoch, options, client):
             if not table.num_rows:
                 continue
             if decode is None:
@@ -441,6 +482,7 @@ def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, dec
             batch = decode(table)
             if len(batch["key"]):
                 yield BlockAccessor.batch_to_block(batch)
+        client.flush()
         if ledger is not None:
             ray.get(ledger.slot_done.remote(slot))
 

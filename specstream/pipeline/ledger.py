@@ -11,6 +11,7 @@ unknown: it never balances, whatever the counts say.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Dict, List, Optional
 
@@ -26,8 +27,9 @@ class Ledger:
     entries count once per (shard, key, read)."""
 
     def __init__(self, shards: Optional[List[str]] = None, sizes: Optional[List[Optional[int]]] = None,
-                 sources: Optional[Dict[str, str]] = None, fingerprint: str = ""):
+                 sources: Optional[Dict[str, str]] = None, fingerprint: str = "", resumed: Optional[dict] = None):
         self._fingerprint = fingerprint  # of the run's config and shards: stream states carry it
+        self._resumed = resumed  # the stream state this run resumed from: its later states build on it
         # every shard of the first source: one never read is reported unread (weighted sources are sampled)
         self.expected = list(shards or [])
         self.sizes = dict(zip(self.expected, sizes or []))
@@ -48,6 +50,10 @@ class Ledger:
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    def resumed(self) -> Optional[dict]:
+        """The state this run resumed from (epoch, consumed, pending), or None."""
+        return self._resumed
 
     def begin_pass(self, pass_: int) -> None:
         """The consumers (TrainStream, once per rank and epoch) say which pass over the data
@@ -94,6 +100,11 @@ class Ledger:
             self.done_total[shard] += sum(self.open.pop(read_id)["chunks"].values())
             self.passes[shard] += 1
             self.closed.add(read_id)
+
+    def record_reads(self, records: List[tuple]) -> None:
+        """Several :meth:`record_read` calls in one (a read task's :class:`LedgerClient`), in order."""
+        for r in records:
+            self.record_read(*r)
 
     def quarantine(self, entries: List[dict]) -> None:
         for e in entries:
@@ -193,6 +204,59 @@ def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[
             c["shards_read"] += 1 if row["passes"] or row["read"] else 0
         report["sources"] = {name: dict(c) for name, c in sorted(per.items())}
     return report
+
+
+class LedgerClient:
+    """A read task's records to the ledger, batched and asynchronous: records are buffered and
+    sent as one ``record_reads`` call once ``max_records`` have gathered or ``interval_s``
+    has passed since the last send, with at most one call in flight (the next waits only
+    when ``max_buffer`` records are waiting: back-pressure on a ledger that falls behind).
+    Order is kept. ``flush()`` sends the rest and waits: a read task calls it before it
+    ends, so a finished task's reads are all in the ledger. A task that is cancelled or
+    dies loses what it had buffered, which is what its retry re-sends (records are keyed by
+    read id and chunk, so repeats count once). ``ledger`` None: records go nowhere."""
+
+    def __init__(self, ledger, max_records: int = 64, interval_s: float = 0.5, max_buffer: int = 4096):
+        self.ledger = ledger
+        self.max_records, self.interval_s, self.max_buffer = max_records, interval_s, max_buffer
+        self.buffer: List[tuple] = []
+        self.pending = None
+        self.next_size = max_records  # the buffer size at which to try to send next
+        self.next_time = time.monotonic() + interval_s  # ... or the time
+        self.calls = 0
+
+    def record(self, *record) -> None:
+        if self.ledger is None:
+            return
+        self.buffer.append(record)
+        if len(self.buffer) >= self.next_size or time.monotonic() >= self.next_time:
+            self._send(wait=len(self.buffer) >= self.max_buffer)
+
+    def _send(self, wait: bool) -> None:
+        # the next try comes after another max_records records or interval_s: polling the call
+        # in flight on every record would cost the task more than the records themselves
+        self.next_size = len(self.buffer) + self.max_records
+        self.next_time = time.monotonic() + self.interval_s
+        if self.pending is not None:
+            ready, _ = ray.wait([self.pending], timeout=None if wait else 0)
+            if not ready:
+                return  # one call in flight: keep buffering
+            ray.get(self.pending)  # raises if the ledger failed
+            self.pending = None
+        if self.buffer:
+            self.pending = self.ledger.record_reads.remote(self.buffer)
+            self.buffer = []
+            self.calls += 1
+            self.next_size = self.max_records
+
+    def flush(self) -> None:
+        """Send everything buffered and wait until the ledger has it."""
+        if self.ledger is None:
+            return
+        self._send(wait=True)  # waits for the call in flight, then sends the rest
+        if self.pending is not None:
+            ray.get(self.pending)
+            self.pending = None
 
 
 class LedgerSink:

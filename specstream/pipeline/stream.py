@@ -82,6 +82,11 @@ class TrainStream:
         self._state_epoch = self.base_epoch
         self._consumed: Dict[str, List[int]] = {}
         self._last = None  # the batch yielded last: consumed once its step is done (the next request)
+        # rows of earlier epochs: yielded in this run (epoch -> shard -> indices), and carried in
+        # at this epoch's start but not yet yielded ({(epoch, shard, index)})
+        self._pending_done: Dict[int, Dict[str, List[int]]] = {}
+        self._carried_in_left: set = set()
+        self._base: Optional[dict] = None  # the state this run resumed from (the ledger keeps it)
         self._batcher: Optional[DurationBatcher] = None  # bucket edges, estimated once, kept across epochs
         self.epochs = 0
         self.last_epoch: Dict[str, float] = {}
@@ -130,8 +135,23 @@ class TrainStream:
         if b is None or "index" not in b:
             return
         for shard, index, epoch in zip(b["shard"], b["index"], b["epoch"]):
-            if int(epoch) == self._state_epoch:  # rows carried in from the epoch before are not in its state
-                self._consumed.setdefault(str(shard), []).append(int(index))
+            epoch, shard, index = int(epoch), str(shard), int(index)
+            if epoch == self._state_epoch:
+                self._consumed.setdefault(shard, []).append(index)
+            else:  # a row of an earlier epoch, carried over (or pending in the state this run resumed from)
+                self._pending_done.setdefault(epoch, {}).setdefault(shard, []).append(index)
+                self._carried_in_left.discard((epoch, shard, index))
+
+    @staticmethod
+    def _rows_held(batches, also=()) -> Dict[int, Dict[str, List[int]]]:
+        held: Dict[int, Dict[str, List[int]]] = {}
+        for b in batches:
+            if "index" in b:
+                for shard, index, epoch in zip(b["shard"], b["index"], b["epoch"]):
+                    held.setdefault(int(epoch), {}).setdefault(str(shard), []).append(int(index))
+        for epoch, shard, index in also:
+            held.setdefault(epoch, {}).setdefault(shard, []).append(index)
+        return held
 
     def state_dict(self) -> dict:
         """The stream's state: the epoch in progress and the samples of it the trainers have
@@ -141,17 +161,35 @@ class TrainStream:
         with the checkpoint; ``build_pipeline(config, resume=state)`` reads the rest of the
         epoch (see the README's Resume section)."""
         self._mark_last()
-        from ..resume import add_indices, make_state, merge_states
+        from ..resume import (add_indices, make_state, merge, merge_states, pending_of, subtract_pending,
+                              union_pending)
+
+        def ranges(d):
+            return {e: {s: add_indices([], idx) for s, idx in sh.items()} for e, sh in d.items()}
 
         fp = ray.get(self.ledger.fingerprint.remote()) if self.ledger is not None else ""
-        local = make_state(fp, self.seed, self._state_epoch,
-                           {s: add_indices([], idx) for s, idx in self._consumed.items()})
+        if self._base is None and self.ledger is not None:
+            self._base = ray.get(self.ledger.resumed.remote()) or {}
+        base = self._base or {}
+        consumed = {s: add_indices([], idx) for s, idx in self._consumed.items()}
+        if base.get("epoch") == self._state_epoch:  # the resumed epoch: what the earlier runs consumed too
+            for s, r in base["consumed"].items():
+                consumed[s] = merge(consumed.get(s, []) + [list(x) for x in r])
+        held = ranges(self._rows_held(self.carry, self._carried_in_left))
+        local = make_state(fp, self.seed, self._state_epoch, consumed, held,
+                           pending_done=ranges(self._pending_done))
         dist = _distributed()
         if dist is None:
-            return local
-        states: List = [None] * dist.get_world_size()
-        dist.all_gather_object(states, local)
-        return merge_states(states)
+            merged = local
+        else:
+            states: List = [None] * dist.get_world_size()
+            dist.all_gather_object(states, local)
+            merged = merge_states(states)
+        # pending: the resumed state's pending samples no rank has yielded, and every rank's held rows
+        done = merged.pop("pending_done", {}) or {}
+        pending = union_pending(subtract_pending(pending_of(base), {int(e): sh for e, sh in done.items()}),
+                                pending_of(merged))
+        return make_state(fp, self.seed, merged["epoch"], merged["consumed"], pending)
 
     def _deal(self, dist, left: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
         """Every rank's remaining rows gathered (all_gather_object), ordered by key and dealt
@@ -172,6 +210,8 @@ class TrainStream:
         dist = _distributed() if self.equal_steps else None
         carried_in, self.carry = self.carry, []
         self._carried(carried_in, -1)
+        self._carried_in_left = {(e, s, i) for e, sh in self._rows_held(carried_in).items()
+                                 for s, idx in sh.items() for i in idx}
         if self.drop_last and self.sampling.bucketing is None and len(carried_in) > 1:
             rows = [r for b in carried_in for r in rows_of(b)]  # partial batches held back: full ones again
             carried_in = [batch_of(rows[i:i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
