@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                           batch_size=pipe.config.deliver.batch_size, use_gpu=args.gpu,
                           cpus_per_worker=args.cpus_per_worker,
                           multi_label=pipe.config.labels.multi_label, storage_path=args.storage_path,
-                          pipeline_config=pipe.config.to_dict())
+                          pipeline_config=pipe.config)
     wall = time.perf_counter() - t0
     report = pipe.write_report(args.report)
     history = json.loads(result.metrics["history"])

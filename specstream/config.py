@@ -400,9 +400,11 @@ def config_data(path: Union[str, os.PathLike], overrides: List[str]) -> dict:
 
 
 def load_config(config: Union[str, os.PathLike, Dict[str, Any], PipelineConfig]) -> PipelineConfig:
-    """A validated PipelineConfig from a dict, a YAML path, or a PipelineConfig."""
+    """A validated PipelineConfig from a dict or a YAML path (parsed and validated here, once);
+    a PipelineConfig is returned as it is. The pipeline hands its stages, actors and trainers
+    the PipelineConfig it validated, so nothing downstream parses the config again."""
     if isinstance(config, PipelineConfig):
-        return config.validate()
+        return config
     if isinstance(config, (str, os.PathLike)):
         data = load_yaml(config)
     else:

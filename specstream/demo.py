@@ -66,7 +66,7 @@ def run_demo(per_class: int = 200, epochs: int = 3, workers: int = 2, seed: int 
     result = run_training(pipe.dataset, num_classes=len(CLASSES), ledger=pipe.ledger,
                           num_workers=workers, epochs=epochs, batch_size=64,
                           cpus_per_worker=cpus_per_worker, storage_path=os.path.join(cache_dir(), "ray_results"),
-                          pipeline_config=pipe.config.to_dict())
+                          pipeline_config=pipe.config)
     train_s = time.perf_counter() - t0
     report = pipe.report()
     if report_path:

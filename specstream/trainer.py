@@ -144,11 +144,11 @@ def train_loop(config: Dict[str, Any]) -> None:
 def run_training(dataset, num_classes: int, ledger=None, num_workers: int = 2, epochs: int = 1,
                  batch_size: Optional[int] = None, lr: float = 3e-3, use_gpu: bool = False,
                  cpus_per_worker: float = 1.0, multi_label: bool = False,
-                 storage_path: Optional[str] = None, pipeline_config: Optional[Dict[str, Any]] = None,
+                 storage_path: Optional[str] = None, pipeline_config=None,
                  checkpoint_every: Optional[int] = None, resume_model: Optional[str] = None,
                  resume_optimizer: Optional[str] = None, keys_dir: Optional[str] = None):
     """Fit SmallCNN with a TorchTrainer over ``dataset``; returns Ray Train's Result.
-    ``pipeline_config``: the pipeline's config as a dict (sampling: bucketing, equal steps;
+    ``pipeline_config``: the pipeline's validated config, ``pipe.config`` (sampling: bucketing, equal steps;
     deliver.batch_size unless ``batch_size`` is given)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -77,7 +77,7 @@ def _release_ledgers(monkeypatch):
     memory-monitor threshold, which then kills workers of the test running. Where Ray is not
     installed (the GPU box runs the CUDA parity tests without it) there is nothing to release."""
     try:
-        import specstream.pipeline as pipeline
+        from specstream.pipeline import build as pipeline  # where build_pipeline creates the ledger actor
     except ModuleNotFoundError as e:
         if e.name != "ray":
             raise

@@ -249,11 +249,34 @@ def _marked(mark: str):
     found = []
     for p in psutil.process_iter():
         try:
-            if p.environ().get("SPECSTREAM_TEST_JOB") == mark:
+            if p.environ().get("SPECSTREAM_TEST_JOB") == mark and p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p)
         except psutil.Error:
             pass
     return found
+
+
+def _kill_job(pid: int, mark: str) -> None:
+    """SIGKILL the driver's process group and every process of its Ray cluster, until none is
+    left (a raylet may start a worker while the others are being killed)."""
+    import signal
+    import time
+
+    import psutil
+
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        left = _marked(mark)
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"processes of the killed job still alive: {left}"
+        for p in left:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(left, timeout=2)
 
 
 def _checkpoints(storage: str):
@@ -293,7 +316,6 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_on_three_wor
     Restarted from the last complete checkpoint on 3 workers: the keys consumed before that
     checkpoint are not delivered again, and every other key of the epoch is delivered once
     (or carried past the epoch's end by equal steps, and counted so)."""
-    import signal
     import subprocess
     import sys
     import time
@@ -320,11 +342,8 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_on_three_wor
             assert time.monotonic() < deadline, "no mid-epoch checkpoint within 300 s"
             time.sleep(0.1)
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        for p in _marked(mark):  # the Ray processes that left the driver's process group
-            p.kill()
+        _kill_job(job.pid, mark)  # the driver and the Ray processes that left its process group
         job.wait()
-    assert not _marked(mark)
     epoch0 = [c for c in _checkpoints(run1) if c[0] == 0 and c[1] > 0]
     _, done, last = epoch0[-1]
     trained = _keys(str(tmp_path / "keys1"))

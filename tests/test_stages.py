@@ -317,3 +317,33 @@ def test_mixup_mixes_frame_labels_where_features_mixed():
         p = json.loads(out["aug_params"][i])["0:mixup"]
         lam, j = p["lam"], p["partner"]
         np.testing.assert_allclose(out["frame_target"][i], lam * clean[i] + (1 - lam) * clean[j], atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["fixed-classes", "full-tokens-mixup", "fixed-frames-log"])
+def test_each_stage_emits_exactly_the_columns_of_the_contract(variant):
+    """decode -> featurize -> collate on real audio: every stage's output columns are those
+    specstream.pipeline.columns lists for it (plus the label columns the config asks for)."""
+    from specstream.pipeline import columns as C
+    from specstream.pipeline.deliver import collate
+
+    rows = [{"key": f"k{i}", "audio": flac_bytes(tone(0.5 + 0.25 * i, freq=300 + 100 * i)), "cls": "dog",
+             "txt": "a dog", "json": json.dumps({"events": [[0.1, 0.3, "bird"]]})} for i in range(4)]
+    over = {"fixed-classes": {},
+            "full-tokens-mixup": {"decode": {"mode": "full"}, "labels": {"tokenizer": "char", "field": "txt", "vocab": None},
+                                  "augment": {"ops": [{"op": "mixup"}]}},
+            "fixed-frames-log": {"labels": {"frame_field": "json:events"}, "log_params": True,
+                                 "augment": {"ops": [{"op": "time_mask", "max_width": 5}]}}}[variant]
+    c = cfg(**over)
+    labels = {C.TOKENS} if "tokens" in variant else {C.TARGET}
+    extra_dec = {C.SEGMENTS} if "frames" in variant else set()
+    extra_feat = ({C.MIX_LAMBDA, C.MIX_TOKENS} if "mixup" in variant else set()) | \
+        ({C.FRAME_TARGET} if "frames" in variant else set()) | ({C.AUG_PARAMS} if "log" in variant else set())
+    dec = DecodeStage(c, Sink())(table(rows))
+    assert set(dec) == set(C.DECODED) | labels | extra_dec
+    out = FeaturizeStage(c, device="cpu")(dec)
+    assert set(out) == set(C.FEATURIZED) | labels | extra_feat
+    got = collate(out)
+    lengths = ({C.TOKEN_LENGTH} if "tokens" in variant else set()) | \
+        ({C.MIX_TOKEN_LENGTH} if "mixup" in variant else set())
+    assert set(got) == set(C.DELIVERED) | labels | extra_feat | lengths
+    assert set(C.DEVICE) >= {k for k, v in got.items() if isinstance(v, torch.Tensor)} - {C.INDEX, C.EPOCH}

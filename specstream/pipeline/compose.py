@@ -14,17 +14,18 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from . import columns as C
+
 Row = Dict[str, object]
 Batch = Dict[str, np.ndarray]
 
-# columns that stay one Python object per row (strings, or arrays whose length differs per row)
-_OBJECT = ("key", "shard", "aug_params")
+_OBJECT = C.OBJECT  # columns that stay one Python object per row
 
 
 def rows_of(batch: Batch) -> List[Row]:
     """A numpy batch (dict of columns) -> one dict per row (views, no copies)."""
     names = list(batch)
-    n = len(batch["key"])
+    n = len(batch[C.KEY])
     return [{k: batch[k][i] for k in names} for i in range(n)]
 
 
@@ -112,7 +113,7 @@ class DurationBatcher:
         return seconds + seconds * seconds / self.q if self.q else seconds
 
     def duration(self, row: Row) -> float:
-        return float(row["length"]) * self.spf
+        return float(row[C.LENGTH]) * self.spf
 
     def __call__(self, rows: Iterable[Row]) -> Iterator[List[Row]]:
         """Rows in, lists of rows (batches) out; the buckets' remainders at the end."""

@@ -44,11 +44,12 @@ from ray.data.datasource import Datasource, ReadTask
 
 from ..io.samples import SCHEMA, ReaderOptions, read_shard
 from ..io.shards import Storage, shard_sizes
+from . import columns as C
 from .ledger import LedgerClient
 
 # rows the reader adds per block: the epoch (augmentation draws depend on it) and the read id
 # (which read of which shard a row came from: quarantine entries count once per read)
-OUT_SCHEMA = SCHEMA.append(pa.field("epoch", pa.int64())).append(pa.field("read", pa.string()))
+OUT_SCHEMA = SCHEMA.append(pa.field(C.EPOCH, pa.int64())).append(pa.field(C.READ_ID, pa.string()))
 PIECE_ROWS = 8  # weighted sources are interleaved in pieces of this many rows
 
 
@@ -230,8 +231,8 @@ class _ShardRead:
         if table is None or not table.num_rows:
             return pa.Table.from_pylist([], schema=OUT_SCHEMA)
         n = table.num_rows
-        return (table.append_column("epoch", pa.array([self.epoch] * n, pa.int64()))
-                .append_column("read", pa.array([self.read_id] * n, pa.string())))
+        return (table.append_column(C.EPOCH, pa.array([self.epoch] * n, pa.int64()))
+                .append_column(C.READ_ID, pa.array([self.read_id] * n, pa.string())))
 
     def give_back(self, rows: int) -> None:
         """The last chunk's final ``rows`` were not taken (a weighted source's read stopped
@@ -480,7 +481,7 @@ def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, dec
                 yield table
                 continue
             batch = decode(table)
-            if len(batch["key"]):
+            if len(batch[C.KEY]):
                 yield BlockAccessor.batch_to_block(batch)
         client.flush()
         if ledger is not None:

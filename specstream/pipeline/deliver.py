@@ -7,6 +7,7 @@ from typing import Dict, Iterator, Union
 import numpy as np
 import torch
 
+from . import columns as C
 from .ledger import DeliveryCounter
 from .stages import pad_stack
 
@@ -19,40 +20,39 @@ def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
     with 0 (the CTC blank) and ``token_length`` [B] instead of ``target``; with mixup besides,
     ``mix_lambda`` [B] (1 for a row not mixed), ``mix_tokens`` and ``mix_token_length`` (the
     partner's transcript): see :func:`specstream.losses.mixed_ctc_loss`."""
-    feats = pad_stack(batch["features"], length_axis=-1)
+    feats = pad_stack(batch[C.FEATURES], length_axis=-1)
     out = {
-        "features": torch.from_numpy(np.array(feats, dtype=np.float32)),
-        "length": torch.from_numpy(np.array(batch["length"], dtype=np.int64)),
-        "key": [str(k) for k in batch["key"]],
-        "shard": [str(s) for s in batch["shard"]],
+        C.FEATURES: torch.from_numpy(np.array(feats, dtype=np.float32)),
+        C.LENGTH: torch.from_numpy(np.array(batch[C.LENGTH], dtype=np.int64)),
+        C.KEY: [str(k) for k in batch[C.KEY]],
+        C.SHARD: [str(s) for s in batch[C.SHARD]],
     }
-    if "epoch" in batch:
-        out["epoch"] = torch.from_numpy(np.array(batch["epoch"], dtype=np.int64))
-    if "index" in batch:  # each sample's ordinal in its shard (a stream state records these)
-        out["index"] = torch.from_numpy(np.array(batch["index"], dtype=np.int64))
-    if "aug_params" in batch:
-        out["aug_params"] = [str(p) for p in batch["aug_params"]]
-    if "frame_target" in batch:  # [B, T_max, C], zero past each sample's frames
-        out["frame_target"] = torch.from_numpy(np.array(pad_stack(batch["frame_target"], length_axis=-2),
+    if C.EPOCH in batch:
+        out[C.EPOCH] = torch.from_numpy(np.array(batch[C.EPOCH], dtype=np.int64))
+    if C.INDEX in batch:  # each sample's ordinal in its shard (a stream state records these)
+        out[C.INDEX] = torch.from_numpy(np.array(batch[C.INDEX], dtype=np.int64))
+    if C.AUG_PARAMS in batch:
+        out[C.AUG_PARAMS] = [str(p) for p in batch[C.AUG_PARAMS]]
+    if C.FRAME_TARGET in batch:  # [B, T_max, C], zero past each sample's frames
+        out[C.FRAME_TARGET] = torch.from_numpy(np.array(pad_stack(batch[C.FRAME_TARGET], length_axis=-2),
                                                         dtype=np.float32))
-    for name in ("tokens", "mix_tokens"):  # sequence targets: [B, U] padded with 0 (the CTC blank)
+    for name, length in ((C.TOKENS, C.TOKEN_LENGTH), (C.MIX_TOKENS, C.MIX_TOKEN_LENGTH)):
+        # sequence targets: [B, U] padded with 0 (the CTC blank)
         if name in batch:
             rows = [np.asarray(t, dtype=np.int64) for t in batch[name]]
             lengths = np.array([len(t) for t in rows], dtype=np.int64)
             out[name] = torch.from_numpy(pad_stack(rows, dtype=np.int64) if rows else np.zeros((0, 0), np.int64))
-            out["token_length" if name == "tokens" else "mix_token_length"] = torch.from_numpy(lengths)
-    if "mix_lambda" in batch:
-        out["mix_lambda"] = torch.from_numpy(np.array(batch["mix_lambda"], dtype=np.float32))
-    target = batch.get("target")
+            out[length] = torch.from_numpy(lengths)
+    if C.MIX_LAMBDA in batch:
+        out[C.MIX_LAMBDA] = torch.from_numpy(np.array(batch[C.MIX_LAMBDA], dtype=np.float32))
+    target = batch.get(C.TARGET)
     if target is not None:
         t = np.asarray(target) if getattr(target, "dtype", None) != object else np.stack(list(target))
-        out["target"] = torch.from_numpy(np.array(t))
+        out[C.TARGET] = torch.from_numpy(np.array(t))
     return out
 
 
-# the columns moved to the trainer's device (keys, shards and logged params stay on the host)
-DEVICE_COLUMNS = ("features", "length", "target", "frame_target", "tokens", "token_length", "mix_lambda",
-                  "mix_tokens", "mix_token_length")
+DEVICE_COLUMNS = C.DEVICE  # moved to the trainer's device
 
 
 def default_device() -> torch.device:
@@ -85,7 +85,7 @@ def torch_batches(source, batch_size: int = 64, device: Union[str, torch.device,
                 if name in out:
                     t = out[name].pin_memory() if pin else out[name]
                     out[name] = t.to(device, non_blocking=pin)
-            counter.add(out["shard"])
+            counter.add(out[C.SHARD])
             yield out
     finally:
         counter.flush()

@@ -24,6 +24,8 @@ from ..io.shards import Storage
 from ..io.samples import quarantine_entry
 from ..labels import LabelError, LabelVocab, encode_target, frame_matrix, label_of, segments_of
 from ..tokenizers import build_tokenizer
+from . import columns as C
+from .layout import Layout
 
 Sink = Callable[[List[dict]], None]
 Batch = Dict[str, np.ndarray]
@@ -72,6 +74,7 @@ class DecodeStage:
         self.vocab = vocab_from_config(self.cfg)
         self.tokenizer = build_tokenizer(self.cfg.labels.tokenizer) if self.cfg.labels.tokenizer else None
         self._resample = Resampler(self.cfg.decode.sample_rate)
+        self.layout = Layout.of(self.cfg)
 
     def _crop_window(self, u: float):
         """(sr, frames) -> (start, n): a clip_seconds window placed by the crop policy
@@ -88,17 +91,16 @@ class DecodeStage:
 
     def __call__(self, batch) -> Batch:
         d, lab = self.cfg.decode, self.cfg.labels
-        keys = _column(batch, "key")
-        shards = _column(batch, "shard")
-        audio = _column(batch, "audio")
-        cls = _column(batch, "cls")
-        jsn = _column(batch, "json")
-        txt = _column(batch, "txt")
-        reads = _column(batch, "read") if "read" in _names(batch) else None
+        keys = _column(batch, C.KEY)
+        shards = _column(batch, C.SHARD)
+        audio = _column(batch, C.AUDIO)
+        cls = _column(batch, C.CLS)
+        jsn = _column(batch, C.JSON)
+        txt = _column(batch, C.TXT)
+        reads = _column(batch, C.READ_ID) if C.READ_ID in _names(batch) else None
         ids = make_key_ids(keys)
-        epochs = (np.asarray(_column(batch, "epoch"), dtype=np.int64) if "epoch" in _names(batch)
+        epochs = (np.asarray(_column(batch, C.EPOCH), dtype=np.int64) if C.EPOCH in _names(batch)
                   else np.full(len(keys), self.cfg.epoch, dtype=np.int64))
-        clip_n = int(round(d.clip_seconds * d.sample_rate))
         crop_u = None
         if d.mode == "fixed" and d.crop == "random":
             crop_u = uniform(self.cfg.seed, torch.from_numpy(epochs), torch.from_numpy(ids), CROP_OP)[:, 0].numpy()
@@ -138,49 +140,40 @@ class DecodeStage:
             except (AudioError, LabelError) as e:
                 entry = quarantine_entry(shards[i], key, "decode", str(e))
                 if reads is not None:
-                    entry["read"] = reads[i]
+                    entry["read"] = reads[i]  # the quarantine entry's read id (ledger field)
                 bad.append(entry)
                 continue
             if segs is not None:  # segment times relative to the kept audio's first sample
                 segments.append(json.dumps([[a - crop_start[0], b - crop_start[0], c] for a, b, c in segs]))
             good.append(i)
             waves.append(x)
-            lengths.append(min(len(x), clip_n) if d.mode == "fixed" else len(x))
+            lengths.append(self.layout.kept(len(x)))
             targets.append(target)
         if bad and self.sink is not None:
             self.sink(bad)
 
         out: Batch = {
-            "key": np.array([keys[i] for i in good], dtype=object),
-            "shard": np.array([shards[i] for i in good], dtype=object),
-            "key_id": ids[good],
-            "epoch": epochs[good],
-            "num_samples": np.asarray(lengths, dtype=np.int64),
+            C.KEY: np.array([keys[i] for i in good], dtype=object),
+            C.SHARD: np.array([shards[i] for i in good], dtype=object),
+            C.KEY_ID: ids[good],
+            C.EPOCH: epochs[good],
+            C.NUM_SAMPLES: np.asarray(lengths, dtype=np.int64),
         }
-        if "index" in _names(batch):  # the sample's ordinal in its shard: what a stream state records
-            index = _column(batch, "index")
-            out["index"] = np.array([-1 if index[i] is None else index[i] for i in good], dtype=np.int64)
-        if d.mode == "fixed":
-            arr = np.zeros((len(good), clip_n), dtype=np.float32)
-            for j, x in enumerate(waves):
-                n = min(len(x), clip_n)
-                arr[j, :n] = x[:n]
-            out["audio"] = arr
-        else:
-            arr = np.empty(len(good), dtype=object)
-            arr[:] = waves
-            out["audio"] = arr
+        if C.INDEX in _names(batch):  # the sample's ordinal in its shard: what a stream state records
+            index = _column(batch, C.INDEX)
+            out[C.INDEX] = np.array([-1 if index[i] is None else index[i] for i in good], dtype=np.int64)
+        out[C.AUDIO] = self.layout.audio_column(waves)
         if self.tokenizer is not None:
             tok = np.empty(len(targets), dtype=object)
             tok[:] = targets
-            out["tokens"] = tok
+            out[C.TOKENS] = tok
         elif lab.multi_label:
-            out["target"] = (np.stack(targets) if targets
+            out[C.TARGET] = (np.stack(targets) if targets
                              else np.zeros((0, len(self.vocab)), np.float32))
         else:
-            out["target"] = np.asarray(targets, dtype=np.int64)
+            out[C.TARGET] = np.asarray(targets, dtype=np.int64)
         if lab.frame_field is not None:
-            out["segments"] = np.array(segments, dtype=object)  # JSON [[start_s, end_s, class], ...]
+            out[C.SEGMENTS] = np.array(segments, dtype=object)  # JSON [[start_s, end_s, class], ...]
         return out
 
 
@@ -248,6 +241,7 @@ class FeaturizeStage:
         self.sink = sink
         self.device = resolve_device(device or self.cfg.actors.device)
         self.logmel = LogMel(self.cfg.features).to(self.device)
+        self.layout = Layout.of(self.cfg)
         vocab = vocab_from_config(self.cfg)
         num_classes = None if vocab is None else len(vocab)
         self.policy = build_policy(self.cfg.augment, num_classes=num_classes,
@@ -262,7 +256,7 @@ class FeaturizeStage:
     def _tokens(self, tokens, params) -> Batch:
         """``tokens`` per row; with mixup, ``mix_lambda`` (1 for a row not mixed) and the partner's
         ``mix_tokens``."""
-        out: Batch = {"tokens": tokens}
+        out: Batch = {C.TOKENS: tokens}
         if self.mixup_slot is None:
             return out
         p = params[self.mixup_slot]
@@ -270,10 +264,10 @@ class FeaturizeStage:
         B = len(tokens)
         has = torch.tensor([len(t) > 0 for t in tokens], dtype=torch.bool)
         mixed = p["active"].cpu() & (j != torch.arange(B)) & has & has[j]
-        out["mix_lambda"] = torch.where(mixed, p["lam"].cpu().float(), torch.ones(B)).numpy()
+        out[C.MIX_LAMBDA] = torch.where(mixed, p["lam"].cpu().float(), torch.ones(B)).numpy()
         partner = np.empty(B, dtype=object)
         partner[:] = [tokens[int(k)] for k in j]
-        out["mix_tokens"] = partner
+        out[C.MIX_TOKENS] = partner
         return out
 
     def _frame_targets(self, segments, T: int) -> np.ndarray:
@@ -288,61 +282,44 @@ class FeaturizeStage:
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> Batch:
-        wave = _tensor(pad_stack(batch["audio"]), self.device)
-        nsamp = _tensor(batch["num_samples"], self.device, np.int64)
-        ids = _tensor(batch["key_id"], self.device, np.int64)
-        if "tokens" in batch:
+        wave = _tensor(pad_stack(batch[C.AUDIO]), self.device)
+        nsamp = _tensor(batch[C.NUM_SAMPLES], self.device, np.int64)
+        ids = _tensor(batch[C.KEY_ID], self.device, np.int64)
+        if C.TOKENS in batch:
             # sequence targets: a [B, 1] stand-in tells the mixing ops which rows have a transcript
             # (-1: none, with labels.required false): those are neither mixed nor chosen as partners
-            has = np.array([len(t) > 0 for t in batch["tokens"]], dtype=bool)
+            has = np.array([len(t) > 0 for t in batch[C.TOKENS]], dtype=bool)
             targets = _tensor(np.where(has, 1.0, -1.0).astype(np.float32)[:, None], self.device)
         else:
-            targets = _tensor(batch["target"], self.device)
+            targets = _tensor(batch[C.TARGET], self.device)
         T = int(self.cfg.features.num_frames(torch.tensor(wave.shape[-1])))
-        epoch = _tensor(batch["epoch"], self.device, np.int64) if "epoch" in batch else self.cfg.epoch
+        epoch = _tensor(batch[C.EPOCH], self.device, np.int64) if C.EPOCH in batch else self.cfg.epoch
         frame_targets = None
         if self.cfg.labels.frame_field is not None:
-            frame_targets = _tensor(self._frame_targets(batch["segments"], T), self.device)
+            frame_targets = _tensor(self._frame_targets(batch[C.SEGMENTS], T), self.device)
         out = self.policy.featurize(wave, nsamp, self.logmel, self.cfg.decode.sample_rate, key_ids=ids,
                                     targets=targets, seed=self.cfg.seed, epoch=epoch, frame_targets=frame_targets)
         feats, lengths = finalize(out.features, out.lengths, self.cfg.features), out.lengths
-        ft = out.frame_targets
-        if self.cfg.decode.mode == "fixed" and feats.shape[-1] != T:
-            # fixed mode keeps a fixed shape: a stretched (slowed) sample is cut to the clip's
-            # frames, a batch of sped-up samples is zero-padded back to them
-            feats = torch.nn.functional.pad(feats, (0, T - feats.shape[-1])) if feats.shape[-1] < T \
-                else feats[..., :T]
-            if ft is not None:
-                ft = torch.nn.functional.pad(ft, (0, 0, 0, T - ft.shape[1])) if ft.shape[1] < T else ft[:, :T]
-            lengths = lengths.clamp(max=T)
+        feats, lengths, ft = self.layout.fit(feats, lengths, out.frame_targets)
         feats = feats.float().cpu().numpy()
         lengths = lengths.cpu().numpy().astype(np.int64)
-        result: Batch = {"key": batch["key"], "shard": batch["shard"], "length": lengths,
-                         **({"index": np.asarray(batch["index"])} if "index" in batch else {}),
-                         "epoch": np.asarray(batch["epoch"]) if "epoch" in batch
+        result: Batch = {C.KEY: batch[C.KEY], C.SHARD: batch[C.SHARD], C.LENGTH: lengths,
+                         **({C.INDEX: np.asarray(batch[C.INDEX])} if C.INDEX in batch else {}),
+                         C.EPOCH: np.asarray(batch[C.EPOCH]) if C.EPOCH in batch
                          else np.full(len(lengths), self.cfg.epoch, dtype=np.int64),
                          }
-        if "tokens" in batch:
-            result.update(self._tokens(batch["tokens"], out.params))
+        if C.TOKENS in batch:
+            result.update(self._tokens(batch[C.TOKENS], out.params))
         else:
-            result["target"] = out.targets.cpu().numpy()
+            result[C.TARGET] = out.targets.cpu().numpy()
         if ft is not None:
             ft = ft.float().cpu().numpy()
-        if self.cfg.decode.mode == "full":
-            rows = np.empty(len(lengths), dtype=object)
-            rows[:] = [feats[i, :, : lengths[i]] for i in range(len(lengths))]
-            result["features"] = rows
-            if ft is not None:
-                frows = np.empty(len(lengths), dtype=object)
-                frows[:] = [ft[i, : lengths[i]] for i in range(len(lengths))]
-                result["frame_target"] = frows
-        else:
-            result["features"] = feats
-            if ft is not None:
-                result["frame_target"] = ft
+        result[C.FEATURES] = self.layout.rows(feats, lengths, time_axis=2)
+        if ft is not None:
+            result[C.FRAME_TARGET] = self.layout.rows(ft, lengths, time_axis=1)
         if self.cfg.log_params:
             # every parameter (fields are regenerated from recorded stream keys, so rows stay small):
             # Policy.params_from_rows(...) turns logged rows back into replayable parameters
-            result["aug_params"] = np.array([json.dumps(out.params_for(i)) for i in range(len(lengths))],
+            result[C.AUG_PARAMS] = np.array([json.dumps(out.params_for(i)) for i in range(len(lengths))],
                                             dtype=object)
         return result

@@ -38,6 +38,7 @@ import ray
 import torch
 
 from ..config import PipelineConfig, SamplingConfig, load_config
+from . import columns as C
 from .compose import DurationBatcher, batch_of, padding_stats, rows_of
 from .deliver import DEVICE_COLUMNS, collate, default_device
 from .ledger import DeliveryCounter
@@ -117,7 +118,7 @@ class TrainStream:
     def _carried(self, batches, sign: int) -> None:
         counts = Counter()
         for b in batches:
-            counts.update(str(s) for s in b["shard"])
+            counts.update(str(s) for s in b[C.SHARD])
         if counts and self.ledger is not None:
             ray.get(self.ledger.record_carried.remote({k: sign * v for k, v in counts.items()}))
 
@@ -132,9 +133,9 @@ class TrainStream:
 
     def _mark_last(self) -> None:
         b, self._last = self._last, None
-        if b is None or "index" not in b:
+        if b is None or C.INDEX not in b:
             return
-        for shard, index, epoch in zip(b["shard"], b["index"], b["epoch"]):
+        for shard, index, epoch in zip(b[C.SHARD], b[C.INDEX], b[C.EPOCH]):
             epoch, shard, index = int(epoch), str(shard), int(index)
             if epoch == self._state_epoch:
                 self._consumed.setdefault(shard, []).append(index)
@@ -146,8 +147,8 @@ class TrainStream:
     def _rows_held(batches, also=()) -> Dict[int, Dict[str, List[int]]]:
         held: Dict[int, Dict[str, List[int]]] = {}
         for b in batches:
-            if "index" in b:
-                for shard, index, epoch in zip(b["shard"], b["index"], b["epoch"]):
+            if C.INDEX in b:
+                for shard, index, epoch in zip(b[C.SHARD], b[C.INDEX], b[C.EPOCH]):
                     held.setdefault(int(epoch), {}).setdefault(str(shard), []).append(int(index))
         for epoch, shard, index in also:
             held.setdefault(epoch, {}).setdefault(shard, []).append(index)
@@ -197,7 +198,7 @@ class TrainStream:
         rows = [r for b in left for r in rows_of(b)]
         gathered: List = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, rows)
-        everything = sorted((r for part in gathered for r in part), key=lambda r: str(r["key"]))
+        everything = sorted((r for part in gathered for r in part), key=lambda r: str(r[C.KEY]))
         mine = everything[dist.get_rank()::dist.get_world_size()]
         if self._batcher is not None:
             groups = list(self._batcher(iter(mine)))
@@ -232,7 +233,7 @@ class TrainStream:
                 tw = time.perf_counter()
                 batch = next(batches, None)
                 while batch is not None and self.drop_last and self._batcher is None \
-                        and len(batch["key"]) < self.batch_size:
+                        and len(batch[C.KEY]) < self.batch_size:
                     held.append(batch)  # drop_last: a partial batch is not trained on; it is carried, not lost
                     batch = next(batches, None)
                 wait += time.perf_counter() - tw
@@ -258,9 +259,9 @@ class TrainStream:
                     if name in out:
                         t = out[name].pin_memory() if pin else out[name]
                         out[name] = t.to(self.device, non_blocking=pin)
-                counter.add(out["shard"])
-                lengths.append(np.asarray(batch["length"]).tolist())
-                samples += len(out["key"])
+                counter.add(out[C.SHARD])
+                lengths.append(np.asarray(batch[C.LENGTH]).tolist())
+                samples += len(out[C.KEY])
                 self._last = batch
                 yield out
                 self._mark_last()
@@ -275,8 +276,8 @@ class TrainStream:
             dt = time.perf_counter() - t0
             self.epochs += 1
             self.last_epoch = {"epoch": self.epochs - 1, "batches": len(lengths), "samples": samples,
-                               "carried_in": sum(len(b["key"]) for b in carried_in),
-                               "carried_out": sum(len(b["key"]) for b in self.carry),
+                               "carried_in": sum(len(b[C.KEY]) for b in carried_in),
+                               "carried_out": sum(len(b[C.KEY]) for b in self.carry),
                                "seconds": dt, "data_wait_s": wait, **padding_stats(lengths)}
 
 
