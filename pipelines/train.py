@@ -36,23 +36,22 @@ def main(argv=None) -> int:
     p.add_argument("--keys-out", metavar="DIR",
                    help="each rank appends the keys it trained on to DIR/keys-rank{R}.txt (one 'epoch step key' "
                         "line per sample, flushed every step)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines (they go to its log files otherwise)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (YAML), e.g. source.shards=s3://bucket/train/*.tar")
     args = p.parse_args(argv)
 
     import os
 
-    import ray
-
     from specstream.config import config_data
-    from specstream.pipeline import build_pipeline
+    from specstream.pipeline import build_pipeline, init_ray, write_report
+    from specstream.runner import throughput_line
     from specstream.pipeline.stages import vocab_from_config
     from specstream.trainer import run_training
 
-    if not ray.is_initialized():
-        # under `ray job submit` RAY_ADDRESS names the cluster; alone, start a local one
-        # (address="local": a new local instance, never another job's Ray running on this machine)
-        ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(address="local", include_dashboard=False)
+    # under `ray job submit` RAY_ADDRESS names the cluster; alone, a new local instance (never
+    # another job's Ray running on this machine); Ray's own messages to its log files
+    init_ray(verbose=args.verbose)
     from specstream.config import ConfigError, load_config
 
     resume, model_path, optimizer_path, epochs = None, None, None, args.epochs
@@ -91,18 +90,36 @@ def main(argv=None) -> int:
                           multi_label=pipe.config.labels.multi_label, storage_path=args.storage_path,
                           pipeline_config=pipe.config)
     wall = time.perf_counter() - t0
-    report = pipe.write_report(args.report)
+    report = pipe.report()
     history = json.loads(result.metrics["history"])
+    training = sum(h["seconds"] for h in history)
+    steady = sum(h["seconds"] - (h.get("first_batch_s") or 0.0) for h in history)
+    report["throughput"] = {
+        "startup_s": round(wall - training + (history[0].get("first_batch_s") or 0.0), 3) if history else None,
+        "training_s": round(training, 3),
+        # rank 0's, from its first batch of each epoch on
+        "steady_samples_per_s": round(sum(h["samples"] for h in history) / steady, 2) if steady > 0 else None,
+        "steady_audio_hours_per_s": round(sum(h.get("audio_hours", 0.0) for h in history) / steady, 6)
+        if steady > 0 else None,
+        "data_wait_fraction": [round(h["data_wait_fraction"], 4) for h in history],  # rank 0, per epoch
+        "stages": report.get("stages", {}),
+    }
+    write_report(report, args.report)
     if args.metrics:
         with open(args.metrics, "w") as f:
-            json.dump({"history_rank0": history, "totals": report["totals"]}, f, indent=2)
+            json.dump({"history_rank0": history, "totals": report["totals"], "throughput": report["throughput"]},
+                      f, indent=2)
     for h in history:
+        first = h.get("first_batch_s") or 0.0
+        rate = h["samples"] / (h["seconds"] - first) if h["seconds"] > first else 0.0
         print(f"epoch {h['epoch']} rank 0: loss {h['loss_first_quarter']:.3f} -> {h['loss_last_quarter']:.3f}  "
-              f"acc {h['accuracy']:.3f}  {h['samples'] / h['seconds']:.0f} samples/s  "
+              f"acc {h['accuracy']:.3f}  first batch after {first:.1f} s, then {rate:.0f} samples/s  "
               f"waiting for data {100 * h['data_wait_fraction']:.0f}% of the time")
+    print(throughput_line(report["throughput"], what="trained on by rank 0"))
     t = report["totals"]
     print(f"read {t['read']}  delivered {t['delivered']}  quarantined {t['quarantined']}  carried {t['carried']}  "
-          f"balanced {t['balanced']}  |  {t['delivered'] / wall:.0f} samples/s overall  |  report: {args.report}")
+          f"balanced {t['balanced']}  |  start-up {report['throughput']['startup_s']:.1f} s, training "
+          f"{training:.1f} s  |  report: {args.report}")
     return 0 if t["balanced"] else 1
 
 

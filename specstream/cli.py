@@ -92,6 +92,8 @@ def _cmd_inspect(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specstream", description=__doc__)
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own messages (otherwise they go to its log files, /tmp/ray/session_latest/logs)")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("make-shards", help="a folder of audio files (+ CSV/JSONL manifest) -> WebDataset shards")
@@ -174,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_RAY_COMMANDS = ("run", "demo", "stats")  # commands that start (or join) Ray
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .config import ConfigError
     from .io.shards import StorageAccessError
@@ -181,6 +186,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     user_errors = (ConfigError, StorageAccessError, FileNotFoundError)
     try:
+        if args.command in _RAY_COMMANDS:
+            from .pipeline import init_ray
+
+            init_ray(verbose=args.verbose)
         return args.func(args)
     except Exception as e:  # noqa: BLE001 - only the user's mistakes become one line; the rest re-raise
         # a user's mistake (config, credentials, a pattern matching nothing): one readable line, also

@@ -25,6 +25,8 @@ def run(config, epochs: int = 1, report_path: Optional[str] = None, progress: bo
     t_all = time.perf_counter()
     keys = open(keys_out, "w", encoding="utf-8") if keys_out else None
     total, stopped = 0, False
+    spf = cfg.features.hop_length / cfg.features.sample_rate
+    first_at, after_first, audio_after = None, 0, 0.0  # the first batch's arrival, and what came after it
     for e in range(epochs):
         n = 0
         t0 = time.perf_counter()
@@ -33,6 +35,14 @@ def run(config, epochs: int = 1, report_path: Optional[str] = None, progress: bo
                 k = len(b["key"])
                 n += k
                 total += k
+                now = time.perf_counter()
+                if first_at is None:
+                    first_at = now
+                else:
+                    after_first += k
+                    audio_after += float(b["length"].sum()) * spf
+                    if now > first_at:
+                        bar.set_postfix_str(f"{audio_after / 3600 / (now - first_at):.4f} audio-h/s", refresh=False)
                 bar.update(k)
                 if keys is not None:
                     keys.writelines(f"{key}\n" for key in b["key"])
@@ -50,11 +60,25 @@ def run(config, epochs: int = 1, report_path: Optional[str] = None, progress: bo
     state = stream.state_dict()
     if state_out:
         save_state(state, state_out)
-    wall = time.perf_counter() - t_all
-    report = pipe.write_report(report_path) if report_path else pipe.report()
+    end = time.perf_counter()
+    wall = end - t_all
+    report = pipe.report()
+    # steady: after the first batch (none when it was the only one)
+    steady = end - first_at if first_at is not None and after_first else 0.0
+    report["throughput"] = {
+        "startup_s": round(first_at - t_all, 3) if first_at is not None else None,  # to the first batch
+        "steady_s": round(steady, 3),
+        "steady_samples_per_s": round(after_first / steady, 2) if steady > 0 else None,
+        "steady_audio_hours_per_s": round(audio_after / 3600 / steady, 6) if steady > 0 else None,
+        "stages": report.get("stages", {}),
+    }
+    if report_path:
+        from .pipeline import write_report
+        write_report(report, report_path)
     t = report["totals"]
     lines = [f"epoch {p['epoch']}: {p['samples']} samples in {p['batches']} batches ({p['padding_fraction']:.1%} "
              f"padding) in {p['seconds']:.1f} s = {p['samples_per_s']:.0f} samples/s" for p in per_epoch]
+    lines.append(throughput_line(report["throughput"]))
     carried = f" + carried {t['carried']}" if t.get("carried") else ""
     lines.append(f"read {t['read']} = delivered {t['delivered']} + quarantined {t['quarantined']}{carried} over "
                  f"{t['shards']} shard(s): {'balanced' if t['balanced'] else 'NOT BALANCED'}"
@@ -81,6 +105,22 @@ def run(config, epochs: int = 1, report_path: Optional[str] = None, progress: bo
         lines.append(f"resumed: {t['skipped']} sample(s) consumed before the state was saved were passed over unread")
     return {"epochs": per_epoch, "seconds": wall, "report": report, "text": "\n".join(lines), "state": state,
             "stopped": stopped}
+
+
+def throughput_line(tp: dict, what: str = "delivered") -> str:
+    """One line: start-up (to the first batch), then steady throughput after it, and each
+    stage's audio hours per busy second of one worker (read, decode, featurize)."""
+    if tp.get("startup_s") is None:
+        return "no batch delivered"
+    parts = [f"first batch after {tp['startup_s']:.1f} s"]
+    if tp.get("steady_samples_per_s"):
+        parts.append(f"then {tp['steady_samples_per_s']:.0f} samples/s = {tp['steady_audio_hours_per_s']:.4f} "
+                     f"audio-h/s {what}")
+    stages = ", ".join(f"{name} {s['audio_hours_per_busy_s']:.4f}" for name, s in tp.get("stages", {}).items()
+                       if s.get("audio_hours_per_busy_s"))
+    if stages:
+        parts.append(f"per worker-second of each stage (audio-h): {stages}")
+    return "; ".join(parts)
 
 
 def feature_stats(config, max_samples: Optional[int] = None, progress: bool = True) -> dict:

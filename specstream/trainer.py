@@ -129,6 +129,8 @@ def train_loop(config: Dict[str, Any]) -> None:
             "loss_last_quarter": sum(losses[-quarter:]) / quarter if losses else float("nan"),
             "accuracy": correct / max(seen, 1),
             "data_wait_fraction": stream.last_epoch["data_wait_s"] / dt if dt else 0.0,  # time the step waited for data
+            "first_batch_s": stream.last_epoch.get("first_batch_s"),
+            "audio_hours": stream.last_epoch.get("audio_s", 0.0) / 3600,
             "batches": stream.last_epoch.get("batches"), "carried_out": stream.last_epoch.get("carried_out"),
         })
         metrics = {"epoch": epoch, "rank": ctx.get_world_rank(), "samples": seen,

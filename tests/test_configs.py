@@ -86,7 +86,7 @@ def overrides_for(path, shards, banks=None, endpoint=None):
 
 def run_cli(config, sets, tmp_path):
     report = tmp_path / f"{os.path.basename(config)}.report.json"
-    args = ["run", config, "--quiet", "--report", str(report)]
+    args = ["run", config, "--quiet", "--report", str(report), "--batch-size", "8"]
     for s in sets:
         args += ["--set", s]
     assert main(args) == 0
@@ -120,7 +120,13 @@ def test_every_config_runs(ray_session, config, labelled_shards, moto_endpoint, 
     assert report["totals"]["read"] == report["totals"]["delivered"] == len(keys)
     assert report["totals"]["balanced"] and report["totals"]["quarantined"] == 0
     out = capsys.readouterr().out
-    assert "samples/s" in out and "balanced" in out
+    assert "samples/s" in out and "balanced" in out and "first batch after" in out
+    # throughput: start-up apart from steady, and every stage's work counted once per sample
+    tp = report["throughput"]
+    assert tp["startup_s"] > 0 and tp["steady_audio_hours_per_s"] > 0
+    assert set(tp["stages"]) == {"read", "decode", "featurize"}
+    for name, s in tp["stages"].items():
+        assert s["samples"] == len(keys) and s["busy_s"] > 0 and s["audio_hours"] > 0, name
 
 
 def test_overrides_parse_yaml_and_index_lists():

@@ -18,7 +18,7 @@ from importlib import import_module
 
 _WHERE = {
     "Pipeline": "build", "build_pipeline": "build", "build_dataset": "build", "check_resources": "build",
-    "FeaturizeActor": "build", "storage_from_config": "build", "output_block_bytes": "build",
+    "FeaturizeActor": "build", "storage_from_config": "build", "output_block_bytes": "build", "init_ray": "build",
     "torch_batches": "deliver", "collate": "deliver",
     "DecodeStage": "stages", "FeaturizeStage": "stages",
     "shard_order": "datasource",

@@ -90,6 +90,30 @@ class Pipeline:
         return report
 
 
+def init_ray(verbose: bool = False, address=None) -> None:
+    """Start or join Ray for a command-line tool or job script. Unless ``verbose``, Ray's own
+    messages stay in its log files (``/tmp/ray/session_latest/logs``): its INFO and WARNING
+    lines, what its workers and Ray Train's controller print, Ray Data's progress bars (the
+    tool shows its own progress). Errors still raise. ``address``: a cluster to join; by
+    default ``RAY_ADDRESS`` when set (under ``ray job submit``), else a new local instance."""
+    import logging
+    import os
+
+    if not verbose:
+        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    if ray.is_initialized():
+        return
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or "local"
+    kw = {"include_dashboard": False} if address == "local" else {}
+    ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
+             **kw)
+    if not verbose:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 def check_resources(cfg: PipelineConfig, reserved_cpus: float = 0.0, reserved_gpus: float = 0.0) -> None:
     """Fail early, with numbers, when the featurize actors plus one decode task cannot fit
     the cluster next to what else is reserved there (e.g. Ray Train workers): otherwise

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import time
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -474,7 +475,15 @@ def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, dec
         if ledger is not None:
             ray.get(ledger.assign.remote(pass_, slot, shards, node))
         client = LedgerClient(ledger)
-        for table in task_blocks(plan, slot, epoch, options, client):
+        blocks = task_blocks(plan, slot, epoch, options, client)
+        read_s, read_rows = 0.0, 0
+        while True:
+            t0 = time.perf_counter()
+            table = next(blocks, None)
+            read_s += time.perf_counter() - t0
+            if table is None:
+                break
+            read_rows += table.num_rows
             if not table.num_rows:
                 continue
             if decode is None:
@@ -485,6 +494,7 @@ def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, dec
                 yield BlockAccessor.batch_to_block(batch)
         client.flush()
         if ledger is not None:
+            ledger.record_stage.remote("read", read_rows, 0.0, read_s)
             ray.get(ledger.slot_done.remote(slot))
 
     return read_fn

@@ -47,6 +47,7 @@ class Ledger:
         self.resumes: Counter = Counter()  # transient read errors survived, per shard
         self.assignments: Dict[int, Dict[int, List[str]]] = {}  # pass -> read-task slot -> shards
         self.nodes: Dict[str, set] = {}  # stage -> node ids it ran on
+        self.stages: Dict[str, Counter] = {}  # stage -> samples, audio seconds, busy seconds
 
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -110,6 +111,14 @@ class Ledger:
         for e in entries:
             self.bad.setdefault((e["shard"], e["key"], e.get("read", self.passes[e["shard"]])), e)
 
+    def record_stage(self, stage: str, samples: int, audio_s: float, busy_s: float) -> None:
+        """Work a stage did: ``samples`` (and ``audio_s`` seconds of audio) in ``busy_s`` seconds
+        of one worker's time (summed over every worker and call)."""
+        c = self.stages.setdefault(stage, Counter())
+        c["samples"] += samples
+        c["audio_s"] += audio_s
+        c["busy_s"] += busy_s
+
     def record_delivered(self, counts: Dict[str, int]) -> None:
         self.delivered.update(counts)
 
@@ -130,6 +139,7 @@ class Ledger:
                               reads=reads, in_progress={r["shard"] for r in self.open.values()},
                               carried=dict(self.carried), sources=self.source_of)
         report["nodes"] = {stage: sorted(n) for stage, n in self.nodes.items()}
+        report["stages"] = stage_table(self.stages)
         for shard, n in self.resumes.items():
             if shard in report["shards"]:
                 report["shards"][shard]["resumes"] = n
@@ -138,6 +148,26 @@ class Ledger:
         report["shard_order"] = {str(p): [u for i in sorted(a) for u in a[i]]
                                  for p, a in sorted(self.assignments.items())}
         return report
+
+
+def stage_table(stages: Dict[str, Counter]) -> Dict[str, dict]:
+    """Per stage: samples, audio hours, busy seconds (one worker's time, summed over workers)
+    and audio hours per busy second (what one worker of the stage sustains). The read stage
+    does not decode, so its audio is its samples at the decode stage's mean clip duration."""
+    mean = None
+    dec = stages.get("decode")
+    if dec and dec["samples"]:
+        mean = dec["audio_s"] / dec["samples"]
+    out = {}
+    for stage in ("read", "decode", "featurize"):
+        c = stages.get(stage)
+        if not c:
+            continue
+        audio = c["audio_s"] if c["audio_s"] or mean is None else c["samples"] * mean
+        out[stage] = {"samples": int(c["samples"]), "audio_hours": round(audio / 3600, 6),
+                      "busy_s": round(c["busy_s"], 3),
+                      "audio_hours_per_busy_s": round(audio / 3600 / c["busy_s"], 6) if c["busy_s"] else None}
+    return out
 
 
 def build_report(read: Dict[str, int], passes: Dict[str, int], quarantine: List[dict],
@@ -260,8 +290,9 @@ class LedgerClient:
 
 
 class LedgerSink:
-    """Picklable quarantine sink for stages: blocks until the ledger has the entries, so a
-    report taken after the stream ends is complete."""
+    """Picklable sink for stages: quarantine entries (blocks until the ledger has them, so a
+    report taken after the stream ends is complete) and the stage's work figures (sent
+    without waiting: they are statistics, not accounting)."""
 
     def __init__(self, ledger):
         self.ledger = ledger
@@ -269,6 +300,9 @@ class LedgerSink:
     def __call__(self, entries: List[dict]) -> None:
         if entries:
             ray.get(self.ledger.quarantine.remote(entries))
+
+    def stats(self, stage: str, samples: int, audio_s: float, busy_s: float) -> None:
+        self.ledger.record_stage.remote(stage, samples, audio_s, busy_s)
 
 
 class DeliveryCounter:

@@ -8,6 +8,7 @@ returns the good ones.
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -90,6 +91,13 @@ class DecodeStage:
         return window
 
     def __call__(self, batch) -> Batch:
+        t0 = time.perf_counter()
+        out = self._decode(batch)
+        _stats(self.sink, "decode", len(out[C.KEY]), float(np.sum(out[C.NUM_SAMPLES])) / self.cfg.decode.sample_rate,
+               time.perf_counter() - t0)
+        return out
+
+    def _decode(self, batch) -> Batch:
         d, lab = self.cfg.decode, self.cfg.labels
         keys = _column(batch, C.KEY)
         shards = _column(batch, C.SHARD)
@@ -175,6 +183,13 @@ class DecodeStage:
         if lab.frame_field is not None:
             out[C.SEGMENTS] = np.array(segments, dtype=object)  # JSON [[start_s, end_s, class], ...]
         return out
+
+
+def _stats(sink, stage: str, samples: int, audio_s: float, busy_s: float) -> None:
+    """A stage's work figures to its sink, when the sink takes them (the pipeline's does)."""
+    record = getattr(sink, "stats", None)
+    if record is not None:
+        record(stage, samples, audio_s, busy_s)
 
 
 def pad_stack(rows, length_axis: int = -1, dtype=np.float32) -> np.ndarray:
@@ -280,8 +295,17 @@ class FeaturizeStage:
         return np.stack([frame_matrix(json.loads(s), T, C, hop_s, offset) for s in segments]) if len(segments) \
             else np.zeros((0, T, C), np.float32)
 
-    @torch.no_grad()
     def __call__(self, batch: Batch) -> Batch:
+        t0 = time.perf_counter()
+        out = self._featurize(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        audio_s = float(np.sum(batch[C.NUM_SAMPLES])) / self.cfg.decode.sample_rate
+        _stats(self.sink, "featurize", len(out[C.KEY]), audio_s, time.perf_counter() - t0)
+        return out
+
+    @torch.no_grad()
+    def _featurize(self, batch: Batch) -> Batch:
         wave = _tensor(pad_stack(batch[C.AUDIO]), self.device)
         nsamp = _tensor(batch[C.NUM_SAMPLES], self.device, np.int64)
         ids = _tensor(batch[C.KEY_ID], self.device, np.int64)

@@ -218,7 +218,7 @@ class TrainStream:
             carried_in = [batch_of(rows[i:i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
         counter = DeliveryCounter(self.ledger)
         pin = self.device.type == "cuda"
-        lengths, samples, wait = [], 0, 0.0
+        lengths, samples, wait, first = [], 0, 0.0, None
         t0 = time.perf_counter()
         if self.ledger is not None:  # read tasks take this pass, even after an iteration left part-way
             ray.get(self.ledger.begin_pass.remote(self.epochs))
@@ -263,6 +263,8 @@ class TrainStream:
                 lengths.append(np.asarray(batch[C.LENGTH]).tolist())
                 samples += len(out[C.KEY])
                 self._last = batch
+                if first is None:
+                    first = time.perf_counter() - t0
                 yield out
                 self._mark_last()
         finally:
@@ -278,7 +280,9 @@ class TrainStream:
             self.last_epoch = {"epoch": self.epochs - 1, "batches": len(lengths), "samples": samples,
                                "carried_in": sum(len(b[C.KEY]) for b in carried_in),
                                "carried_out": sum(len(b[C.KEY]) for b in self.carry),
-                               "seconds": dt, "data_wait_s": wait, **padding_stats(lengths)}
+                               "seconds": dt, "data_wait_s": wait, "first_batch_s": first,
+                               "audio_s": sum(sum(ls) for ls in lengths) * self.seconds_per_frame,
+                               **padding_stats(lengths)}
 
 
 _END = object()
