@@ -184,6 +184,9 @@ def test_pipeline_weighted_sources_report(ray_session, tmp_path):
     assert t["balanced"] and t["read"] == t["delivered"] == len(got)
     assert src["main"]["delivered"] == 240 and src["extra"]["delivered"] == len(got) - 240
     assert all(row["source"] == "extra" for name, row in report["shards"].items() if "/b/" in name)
+    # the under-sampled source's reads were stopped on purpose: sampled, not unread
+    extra = [row for name, row in report["shards"].items() if "/b/" in name]
+    assert any(row.get("sampled") for row in extra) and all(row["unread"] is None for row in extra)
 
 
 def lognormal_corpus(d, shards=4, per=30, seed=0):

@@ -114,8 +114,11 @@ def test_rows_carried_past_the_epoch_end_are_in_the_state_and_delivered_on_resum
     assert end["epoch"] == 2 and list(end.get("pending", {})) == ["1"]
     assert len([k for k, e in second if e == 1]) + sum(
         b - a for sh in end["pending"]["1"].values() for a, b in sh) == len(keys)
-    t = pipe.report()["totals"]
+    report = pipe.report()
+    t = report["totals"]
     assert t["balanced"] and t["read"] == len(keys) + held and t["carried"] == (len(keys) + held) % 7
+    # the re-read of the held samples is no pass, and what it passed over is not this run's skipped
+    assert t["skipped"] == 0 and {row["passes"] for row in report["shards"].values()} == {1}
 
 
 def test_state_after_a_whole_epoch_starts_the_next(ray_session, corpus):
@@ -365,3 +368,76 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_on_three_wor
     assert len(after) + t["carried"] == len(keys) - done  # every other key: delivered, or carried and counted
     assert t["skipped"] == done and t["read"] == len(keys) - done and t["balanced"]
     assert "resuming epoch 0" in open(tmp_path / "run2.log").read()
+
+
+def _two_ranks_pending(rank: int, port: int, out: str) -> None:
+    """One of two ranks (gloo on the CPU, no Ray): TrainStream with equal steps and drop_last
+    over 3 epochs of random sizes, from a stand-in source; after every epoch the state's
+    pending rows must be exactly the earlier-epoch rows no rank has delivered."""
+    import random
+
+    import numpy as np
+    import torch.distributed as dist
+
+    from specstream.pipeline.stream import TrainStream
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+
+    class Source:
+        def __init__(self, per_epoch):
+            self.per_epoch, self.calls = per_epoch, 0
+
+        def iter_batches(self, batch_size, batch_format, prefetch_batches):
+            rows = self.per_epoch[self.calls]
+            self.calls += 1
+            for i in range(0, len(rows), batch_size):
+                c = rows[i:i + batch_size]
+                yield {k: (np.stack([r[k] for r in c]) if k == "features" else np.array([r[k] for r in c]))
+                       for k in c[0]}
+
+    bad = []
+    for trial in range(40):
+        rnd = random.Random(trial)
+        bs = rnd.randint(2, 5)
+        sizes = [[rnd.randint(0, 13) for _ in range(3)] for _ in range(2)]
+        per = [[dict(key=f"e{e}r{rank}_{i:03d}", shard=f"s{rank}e{e}", index=i, epoch=e, length=3,
+                     features=np.zeros((2, 3), np.float32)) for i in range(sizes[rank][e])] for e in range(3)]
+        stream = TrainStream(Source(per), None, batch_size=bs, device="cpu", equal_steps=True)
+        stream.drop_last = True
+        got = set()
+        for epoch in range(3):
+            for b in stream:
+                got |= set(zip(b["shard"], b["index"].tolist(), b["epoch"].tolist()))
+            state = stream.state_dict()
+            every = [None, None]
+            dist.all_gather_object(every, got)
+            delivered = set().union(*every)
+            pending = {(s, i, int(e)) for e, shards in (state.get("pending") or {}).items()
+                       for s, r in shards.items() for a, b2 in r for i in range(a, b2)}
+            held = {(s, int(i), int(e)) for b in stream.carry for s, i, e in zip(b["shard"], b["index"], b["epoch"])}
+            everyone = [None, None]
+            dist.all_gather_object(everyone, held)
+            held = set().union(*everyone)
+            if pending & delivered or pending != held:
+                bad.append((trial, epoch, sorted(pending & delivered), sorted(held ^ pending)))
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(bad, f)
+    dist.destroy_process_group()
+
+
+def test_pending_rows_are_exactly_the_held_rows_no_rank_delivered(tmp_path):
+    """Equal steps deal a rank's rows held over from the last epoch to other ranks: the state
+    must not name a row as pending once any rank delivered it (it would be trained on twice
+    after a resume), and must name every row still held."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "bad.json")
+    mp.spawn(_two_ranks_pending, args=(port, out), nprocs=2)
+    assert json.load(open(out)) == []

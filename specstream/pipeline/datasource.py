@@ -202,6 +202,7 @@ class _ShardRead:
     def __init__(self, url: str, storage: Storage, options: ReaderOptions, size: Optional[int],
                  ledger: LedgerClient, read_id: str, epoch: int, skip=None, until: Optional[int] = None):
         self.url, self.ledger, self.read_id, self.epoch = url, ledger, read_id, epoch
+        self.pending = until is not None  # a resumed run re-reading some samples of an earlier epoch
         self._gen = read_shard(url, storage, options, size=size, skip=skip, until=until)
         self.chunk = 0
         self.last = (0, 0)
@@ -261,6 +262,8 @@ class _ShardRead:
                 "corrupt": getattr(s, "corrupt", None)}
         if sampled:
             info["sampled"] = True
+        if self.pending:
+            info["pending"] = True
         self._record(self.chunk, 0, [], True, getattr(s, "resumes", 0), info)
 
 
@@ -330,7 +333,7 @@ class _Source:
         if self.reads and self.table is not None:  # a cyclic source reads one shard at a time
             self.reads[0].give_back(self.table.num_rows - self.offset)
         for r in self.reads:
-            r.close()
+            r.close(sampled=True)
         self.reads = []
 
 
@@ -454,12 +457,11 @@ def _pending_blocks(reads: List["_ShardRead"]):
     ``skipped``."""
     for r in reads:
         while True:
-            table = r.next_table()
+            table = r.next_table()  # closes the read at its end
             if table is None:
                 break
             if table.num_rows:
                 yield table
-        r.close(sampled=True)
 
 
 def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, decode, base_epoch: int):
@@ -477,21 +479,27 @@ def _make_read_fn(slot: int, plan: ReadPlan, options: ReaderOptions, ledger, dec
         client = LedgerClient(ledger)
         blocks = task_blocks(plan, slot, epoch, options, client)
         read_s, read_rows = 0.0, 0
-        while True:
-            t0 = time.perf_counter()
-            table = next(blocks, None)
-            read_s += time.perf_counter() - t0
-            if table is None:
-                break
-            read_rows += table.num_rows
-            if not table.num_rows:
-                continue
-            if decode is None:
-                yield table
-                continue
-            batch = decode(table)
-            if len(batch[C.KEY]):
-                yield BlockAccessor.batch_to_block(batch)
+        finished = False
+        try:
+            while True:
+                t0 = time.perf_counter()
+                table = next(blocks, None)
+                read_s += time.perf_counter() - t0
+                if table is None:
+                    break
+                read_rows += table.num_rows
+                if not table.num_rows:
+                    continue
+                if decode is None:
+                    yield table
+                    continue
+                batch = decode(table)
+                if len(batch[C.KEY]):
+                    yield BlockAccessor.batch_to_block(batch)
+            finished = True
+        finally:
+            if not finished:  # the consumer stopped (or the task failed): rows already sent count as read
+                client.send_rest()
         client.flush()
         if ledger is not None:
             ledger.record_stage.remote("read", read_rows, 0.0, read_s)

@@ -83,13 +83,22 @@ class Ledger:
                     resumes: int = 0, info: Optional[dict] = None) -> None:
         """One chunk of a read. The closing record (``done``) carries ``info``: bytes read and
         total, compression, ``unread`` (from_byte, reason) when the shard was not read to its
-        end, ``sampled`` when a weighted source's read was stopped on purpose."""
+        end, ``sampled`` when a weighted source's read was stopped on purpose, ``pending`` for a
+        resumed run's re-read of an earlier epoch's held samples: that read is no pass over the
+        shard, and what it passed over was consumed in that earlier epoch (not ``skipped`` by this
+        run); only an unread rest or a corrupt end it met is kept in the shard's figures."""
         if read_id in self.closed:
             return  # a retried read task repeating a read that already finished
         self.open.setdefault(read_id, {"shard": shard, "chunks": {}})["chunks"][chunk] = samples
         self.quarantine(entries)
         if resumes:
             self.resumes[shard] += resumes
+        pending = info is not None and bool(info.get("pending"))
+        if pending:
+            kept = {k: info[k] for k in ("unread", "corrupt") if info.get(k)}
+            if kept:
+                self.reads[shard] = {**self.reads.get(shard, {"bytes_read": None, "bytes_total": None}), **kept}
+            info = None
         if info is not None:
             prev = self.reads.get(shard)
             # an unread rest in any read stays reported (a later clean read does not hide it)
@@ -99,7 +108,8 @@ class Ledger:
             self.reads[shard] = info
         if done:
             self.done_total[shard] += sum(self.open.pop(read_id)["chunks"].values())
-            self.passes[shard] += 1
+            if not pending:
+                self.passes[shard] += 1
             self.closed.add(read_id)
 
     def record_reads(self, records: List[tuple]) -> None:
@@ -242,7 +252,8 @@ class LedgerClient:
     has passed since the last send, with at most one call in flight (the next waits only
     when ``max_buffer`` records are waiting: back-pressure on a ledger that falls behind).
     Order is kept. ``flush()`` sends the rest and waits: a read task calls it before it
-    ends, so a finished task's reads are all in the ledger. A task that is cancelled or
+    ends, so a finished task's reads are all in the ledger; one whose consumer stopped early
+    sends what it holds (``send_rest``), so rows it emitted are counted as read. A task that
     dies loses what it had buffered, which is what its retry re-sends (records are keyed by
     read id and chunk, so repeats count once). ``ledger`` None: records go nowhere."""
 
@@ -278,6 +289,14 @@ class LedgerClient:
             self.buffer = []
             self.calls += 1
             self.next_size = self.max_records
+
+    def send_rest(self) -> None:
+        """Send what is buffered without waiting (a read task leaving early: its consumer
+        stopped). Calls from one task reach the actor in order, after the one in flight."""
+        if self.ledger is not None and self.buffer:
+            self.ledger.record_reads.remote(self.buffer)
+            self.buffer = []
+            self.calls += 1
 
     def flush(self) -> None:
         """Send everything buffered and wait until the ledger has it."""

@@ -186,10 +186,11 @@ class TrainStream:
             states: List = [None] * dist.get_world_size()
             dist.all_gather_object(states, local)
             merged = merge_states(states)
-        # pending: the resumed state's pending samples no rank has yielded, and every rank's held rows
+        # pending: the resumed state's pending samples and every rank's held rows, less what any rank
+        # has yielded (equal steps deal a rank's carried rows out: another rank may yield them)
         done = merged.pop("pending_done", {}) or {}
-        pending = union_pending(subtract_pending(pending_of(base), {int(e): sh for e, sh in done.items()}),
-                                pending_of(merged))
+        pending = subtract_pending(union_pending(pending_of(base), pending_of(merged)),
+                                   {int(e): sh for e, sh in done.items()})
         return make_state(fp, self.seed, merged["epoch"], merged["consumed"], pending)
 
     def _deal(self, dist, left: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
@@ -271,6 +272,8 @@ class TrainStream:
             pull.close()  # stops the pull thread, also when the consumer left during the carried batches
             if completed:  # the epoch is done: the state moves to the next, nothing of it consumed yet
                 self._state_epoch, self._consumed, self._last = self._state_epoch + 1, {}, None
+                # carried-in rows this rank did not yield were dealt to others or are in its carry now
+                self._carried_in_left = set()
             if held:
                 self.carry.extend(held)
                 self._carried(held, +1)
