@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from . import columns as C
-from .ledger import DeliveryCounter
 from .stages import pad_stack
 
 
@@ -74,6 +73,8 @@ def torch_batches(source, batch_size: int = 64, device: Union[str, torch.device,
     ``ledger`` (the pipeline's ledger actor, ``Pipeline.ledger``) receives per-shard delivered
     counts, so ``Pipeline.report()`` can reconcile read = delivered + quarantined.
     """
+    from .ledger import DeliveryCounter  # Ray; collate needs none (the GPU box has no Ray)
+
     device = torch.device(device) if device is not None else default_device()
     counter = DeliveryCounter(ledger)
     pin = device.type == "cuda"
