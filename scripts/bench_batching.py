@@ -28,7 +28,8 @@ import tracemalloc
 def read_path(urls, buffer: int, interleave: int) -> dict:
     from specstream.io.samples import ReaderOptions
     from specstream.io.shards import Storage
-    from specstream.pipeline.datasource import ReadPlan, SourceShards, task_blocks
+    from specstream.pipeline.plan import ReadPlan, SourceShards
+    from specstream.pipeline.readtask import task_blocks
 
     plan = ReadPlan([SourceShards("a", urls, Storage())], interleave=interleave, shuffle_buffer=buffer, seed=0)
     tracemalloc.start()

@@ -52,7 +52,7 @@ def ray_cluster():
 
     import tempfile
 
-    # SPECSTREAM_TEST_FAULT_DIR: the pipeline's test hook for crashing a read task (datasource._test_fault)
+    # SPECSTREAM_TEST_FAULT_DIR: the pipeline's test hook for crashing a read task (readtask._test_fault)
     env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "SPECSTREAM_TEST_FAULT_DIR": tempfile.mkdtemp(prefix="specstream-faults-")}
     os.environ.update(env)
     cluster = Cluster(initialize_head=True, head_node_args={

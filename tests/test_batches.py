@@ -14,7 +14,8 @@ from conftest import flac_bytes, good_sample, tone, write_shard, write_shard_set
 from specstream.io.samples import ReaderOptions
 from specstream.io.shards import Storage
 from specstream.pipeline.compose import DurationBatcher, batch_of, estimate_boundaries, padding_stats, rows_of
-from specstream.pipeline.datasource import ReadPlan, SourceShards, task_blocks
+from specstream.pipeline.plan import ReadPlan, SourceShards
+from specstream.pipeline.readtask import task_blocks
 
 VOCAB = [str(i) for i in range(10)]
 

@@ -21,7 +21,7 @@ _WHERE = {
     "FeaturizeActor": "build", "storage_from_config": "build", "output_block_bytes": "build", "init_ray": "build",
     "torch_batches": "deliver", "collate": "deliver",
     "DecodeStage": "stages", "FeaturizeStage": "stages",
-    "shard_order": "datasource",
+    "shard_order": "plan",
     "TrainStream": "stream", "stream_data_config": "stream",
     "Ledger": "ledger", "LedgerClient": "ledger", "write_report": "ledger",
 }

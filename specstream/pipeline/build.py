@@ -15,7 +15,9 @@ from ..config import PipelineConfig, load_config
 from ..resume import fingerprint, load_state
 from ..io.samples import ReaderOptions
 from ..io.shards import Storage, expand_shards, shard_sizes
-from .datasource import ReadPlan, ShardDatasource, SourceShards, _test_fault
+from .datasource import ShardDatasource
+from .plan import ReadPlan, SourceShards
+from .readtask import _test_fault
 from .ledger import Ledger, LedgerSink, write_report
 from .stages import DecodeStage, FeaturizeStage, storage_of
 
@@ -57,7 +59,7 @@ class _PerProcess:
 
 class FeaturizeActor(FeaturizeStage):
     """The featurize stage as a Ray Data actor: records the node it runs on in the ledger.
-    Test hook (not configuration, see ``datasource._test_fault``): a file ``featurize-exit``
+    Test hook (not configuration, see ``readtask._test_fault``): a file ``featurize-exit``
     reading ``actor N`` makes the first actor to reach its N-th batch exit its process, as
     a crash would (Ray restarts the actor and retries the batch)."""
 
