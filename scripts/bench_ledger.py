@@ -7,7 +7,9 @@ in the run's one ledger actor. This measures, in one run on a local Ray cluster:
 
 1. one call per record, each waiting for the previous (the read task's path before
    ``LedgerClient``): calls/s and records/s the ledger served;
-2. ``LedgerClient`` (records batched, one call in flight): records/s.
+2. ``LedgerClient`` (records batched, one call in flight): records/s;
+3. the memory of a ledger actor's process, and of one that imports the pipeline's build
+   module (torch and the augmentation library), as ledgers did before the package was lazy.
 
 ``--clients`` read tasks send ``--records`` records each at once, as fast as they can
 (nothing else runs), so the figure is the ledger's ceiling on this machine. The records
@@ -68,6 +70,23 @@ def main(argv=None) -> int:
         ray.kill(ledger)
         return args.clients * args.records / dt, calls / dt
 
+    def rss_mb(heavy: bool) -> float:
+        import psutil
+
+        def probe(self, heavy):
+            import os
+            if heavy:
+                import importlib
+
+                importlib.import_module("specstream.pipeline.build")  # the import is the measurement
+            return os.getpid()
+
+        ledger = Ledger.remote(shards, [None] * len(shards))
+        pid = ray.get(ledger.__ray_call__.remote(probe, heavy))
+        rss = psutil.Process(pid).memory_info().rss / 2**20
+        ray.kill(ledger)
+        return rss
+
     single, batch = [], []
     for _ in range(args.repeats):
         single.append(served(one_by_one))
@@ -84,6 +103,9 @@ def main(argv=None) -> int:
           f"({records_b / records_1:.1f}x)")
     print(f"  saturation at {args.block_rows} samples per record: one by one {records_1 * args.block_rows:,.0f} "
           f"samples/s, batched {records_b * args.block_rows:,.0f} samples/s")
+    print(f"  ledger actor process: {rss_mb(False):.0f} MB RSS; the same after importing what the pipeline's "
+          f"build module imports (torch, augmentation), as every ledger did before the lazy package: "
+          f"{rss_mb(True):.0f} MB")
     ray.shutdown()
     return 0
 

@@ -338,6 +338,9 @@ def test_each_stage_emits_exactly_the_columns_of_the_contract(variant):
     extra_dec = {C.SEGMENTS} if "frames" in variant else set()
     extra_feat = ({C.MIX_LAMBDA, C.MIX_TOKENS} if "mixup" in variant else set()) | \
         ({C.FRAME_TARGET} if "frames" in variant else set()) | ({C.AUG_PARAMS} if "log" in variant else set())
+    from specstream.pipeline.readtask import OUT_SCHEMA
+
+    assert set(C.READ) == set(OUT_SCHEMA.names)  # what the read tasks emit
     dec = DecodeStage(c, Sink())(table(rows))
     assert set(dec) == set(C.DECODED) | labels | extra_dec
     out = FeaturizeStage(c, device="cpu")(dec)

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.frames import move_frames, pad_to, zero_padding
-from ..functional.random import hash32, keyed_prefix, unit_float
+from ..functional.random import hash32, keyed_prefix, uniform
 
 Params = Dict[str, torch.Tensor]
 
@@ -214,8 +214,7 @@ class Context:
 
     def uniform(self, n: int = 1) -> torch.Tensor:
         """[B, n] uniforms in [0, 1); successive calls draw fresh streams."""
-        prefix = self._prefix()
-        return self._to_device(unit_float(hash32([self._next(), torch.arange(n)], state=prefix)))
+        return self._to_device(uniform(self.seed, self.epoch, self.ids, self._next(), n, prefix=self._prefix()))
 
     def normal(self, n: int = 1) -> torch.Tensor:
         """[B, n] standard normals (Box-Muller on two uniform streams)."""

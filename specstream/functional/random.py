@@ -164,11 +164,13 @@ def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1,
             prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[B, n] float32 uniforms in [0, 1) for sample ids [B] (int64) at op slot ``op``.
     ``epoch`` is an int or a per-sample [B] tensor; ``prefix``: their
-    :func:`keyed_prefix` when already computed (same values, fewer operations)."""
-    draw = torch.arange(n, device=ids.device, dtype=torch.int64)
+    :func:`keyed_prefix` when already computed (same values, fewer operations). The
+    uniforms are computed where the prefix is (a host prefix: on the host, as
+    :class:`~specstream.augment.core.Context` draws)."""
     if prefix is None:
         prefix = keyed_prefix(seed, epoch, ids)
-    return unit_float(hash32([op, draw], device=ids.device, state=prefix))
+    draw = torch.arange(n, device=prefix.device, dtype=torch.int64)
+    return unit_float(hash32([op, draw], device=prefix.device, state=prefix))
 
 
 def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:

@@ -51,7 +51,6 @@ def collate(batch: Dict[str, np.ndarray]) -> Dict[str, object]:
     return out
 
 
-DEVICE_COLUMNS = C.DEVICE  # moved to the trainer's device
 
 
 def default_device() -> torch.device:
@@ -82,7 +81,7 @@ def torch_batches(source, batch_size: int = 64, device: Union[str, torch.device,
         for batch in source.iter_batches(batch_size=batch_size, batch_format="numpy",
                                          prefetch_batches=prefetch_batches, drop_last=drop_last):
             out = collate(batch)
-            for name in DEVICE_COLUMNS:
+            for name in C.DEVICE:
                 if name in out:
                     t = out[name].pin_memory() if pin else out[name]
                     out[name] = t.to(device, non_blocking=pin)

@@ -40,7 +40,7 @@ import torch
 from ..config import PipelineConfig, SamplingConfig, load_config
 from . import columns as C
 from .compose import DurationBatcher, batch_of, padding_stats, rows_of
-from .deliver import DEVICE_COLUMNS, collate, default_device
+from .deliver import collate, default_device
 from .ledger import DeliveryCounter
 
 READ_ROWS = 256  # rows fetched from Ray per call when batches are formed here (bucketing)
@@ -256,7 +256,7 @@ class TrainStream:
                     completed = True
                     break
                 out = collate(batch)
-                for name in DEVICE_COLUMNS:
+                for name in C.DEVICE:
                     if name in out:
                         t = out[name].pin_memory() if pin else out[name]
                         out[name] = t.to(self.device, non_blocking=pin)
