@@ -28,15 +28,17 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import pyarrow as pa
 
 from ..io.samples import SCHEMA, ReaderOptions, read_shard
 from ..io.shards import Storage
 from . import columns as C
-from .ledger import LedgerClient
 from .plan import ReadPlan
+
+if TYPE_CHECKING:  # the ledger module needs Ray; reading does not (the GPU box has no Ray)
+    from .ledger import LedgerClient
 
 # rows the reader adds per block: the epoch (augmentation draws depend on it) and the read id
 # (which read of which shard a row came from: quarantine entries count once per read)
@@ -294,7 +296,10 @@ def task_blocks(plan: ReadPlan, slot: int, epoch: int, options: ReaderOptions,
     task's client of the run's ledger (the caller flushes it when the task ends), or None
     (no accounting: tests and benchmarks run it in one process)."""
     opened = [0]
-    ledger = ledger if ledger is not None else LedgerClient(None)
+    if ledger is None:
+        from .ledger import LedgerClient
+
+        ledger = LedgerClient(None)
 
     def opener(source: int):
         def open_read(url: str) -> _ShardRead:
