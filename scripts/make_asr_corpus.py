@@ -24,15 +24,13 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from typing import List, Optional, Tuple
 
-SAMPLE_RATE = 16000
+from specstream.tts import SAMPLE_RATE, check_engines, draw_voice, speak
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 RANKS = ["ace", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "jack", "queen", "king"]
@@ -64,12 +62,6 @@ yet you young your
 """.split()
 FILLERS = ["please", "now", "again", "then", "and", "or", "oh"]
 
-ESPEAK_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbcwmd",
-                 "en-gb-x-gbclan"]
-ESPEAK_VARIANTS = ["", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
-                   "klatt3", "klatt4", "croak", "adam", "david", "john", "linda", "max", "paul", "robert", "steph",
-                   "Annie", "Andy", "grandma", "grandpa", "edward", "michel", "quincy", "travis", "victor"]
-FLITE_VOICES = ["kal", "kal16", "awb", "rms", "slt"]
 
 
 def sentence(rng: random.Random) -> Tuple[str, str]:
@@ -103,15 +95,7 @@ def plan(count: int, seed: int) -> List[dict]:
     for i in range(count):
         rng = random.Random(f"{seed}:{i}")
         text, kind = sentence(rng)
-        if rng.random() < 0.6:
-            variant = rng.choice(ESPEAK_VARIANTS)
-            voice = rng.choice(ESPEAK_VOICES) + (f"+{variant}" if variant else "")
-            item = {"engine": "espeak-ng", "voice": voice, "rate": rng.randint(120, 210),
-                    "pitch": rng.randint(20, 80), "gap": rng.choice([0, 0, 1, 2, 4])}
-        else:
-            item = {"engine": "flite", "voice": rng.choice(FLITE_VOICES),
-                    "rate": round(rng.uniform(0.8, 1.3), 3),  # duration stretch
-                    "pitch": rng.randint(85, 190)}  # target mean F0, Hz
+        item = draw_voice(rng)
         item.update({"index": i, "key": f"u{seed}_{i:06d}", "text": text, "kind": kind,
                      "gain_db": round(rng.uniform(-12.0, 0.0), 2)})
         items.append(item)
@@ -123,30 +107,11 @@ def synthesise(item: dict, out_dir: str) -> Tuple[dict, Optional[str]]:
     import numpy as np
     import soundfile as sf
     import torch
-    import torchaudio
 
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="tts-") as tmp:
-        wav = os.path.join(tmp, "x.wav")
-        if item["engine"] == "espeak-ng":
-            cmd = ["espeak-ng", "-v", item["voice"], "-s", str(item["rate"]), "-p", str(item["pitch"]),
-                   "-g", str(item["gap"]), "-w", wav, item["text"]]
-        else:
-            cmd = ["flite", "-voice", item["voice"], "--setf", f"duration_stretch={item['rate']}",
-                   "--setf", f"int_f0_target_mean={item['pitch']}", "-t", item["text"], "-o", wav]
-        try:
-            r = subprocess.run(cmd, capture_output=True, timeout=60)
-        except subprocess.TimeoutExpired:
-            return item, f"{item['engine']} timed out"
-        if r.returncode != 0 or not os.path.exists(wav):
-            return item, f"{item['engine']} failed (exit {r.returncode}): {r.stderr.decode(errors='replace').strip()[:200]}"
-        try:
-            x, sr = sf.read(wav, dtype="float32", always_2d=True)
-        except Exception as e:  # noqa: BLE001 - reported as a skip
-            return item, f"unreadable output: {e}"
-    x = x.mean(1)
-    if sr != SAMPLE_RATE:
-        x = torchaudio.functional.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
+    x, err = speak(item["text"], item["engine"], item["voice"], item["rate"], item["pitch"], item.get("gap", 0))
+    if err:
+        return item, err
     peak = float(np.abs(x).max()) if len(x) else 0.0
     if len(x) < SAMPLE_RATE // 10 or peak < 1e-4:
         return item, f"no speech in the output ({len(x) / SAMPLE_RATE:.2f} s, peak {peak:.1e})"
@@ -154,12 +119,6 @@ def synthesise(item: dict, out_dir: str) -> Tuple[dict, Optional[str]]:
     path = os.path.join(out_dir, item["key"] + ".flac")
     sf.write(path, x.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
     return dict(item, duration=round(len(x) / SAMPLE_RATE, 3), path=os.path.basename(path)), None
-
-
-def check_engines() -> None:
-    missing = [e for e in ("espeak-ng", "flite") if shutil.which(e) is None]
-    if missing:
-        raise SystemExit(f"error: {' and '.join(missing)} not found: apt-get install {' '.join(missing)}")
 
 
 def make_corpus(out: str, count: int, seed: int = 0, jobs: int = 2, per_shard: int = 250,

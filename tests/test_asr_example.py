@@ -5,49 +5,13 @@ through Ray Train in its own Ray instance (a subprocess) and scores every test s
 import glob
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import tarfile
 
 import pytest
 
-from conftest import ASTERISK, POCKETSPHINX, need_recordings
+from conftest import ASTERISK, POCKETSPHINX, need_engines, need_recordings, run_script as run
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 pytestmark = pytest.mark.slow
-
-
-def need_engines():
-    missing = [e for e in ("espeak-ng", "flite") if shutil.which(e) is None]
-    if missing:
-        msg = f"speech synthesisers missing: apt-get install {' '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
-def run(args, timeout=300):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_DATA_DISABLE_PROGRESS_BARS="1",
-               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    env.pop("RAY_ADDRESS", None)  # the script starts its own local Ray, not the test session's
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # SIGINT first: the script's Ray shuts down (ray.init's atexit) instead of being orphaned
-        proc.send_signal(signal.SIGINT)
-        try:
-            stdout, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        pytest.fail(f"{args[0]} still running after {timeout} s (a hang)\n--- stdout\n{stdout[-3000:]}\n"
-                    f"--- stderr\n{stderr[-5000:]}")
-    assert proc.returncode == 0, f"{args[0]} exited {proc.returncode}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-5000:]}"
-    return stdout
 
 
 def samples(shard):

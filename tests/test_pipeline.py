@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import ray
 import soundfile as sf
 import torch
 
@@ -123,6 +124,11 @@ def test_streaming_split_pieces_partition_the_keys(ray_session, clean_shards):
     assert not set(got[0]) & set(got[1])
     assert sorted(got[0] + got[1]) == sorted(all_keys)  # every key exactly once over both pieces
     assert pipe.report()["totals"]["balanced"]
+    # close: the final report, then the ledger's process is gone
+    final = pipe.close()
+    assert final["totals"]["delivered"] == len(all_keys) and final["totals"]["balanced"]
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(pipe.ledger.report.remote(), timeout=30)
 
 
 def test_full_mode_streams_ragged_features(ray_session, tmp_path):

@@ -91,6 +91,14 @@ class Pipeline:
         write_report(report, path)
         return report
 
+    def close(self) -> dict:
+        """The final report, then the ledger actor is stopped (its process freed). A driver
+        that builds many pipelines (an experiment, a sweep) closes each when done with it;
+        the dataset cannot be iterated after this."""
+        report = self.report()
+        ray.kill(self.ledger)
+        return report
+
 
 def init_ray(verbose: bool = False, address=None) -> None:
     """Start or join Ray for a command-line tool or job script. Unless ``verbose``, Ray's own
