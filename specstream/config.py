@@ -48,6 +48,9 @@ class DecodeConfig:
     crop: str = "start"  # start | center | random (random is seeded by sample key)
     max_seconds: float = 600.0  # clips longer than this are quarantined before decoding
     num_cpus: float = 1.0
+    # start the read+decode tasks' worker processes when the pipeline is built (imports, stage
+    # objects), so the first batch does not wait for them
+    prestart: bool = True
     # custom Ray resources each read+decode task asks for, to pin it to some nodes
     # (e.g. {cpu_node: 0.01} with nodes started as `ray start --resources '{"cpu_node": 100}'`)
     resources: Dict[str, float] = field(default_factory=dict)

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -124,11 +125,25 @@ def test_streaming_split_pieces_partition_the_keys(ray_session, clean_shards):
     assert not set(got[0]) & set(got[1])
     assert sorted(got[0] + got[1]) == sorted(all_keys)  # every key exactly once over both pieces
     assert pipe.report()["totals"]["balanced"]
+    # decode.prestart (default): one worker per read task that can run at once was started at
+    # build time, its stages built without an error
+    started = ray.get(pipe.prestarted, timeout=120)
+    assert 1 <= len(started) <= min(len(pipe.shards), int(ray.cluster_resources()["CPU"]))
+    assert all(err is None for _, err in started)
+    off = build_pipeline(base_config(d, decode={"prestart": False}))
+    assert off.prestarted == [] and off.close()["totals"]["read"] == 0
     # close: the final report, then the ledger's process is gone
     final = pipe.close()
     assert final["totals"]["delivered"] == len(all_keys) and final["totals"]["balanced"]
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(pipe.ledger.report.remote(), timeout=30)
+    deadline = time.monotonic() + 60  # ray.kill is asynchronous: calls made before it lands still answer
+    while True:
+        try:
+            ray.get(pipe.ledger.report.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            break
+        assert time.monotonic() < deadline, "the ledger actor still answers 60 s after close()"
+        time.sleep(0.2)
+    assert pipe.close() == final
 
 
 def test_full_mode_streams_ragged_features(ray_session, tmp_path):

@@ -50,11 +50,34 @@ class _PerProcess:
         self.stage_cls, self.config, self.sink = stage_cls, config, sink
         self.key = (stage_cls.__name__, json.dumps(config.to_dict(), sort_keys=True, default=str))
 
-    def __call__(self, batch):
+    def stage(self):
         stage = _STAGES.get(self.key)
         if stage is None:
             stage = _STAGES[self.key] = self.stage_cls(self.config, self.sink)
-        return stage(batch)
+        return stage
+
+    def __call__(self, batch):
+        return self.stage()(batch)
+
+
+def _prestart(stages: List[_PerProcess]) -> tuple:
+    """Ray task body, sent with the read tasks' resources when the pipeline is built: a
+    worker process that will run read tasks imports what they import (Ray Data's task
+    code, the reader, torch) and builds the stage objects before the first pass needs
+    them. Returns (process id, None) or (process id, the error): a stage that cannot be
+    built fails again, with its error, in the read task."""
+    import os
+
+    try:
+        import ray.data._internal.execution.operators.map_operator  # noqa: F401 - the read task's body
+
+        from . import datasource  # noqa: F401 - the read function's module
+
+        for s in stages:
+            s.stage()
+    except Exception as e:  # noqa: BLE001 - reported by the read task that meets it
+        return os.getpid(), f"{type(e).__name__}: {e}"
+    return os.getpid(), None
 
 
 class FeaturizeActor(FeaturizeStage):
@@ -81,6 +104,8 @@ class Pipeline:
     shards: List[str]
     dataset: "ray.data.Dataset"
     ledger: Any  # the Ledger actor handle
+    prestarted: list = dataclasses.field(default_factory=list)  # refs of the prestart tasks (decode.prestart)
+    final: Any = None  # the report close() took
 
     def report(self) -> dict:
         """Per-shard reconciliation of samples read, delivered and quarantined."""
@@ -94,10 +119,11 @@ class Pipeline:
     def close(self) -> dict:
         """The final report, then the ledger actor is stopped (its process freed). A driver
         that builds many pipelines (an experiment, a sweep) closes each when done with it;
-        the dataset cannot be iterated after this."""
-        report = self.report()
-        ray.kill(self.ledger)
-        return report
+        the dataset cannot be iterated after this. Closing again returns the same report."""
+        if self.final is None:
+            self.final = self.report()
+            ray.kill(self.ledger)
+        return self.final
 
 
 def init_ray(verbose: bool = False, address=None) -> None:
@@ -133,7 +159,7 @@ def check_resources(cfg: PipelineConfig, reserved_cpus: float = 0.0, reserved_gp
     res = ray.cluster_resources()
     cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
     a = cfg.actors
-    actors = a.compute == "actors" or (a.compute == "auto" and a.num_gpus > 0)
+    actors = actor_layout(cfg)
     need_cpu = (a.count * a.num_cpus if actors else 0.0) + cfg.decode.num_cpus + reserved_cpus
     need_gpu = a.count * a.num_gpus + reserved_gpus
     if need_cpu > cpus + 1e-9:
@@ -196,11 +222,14 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
     source = ShardDatasource(plan, options, ledger, decode=_PerProcess(DecodeStage, cfg, sink),
                              base_epoch=cfg.epoch)
     read_res = dict(cfg.decode.resources) or None
+    decode = source.decode
+    featurize = None if actor_layout(cfg) else _PerProcess(FeaturizeStage, cfg, sink)
+    warming = prestart(cfg, plan.tasks, [st for st in (decode, featurize) if st is not None], read_res)
     ds = ray.data.read_datasource(source, override_num_blocks=plan.tasks,
                                   num_cpus=cfg.decode.num_cpus, resources=read_res)
     ds.context.target_max_block_size = output_block_bytes(cfg)
     a = cfg.actors
-    if a.compute == "actors" or (a.compute == "auto" and a.num_gpus > 0):
+    if featurize is None:
         concurrency = a.count if a.max_count is None else (a.count, a.max_count)
         # Ray Data restarts pool actors (max_restarts=-1) and retries their batches by default
         extra = {} if a.max_restarts == -1 else {"max_restarts": a.max_restarts}
@@ -212,9 +241,27 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
         # Same resources as the read task and whole blocks as batches (Ray does not fuse a read with a
         # fixed-batch-size map), so that Ray fuses read+decode+featurize into one task
         # per shard. Featurize batches are then the reader's blocks (source.block_rows).
-        ds = ds.map_batches(_PerProcess(FeaturizeStage, cfg, sink), batch_size=None,
-                            batch_format="numpy", num_cpus=cfg.decode.num_cpus, resources=read_res)
-    return Pipeline(cfg, urls, ds, ledger)
+        ds = ds.map_batches(featurize, batch_size=None, batch_format="numpy", num_cpus=cfg.decode.num_cpus,
+                            resources=read_res)
+    return Pipeline(cfg, urls, ds, ledger, warming)
+
+
+def actor_layout(cfg: PipelineConfig) -> bool:
+    """Featurize on an actor pool (else in the read tasks)."""
+    a = cfg.actors
+    return a.compute == "actors" or (a.compute == "auto" and a.num_gpus > 0)
+
+
+def prestart(cfg: PipelineConfig, read_tasks: int, stages: List[_PerProcess], resources) -> list:
+    """Start, without waiting, one :func:`_prestart` task per read task that can run at
+    once (the cluster's CPUs over ``decode.num_cpus``, at most the read tasks): Ray keeps
+    those worker processes for the read tasks that follow. Returns their object refs."""
+    if not cfg.decode.prestart:
+        return []
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    n = min(read_tasks, int(cpus / cfg.decode.num_cpus) if cfg.decode.num_cpus > 0 else read_tasks, 64)
+    task = ray.remote(_prestart).options(num_cpus=cfg.decode.num_cpus, resources=resources, max_retries=0)
+    return [task.remote(stages) for _ in range(max(0, n))]
 
 
 def output_block_bytes(cfg: PipelineConfig) -> int:

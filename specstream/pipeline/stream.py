@@ -222,7 +222,11 @@ class TrainStream:
         lengths, samples, wait, first = [], 0, 0.0, None
         t0 = time.perf_counter()
         if self.ledger is not None:  # read tasks take this pass, even after an iteration left part-way
-            ray.get(self.ledger.begin_pass.remote(self.epochs))
+            began = self.ledger.begin_pass.remote(self.epochs)
+            # Pass 0 is what every first read gets whether or not this call has arrived
+            # (Ledger.slot_pass), so the first epoch does not wait for the ledger's process to start.
+            if self.epochs:
+                ray.get(began)
         fresh, pull = self._fresh()
         batches = itertools.chain(carried_in, fresh)
         self._state_epoch, self._consumed, self._last = self.base_epoch + self.epochs, {}, None
