@@ -12,7 +12,7 @@ duration stretch and F0): one word per clip, cut to its speech (-40 dB of the lo
 10 ms frame) and placed at a random offset in a 1 s clip at a random level, written to
 WebDataset shards with ``specstream make-shards``' library function, then streamed
 through the real pipeline: Ray Data read -> decode -> featurize (waveform and spectrogram
-augmentation, log-mel 40) -> shuffled batches, into a torch loop in this process (the
+augmentation, log-mel 80) -> shuffled batches, into a torch loop in this process (the
 pipeline's ``TrainStream``; each pass is an epoch with fresh augmentation draws).
 
 **Test data: real human speech only.**
@@ -26,24 +26,30 @@ pipeline's ``TrainStream``; each pass is an epoch with fresh augmentation draws)
 Each word is centred in a 1 s clip. Conditions (built with numpy and torchaudio, not with
 specstream's augmentation ops, from a fixed seed, so every arm sees the same test audio):
 - clean;
-- noise 0 / 5 / 10 dB SNR (over the word): recordings never used in training: babble of
-  LibriVox read speech (pocketsphinx-testdata), asterisk's recorded monkeys (tt-monkeys),
-  ALSA's Noise.wav; the training noise bank is synthetic (see below);
+- noise 0 / 5 / 10 dB SNR (over the word): two recordings never used in training, each on
+  half of the copies: babble of three LibriVox readers (pocketsphinx-testdata) and
+  asterisk's recorded monkeys (tt-monkeys). The training noise is synthetic (generated
+  coloured noise, TTS babble, procedural noises; see below). Accuracy is also reported per
+  test noise;
 - reverb: rooms simulated with pyroomacoustics from a seed the training bank does not use
   and a longer RT60 range (0.4-1.2 s vs 0.2-0.9 s);
 - telephone: 8 kHz, 300-3400 Hz band, 8-bit mu-law, back to 16 kHz;
 - ``--extra-test-noise PATH`` (a folder of audio files or of shards): that noise at 0/5/10 dB.
 Each noisy or reverberant condition holds ``--variants`` corrupted copies of every word
-(different noise segments, rooms). A held-out synthetic set (other voices and prosody
-draws) shows what the model learned in its own domain.
+(different noise segments, rooms). A held-out synthetic set (other clips: the same engines
+and voice pool, other draws of voice, prosody, level and offset) shows what the model
+learned in its own domain.
 
 **Arms** (each trained ``--seeds`` times; the seed sets the model's initialisation, the
 shuffle and every augmentation draw):
 - none: no augmentation;
-- specaugment: the SpecAugment preset SM (Park et al. 2019);
+- specaugment: a SpecAugment preset (``--preset``, default ``adaptive``: two frequency
+  masks F=27 and length-relative time masks, Park et al. 2020; SM and LD's time warp of
+  W=40-80 frames is sized for long utterances and would fold a 101-frame clip);
 - wave+spec: speed 0.9/1.0/1.1, synthetic background noise (TTS babble and procedural
-  noises) at 0-20 dB, coloured noise, reverb (training RIR bank), random filters, VTLP,
-  then SM's masks and time warp;
+  noises) at 0-20 dB, coloured noise, reverb (training RIR bank), random low-pass filters
+  (2-7 kHz: no band-pass, no 8 kHz channel, no mu-law, so the telephone condition stays
+  unseen), VTLP, then the preset's ops;
 - wave+spec+mixup: the same, then mixup (alpha 0.4) with soft targets.
 
 **Output**: ``OUT/results.json`` (accuracy per arm x condition x seed, per test set too,
@@ -51,9 +57,9 @@ the training history and the pipeline's reconciliation per run), ``OUT/results.m
 (mean +- std table), ``OUT/results.png`` (the plot). The data under ``OUT/data`` is built
 once and reused by later runs with the same data settings.
 
-Needs espeak-ng and flite (apt), asterisk-core-sounds-en-wav and pocketsphinx-testdata
-(apt), and ``pip install "specstream[experiment]"`` (pocketsphinx for the alignment,
-pyroomacoustics, matplotlib).
+Needs espeak-ng, flite, asterisk-core-sounds-en-wav and pocketsphinx-testdata (apt), and
+``pip install "specstream[experiment]"`` (pocketsphinx for the alignment, pyroomacoustics,
+matplotlib); both are checked before anything is built.
 """
 from __future__ import annotations
 
@@ -81,8 +87,9 @@ WORD_TO_DIGIT["oh"] = "zero"
 ASTERISK_ROOT = "/usr/share/asterisk/sounds"
 POCKETSPHINX = "/usr/share/pocketsphinx/test/data"
 TIDIGITS = {"dhd.2934z.raw": "two nine three four zero"}  # the package's one TIDIGITS waveform
-ALSA_NOISE = "/usr/share/sounds/alsa/Noise.wav"
-# words for the training babble: no digits, so babble never says a label
+MONKEYS = os.path.join(ASTERISK_ROOT, "en_US_f_Allison", "tt-monkeys.wav")
+# words for the training babble: no digit and no word that sounds like one (to, for, won, ate,
+# nein...), so babble never says a label
 BABBLE_WORDS = ("the a of and to in is you that it he was for on are as with his they at be this have from or had "
                 "by word but what some we can out other were all there when up use your how said an each she which "
                 "do their time if will way about many then them write would like so these her long make thing see "
@@ -93,7 +100,9 @@ BABBLE_WORDS = ("the a of and to in is you that it he was for on are as with his
                 "same tell does set three want air well also play small end put home read hand port large spell "
                 "add even land here must big high such follow act why ask men change went light kind off need "
                 "house picture try us again animal point mother world near build self earth father").split()
-BABBLE_WORDS = [w for w in BABBLE_WORDS if w not in WORD_TO_DIGIT]
+SOUNDS_LIKE_A_DIGIT = {"oh", "o", "owe", "won", "to", "too", "for", "fore", "ate", "nein", "sicks", "sex", "tree",
+                       "free", "fife", "hive", "heaven", "sven", "wait", "late", "nine", "fine", "line", "mine"}
+BABBLE_WORDS = [w for w in BABBLE_WORDS if w not in WORD_TO_DIGIT and w not in SOUNDS_LIKE_A_DIGIT]
 NOISE_CLASSES = ["white_noise", "brown_noise", "clicks", "am_tone", "fm", "harmonics", "square"]
 ARMS = ["none", "specaugment", "wave+spec", "wave+spec+mixup"]
 
@@ -237,7 +246,7 @@ def asterisk_digits() -> Tuple[Dict[str, Tuple[str, np.ndarray]], dict]:
         for name in [str(i) for i in range(10)] + ["oh"]:
             path = os.path.join(d, name + ".wav")
             if not os.path.exists(path):
-                continue
+                raise SystemExit(f"error: {path} missing: is asterisk-core-sounds-en-wav complete?")
             digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
             if digest in seen:
                 continue
@@ -277,7 +286,10 @@ def aligned_digits(name: str, audio: np.ndarray, text: str) -> Dict[str, Tuple[s
     for n, (word, s, e) in enumerate(words):
         if word in WORD_TO_DIGIT:
             seg = audio[max(0, s - margin):min(len(audio), e + margin)]
-            out[f"{name}-{n}-{word}"] = (WORD_TO_DIGIT[word], seg[:CLIP])
+            if len(seg) > CLIP:
+                raise RuntimeError(f"{name}: aligned word {n} ({word!r}) is {len(seg) / SAMPLE_RATE:.2f} s, longer "
+                                   "than the 1 s clip")
+            out[f"{name}-{n}-{word}"] = (WORD_TO_DIGIT[word], seg)
     return out
 
 
@@ -315,26 +327,27 @@ def real_words() -> Tuple[Dict[str, Dict[str, Tuple[str, np.ndarray]]], dict]:
 
                 s, e = speech_span(x)
                 s, e = max(0, s - int(0.03 * SAMPLE_RATE)), min(len(x), e + int(0.03 * SAMPLE_RATE))
-            w = x[s:e][:CLIP]
+            w = x[s:e]
+            if len(w) > CLIP:
+                raise RuntimeError(f"{key}: the spoken word is {len(w) / SAMPLE_RATE:.2f} s, longer than the 1 s clip")
             words[key] = (digit, place(w / (np.abs(w).max() + 1e-9) * 0.5))
     return sets, notes
 
 
 def load_noises(path: Optional[str] = None) -> List[Tuple[str, np.ndarray]]:
-    """The test noises: recordings never used in training; or the files of ``path`` (a folder
-    of audio files or of WebDataset shards)."""
+    """The test noises: recordings never used in training (LibriVox babble, asterisk's
+    monkeys); or the clips of the bank at ``path`` (a folder of audio files or of shards,
+    a shard pattern or s3:// URL)."""
     if path is None:
         lib = sorted(glob.glob(os.path.join(POCKETSPHINX, "librivox", "*.wav")))
+        missing = [p for p in [MONKEYS] if not os.path.exists(p)] + ([] if len(lib) >= 3 else ["librivox/*.wav (3)"])
+        if missing:
+            raise SystemExit(f"error: test noise missing ({', '.join(missing)}): apt-get install "
+                             "asterisk-core-sounds-en-wav pocketsphinx-testdata")
         talkers = [read_audio(p) for p in lib[:3]]
         n = min(len(t) for t in talkers)
         babble = sum(t[:n] / (np.sqrt(np.mean(t[:n] ** 2)) + 1e-9) for t in talkers)
-        out = [("librivox-babble", babble)]
-        monkeys = os.path.join(ASTERISK_ROOT, "en", "tt-monkeys.wav")
-        if os.path.exists(monkeys):
-            out.append(("asterisk-monkeys", read_audio(monkeys)))
-        if os.path.exists(ALSA_NOISE):
-            out.append(("alsa-noise", read_audio(ALSA_NOISE)))
-        return out
+        return [("librivox-babble", babble), ("asterisk-monkeys", read_audio(MONKEYS))]
     from specstream.io.banks import load_bank
 
     bank = load_bank(path, SAMPLE_RATE)
@@ -391,22 +404,23 @@ def make_rirs(out: str, count: int, seed: int, rt60: Sequence[float]) -> None:
 def make_test_conditions(out: str, sets, variants: int, rir_dir: str, extra: Optional[str], seed: int = 1234
                          ) -> Dict[str, dict]:
     """Every test condition as its own shards under ``out/<condition>``; returns
-    {condition: {"clips": n, "by_set": {...}}}. Keys are ``<set>__<word key>__<variant>``."""
+    {condition: {"clips": n, "by_set": {...}, "dir": ...}}. Keys are
+    ``<set>__<word key>__<variant>[__<noise>]``. Each (condition, word, variant) draws from
+    its own generator, so adding a condition (``--extra-test-noise``) changes no other."""
     import soundfile as sf
 
-    rng = np.random.default_rng(seed)
     words = [(s, k, d, x) for s, ws in sets.items() for k, (d, x) in sorted(ws.items())]
     noises = load_noises()
     rirs = [sf.read(p, dtype="float32")[0] for p in sorted(glob.glob(os.path.join(rir_dir, "*.wav")))]
+    if not rirs:
+        raise RuntimeError(f"no test rooms in {rir_dir}")
     conds: Dict[str, Dict[str, Tuple[str, np.ndarray]]] = {"clean": {}, "telephone": {}, "reverb": {}}
-    for snr in (10, 5, 0):
-        conds[f"noise {snr} dB"] = {}
+    banks = {"noise": noises}
     if extra:
-        extra_noises = load_noises(extra)
-        if not extra_noises:
-            raise SystemExit(f"error: --extra-test-noise {extra}: no audio found")
+        banks["extra noise"] = load_noises(extra)
+    for kind in banks:
         for snr in (10, 5, 0):
-            conds[f"extra noise {snr} dB"] = {}
+            conds[f"{kind} {snr} dB"] = {}
     for n, (set_name, key, digit, x) in enumerate(words):
         span = word_span(x)
         conds["clean"][f"{set_name}__{key}__0"] = (digit, x)
@@ -414,12 +428,11 @@ def make_test_conditions(out: str, sets, variants: int, rir_dir: str, extra: Opt
         for v in range(variants):
             k = f"{set_name}__{key}__{v}"
             conds["reverb"][k] = (digit, reverberate(x, rirs[(n * variants + v) % len(rirs)]))
-            for snr in (10, 5, 0):
-                name, noise = noises[(n + v) % len(noises)]
-                conds[f"noise {snr} dB"][k] = (digit, mix_snr(x, span, noise, snr, rng))
-                if extra:
-                    name, noise = extra_noises[(n + v) % len(extra_noises)]
-                    conds[f"extra noise {snr} dB"][k] = (digit, mix_snr(x, span, noise, snr, rng))
+            for c, (kind, bank) in enumerate(banks.items()):
+                name, noise = bank[(n + v) % len(bank)]
+                for snr in (10, 5, 0):
+                    rng = np.random.default_rng([seed, c, snr, n, v])
+                    conds[f"{kind} {snr} dB"][f"{k}__{name}"] = (digit, mix_snr(x, span, noise, snr, rng))
     info = {}
     for cond, clips in conds.items():
         folder = os.path.join(out, cond.replace(" ", "_"))
@@ -433,11 +446,27 @@ def make_test_conditions(out: str, sets, variants: int, rir_dir: str, extra: Opt
 
 # ----------------------------------------------------------------------------------------- the data, once
 
+def files_of(path: Optional[str]) -> Optional[List[Tuple[str, int, float]]]:
+    """(name, size, mtime) of every file under a local path: a bank whose files change is
+    rebuilt into the test conditions, not reused."""
+    if not path or not os.path.exists(path):
+        return None
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return [(os.path.basename(path), st.st_size, st.st_mtime)]
+    out = []
+    for root, _, names in os.walk(path):
+        for n in sorted(names):
+            st = os.stat(os.path.join(root, n))
+            out.append((os.path.relpath(os.path.join(root, n), path), st.st_size, st.st_mtime))
+    return sorted(out)
+
+
 def prepare(data: str, args) -> dict:
     """Build (or reuse) every data set under ``data``; returns its description."""
     settings = {"train": args.train_count, "dev": args.dev_count, "variants": args.variants,
                 "train_rirs": args.train_rirs, "test_rirs": args.test_rirs, "extra": args.extra_test_noise,
-                "version": 1}
+                "extra_files": files_of(args.extra_test_noise), "version": 2}
     stamp = os.path.join(data, "data.json")
     if os.path.exists(stamp):
         with open(stamp) as f:
@@ -487,7 +516,7 @@ def arm_policy(arm: str, data: str, preset: str = "adaptive") -> Optional[dict]:
         {"op": "reverb", "bank": os.path.join(data, "rirs-train"), "p": 0.5},
         {"op": "background_noise", "bank": os.path.join(data, "noise-train"), "snr_db": [0, 20], "p": 0.6},
         {"op": "noise", "colour": ["white", "pink", "brown"], "snr_db": [10, 30], "p": 0.3},
-        {"op": "filter", "p": 0.3},
+        {"op": "filter", "kind": "lowpass", "lowpass_hz": [2000, 7000], "p": 0.3},
         {"op": "vtlp", "alpha": [0.9, 1.1]},
     ]
     # the preset's ops after the waveform ops (a policy runs waveform ops first)
@@ -522,25 +551,30 @@ def featurize_tests(info: dict, n_mels: int) -> Dict[str, dict]:
     for cond, c in info["conditions"].items():
         shards = sorted(glob.glob(os.path.join(c["dir"], "shard-*.tar")))
         pipe = build_pipeline(base_config(shards, 0, None, 256, n_mels), reserved_cpus=0)
-        feats, lengths, targets, sets = [], [], [], []
+        feats, lengths, targets, sets, noises = [], [], [], [], []
         for b in torch_batches(pipe.dataset, batch_size=256, device="cpu", ledger=pipe.ledger):
             feats.append(b["features"])
             lengths.append(b["length"])
             targets.append(b["target"])
-            sets += [k.split("/")[-1].split("__")[0] if "__" in k else "synthetic" for k in b["key"]]
+            for k in b["key"]:  # <label>/<set>__<word>__<variant>[__<noise>] (make-shards' key of the file)
+                parts = k.split("/")[-1].split("__")
+                sets.append(parts[0] if len(parts) > 1 else "synthetic")
+                noises.append(parts[3] if len(parts) > 3 else None)
         t = pipe.close()["totals"]
         if not t["balanced"] or t["delivered"] != c["clips"]:
             raise RuntimeError(f"test condition {cond}: expected {c['clips']} clips, report {t}")
         out[cond] = {"features": torch.cat(feats), "length": torch.cat(lengths), "target": torch.cat(targets),
-                     "set": sets}
+                     "set": sets, "noise": noises}
     return out
 
 
-def accuracy(model, test: Dict[str, dict]) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]]]:
+def accuracy(model, test: Dict[str, dict]) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]],
+                                                   Dict[str, Dict[str, float]]]:
+    """Accuracy per condition, per (condition, test set) and per (noisy condition, noise)."""
     import torch
 
     model.eval()
-    acc, per_set = {}, {}
+    acc, per_set, per_noise = {}, {}, {}
     with torch.no_grad():
         for cond, t in test.items():
             pred = model(t["features"], t["length"]).argmax(-1)
@@ -548,7 +582,19 @@ def accuracy(model, test: Dict[str, dict]) -> Tuple[Dict[str, float], Dict[str, 
             acc[cond] = float(ok.mean())
             per_set[cond] = {s: float(np.mean([o for o, ss in zip(ok, t["set"]) if ss == s]))
                              for s in sorted(set(t["set"]))}
-    return acc, per_set
+            names = sorted({n for n in t["noise"] if n is not None})
+            if names:
+                per_noise[cond] = {n: float(np.mean([o for o, nn in zip(ok, t["noise"]) if nn == n])) for n in names}
+    return acc, per_set, per_noise
+
+
+def ops_active(batch, counts: Dict[str, List[int]]) -> None:
+    """Count, per op, the rows it was active for (``aug_params`` of ``log_params: true``)."""
+    for row in batch.get("aug_params", []):
+        for slot, p in json.loads(row).items():
+            c = counts.setdefault(slot.split(":", 1)[1], [0, 0])
+            c[0] += bool(p.get("active", True))
+            c[1] += 1
 
 
 def digit_net(n_mels: int, width: int):
@@ -586,19 +632,32 @@ def digit_net(n_mels: int, width: int):
 def train_one(arm: str, seed: int, data: str, train_shards: List[str], args, test) -> dict:
     import torch
 
-    from specstream.pipeline import TrainStream, build_pipeline
-    from specstream.trainer import loss_fn
+    from specstream.pipeline import build_pipeline
 
     torch.manual_seed(seed)
     cfg = base_config(train_shards, seed, arm_policy(arm, data, args.preset), args.batch_size, args.n_mels)
+    cfg["log_params"] = cfg["augment"] is not None  # which ops were active for each row (counted in epoch 0)
     pipe = build_pipeline(cfg, reserved_cpus=1)
+    try:
+        return _train(pipe, arm, seed, args, test)
+    finally:
+        pipe.close()
+
+
+def _train(pipe, arm: str, seed: int, args, test) -> dict:
+    import torch
+
+    from specstream.pipeline import TrainStream
+    from specstream.trainer import loss_fn
+
     stream = TrainStream(pipe.dataset, pipe.config, ledger=pipe.ledger)
     model = digit_net(args.n_mels, args.width)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-2)
     steps_per_epoch = math.ceil(args.train_count / args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch + 50,
                                                 pct_start=0.15)
-    history = []
+    history: List[dict] = []
+    active: Dict[str, List[int]] = {}
     t0 = time.perf_counter()
     for epoch in range(args.epochs):
         model.train()
@@ -611,15 +670,18 @@ def train_one(arm: str, seed: int, data: str, train_shards: List[str], args, tes
             sched.step()
             losses.append(loss.item())
             seen += len(batch["key"])
+            if epoch == 0:
+                ops_active(batch, active)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "samples": seen,
                         "seconds": round(time.perf_counter() - te, 2),
                         "data_wait_fraction": round(stream.last_epoch.get("data_wait_s", 0.0)
                                                     / max(time.perf_counter() - te, 1e-9), 3)})
     train_s = time.perf_counter() - t0
-    acc, per_set = accuracy(model, test)
-    totals = pipe.close()["totals"]
+    acc, per_set, per_noise = accuracy(model, test)
+    totals = pipe.report()["totals"]
     return {"arm": arm, "seed": seed, "train_seconds": round(train_s, 1), "history": history,
-            "accuracy": acc, "per_set": per_set,
+            "accuracy": acc, "per_set": per_set, "per_noise": per_noise,
+            "ops_active_epoch0": {op: round(a / n, 4) for op, (a, n) in active.items()},
             "report": {k: totals[k] for k in ("read", "delivered", "quarantined", "balanced")}}
 
 
@@ -640,7 +702,8 @@ def table(summary, arms, conditions, n: Dict[str, int]) -> str:
     head = "| arm | " + " | ".join(f"{c} (n={n[c]})" for c in conditions) + " |"
     lines = [head, "|---" * (len(conditions) + 1) + "|"]
     for arm in arms:
-        cells = [f"{100 * summary[arm][c]['mean']:.1f} ± {100 * summary[arm][c]['std']:.1f}" for c in conditions]
+        cells = [f"{100 * summary[arm][c]['mean']:.1f} ± "
+                 + (f"{100 * summary[arm][c]['std']:.1f}" if summary[arm][c]["runs"] > 1 else "n/a") for c in conditions]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -669,6 +732,22 @@ def plot(summary, arms, conditions, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def check_requirements() -> None:
+    """Everything the experiment needs, checked before anything is built."""
+    import importlib.util
+
+    from specstream.tts import check_engines
+
+    check_engines()
+    missing = [p for p in (ASTERISK_ROOT, POCKETSPHINX) if not os.path.isdir(p)]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)} missing: apt-get install asterisk-core-sounds-en-wav "
+                         "pocketsphinx-testdata")
+    mods = [m for m in ("pocketsphinx", "pyroomacoustics", "matplotlib") if importlib.util.find_spec(m) is None]
+    if mods:
+        raise SystemExit(f"error: {', '.join(mods)} not installed: pip install \"specstream[experiment]\"")
 
 
 def main(argv=None) -> int:
@@ -702,8 +781,14 @@ def main(argv=None) -> int:
             setattr(args, name, quick if q else full)
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.extra_test_noise and not os.path.exists(args.extra_test_noise):
-        p.error(f"--extra-test-noise: {args.extra_test_noise} does not exist")
+    check_requirements()
+    if args.extra_test_noise:
+        from specstream.io.banks import BankError, check_bank
+
+        try:
+            check_bank(args.extra_test_noise)
+        except BankError as e:
+            p.error(f"--extra-test-noise: {e}")
     t_start = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     data = os.path.join(args.out, "data")
@@ -736,19 +821,27 @@ def main(argv=None) -> int:
             print(f"{arm:16s} seed {seed}: " + "  ".join(f"{c} {100 * a:.0f}%" for c, a in r["accuracy"].items())
                   + f"  ({r['train_seconds']:.0f} s, last loss {r['history'][-1]['loss']:.3f})", flush=True)
     summary = summarise(runs, args.arms, conditions)
+    noise_summary = {arm: {f"{c} / {n}": {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1
+                                            else 0.0, "runs": len(vals)}
+                           for c in runs[0]["per_noise"] for n in runs[0]["per_noise"][c]
+                           for vals in [[r["per_noise"][c][n] for r in runs if r["arm"] == arm]]}
+                     for arm in args.arms}
     total = time.perf_counter() - t_start
     settings = {k: getattr(args, k) for k in ("seeds", "epochs", "train_count", "dev_count", "variants", "train_rirs",
                                                "test_rirs", "preset", "n_mels", "batch_size", "width", "lr", "quick")}
     results = {"settings": settings, "arms": {a: arm_policy(a, "DATA", args.preset) for a in args.arms}, "conditions": conditions,
                "clips": n, "by_set": {c: info["conditions"][c]["by_set"] for c in conditions},
-               "real_words": info["real_words"], "notes": info["notes"], "runs": runs, "summary": summary,
+               "real_words": info["real_words"], "notes": info["notes"], "runs": runs, "summary": summary, "summary_per_noise": noise_summary,
                "seconds": round(total, 1), "data_seconds": info.get("seconds")}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     md = table(summary, args.arms, conditions, n)
+    noise_cols = list(noise_summary[args.arms[0]])
+    n_noise = {c: sum(1 for x in test[c.split(" / ")[0]]["noise"] if x == c.split(" / ")[1]) for c in noise_cols}
+    md_noise = table(noise_summary, args.arms, noise_cols, n_noise)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(f"Accuracy (%), mean ± std over {args.seeds} seed(s); {args.epochs} epochs on "
-                f"{info['train']['written']} synthetic clips.\n\n{md}\n")
+                f"{info['train']['written']} synthetic clips.\n\n{md}\n\nPer test noise:\n\n{md_noise}\n")
     plot(summary, args.arms, conditions, os.path.join(args.out, "results.png"),
          f"spoken digits: trained on {info['train']['written']} synthetic clips, tested on real speech "
          f"({args.seeds} seed(s), {args.epochs} epochs)")

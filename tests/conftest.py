@@ -244,6 +244,17 @@ def need_engines():
         pytest.skip(msg)
 
 
+def need_module(name: str, hint: str) -> None:
+    """Skip without the module here; fail under CI, whose set-up installs it."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        msg = f"{name} not installed: {hint}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
 def run_script(args, timeout=300):
     """Run a repository script (``[path, *args]``) with this Python in its own Ray instance;
     fails the test on a non-zero exit or a hang. Returns its stdout."""
