@@ -504,9 +504,10 @@ def prepare(data: str, args) -> dict:
 
 # ----------------------------------------------------------------------------------------- arms, training
 
-def arm_policy(arm: str, data: str, preset: str = "adaptive") -> Optional[dict]:
+def arm_policy(arm: str, data: str, preset: str = "adaptive", drop: Sequence[str] = ()) -> Optional[dict]:
     """The arm's augmentation policy (a pipeline ``augment`` value); ``preset``: the
-    SpecAugment policy of the spectrogram arms."""
+    SpecAugment policy of the spectrogram arms; ``drop``: waveform ops left out of the
+    waveform arms (an ablation)."""
     if arm == "none":
         return None
     if arm == "specaugment":
@@ -523,6 +524,11 @@ def arm_policy(arm: str, data: str, preset: str = "adaptive") -> Optional[dict]:
     from specstream.augment import preset as build_preset
 
     spec = build_preset(preset).to_dict()["ops"]
+    unknown = set(drop) - {o["op"] for o in wave}
+    if unknown:
+        raise ValueError(f"--drop: {', '.join(sorted(unknown))} not among the waveform ops "
+                         f"({', '.join(o['op'] for o in wave)})")
+    wave = [o for o in wave if o["op"] not in drop]
     return {"ops": wave + spec + ([{"op": "mixup", "alpha": 0.4}] if arm.endswith("mixup") else [])}
 
 
@@ -635,7 +641,7 @@ def train_one(arm: str, seed: int, data: str, train_shards: List[str], args, tes
     from specstream.pipeline import build_pipeline
 
     torch.manual_seed(seed)
-    cfg = base_config(train_shards, seed, arm_policy(arm, data, args.preset), args.batch_size, args.n_mels)
+    cfg = base_config(train_shards, seed, arm_policy(arm, data, args.preset, args.drop), args.batch_size, args.n_mels)
     cfg["log_params"] = cfg["augment"] is not None  # which ops were active for each row (counted in epoch 0)
     pipe = build_pipeline(cfg, reserved_cpus=1)
     try:
@@ -767,6 +773,9 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="adaptive", help="SpecAugment preset of the spectrogram arms (default "
                                                         "adaptive: length-relative time masks, Park et al. 2020)")
     p.add_argument("--n-mels", type=int, default=80)
+    p.add_argument("--drop", nargs="+", default=[], metavar="OP",
+                   help="leave these waveform ops out of the waveform arms (an ablation), e.g. --drop reverb vtlp")
+    p.add_argument("--data", help="the data folder (default OUT/data): several runs can share one")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--width", type=int, default=16, help="CNN width (channels of its first block)")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -782,6 +791,10 @@ def main(argv=None) -> int:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     check_requirements()
+    try:
+        arm_policy("wave+spec", "", args.preset, args.drop)
+    except ValueError as e:
+        p.error(str(e))
     if args.extra_test_noise:
         from specstream.io.banks import BankError, check_bank
 
@@ -791,7 +804,7 @@ def main(argv=None) -> int:
             p.error(f"--extra-test-noise: {e}")
     t_start = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
-    data = os.path.join(args.out, "data")
+    data = args.data or os.path.join(args.out, "data")
     info = prepare(data, args)
     print(f"data: {info['train']['written']} training clips ({info['train']['voices']} voices), "
           f"{len(info['train']['skipped'])} skipped; real words: "
@@ -828,8 +841,9 @@ def main(argv=None) -> int:
                      for arm in args.arms}
     total = time.perf_counter() - t_start
     settings = {k: getattr(args, k) for k in ("seeds", "epochs", "train_count", "dev_count", "variants", "train_rirs",
-                                               "test_rirs", "preset", "n_mels", "batch_size", "width", "lr", "quick")}
-    results = {"settings": settings, "arms": {a: arm_policy(a, "DATA", args.preset) for a in args.arms}, "conditions": conditions,
+                                               "test_rirs", "preset", "n_mels", "batch_size", "width", "lr", "quick",
+                                               "drop")}
+    results = {"settings": settings, "arms": {a: arm_policy(a, "DATA", args.preset, args.drop) for a in args.arms}, "conditions": conditions,
                "clips": n, "by_set": {c: info["conditions"][c]["by_set"] for c in conditions},
                "real_words": info["real_words"], "notes": info["notes"], "runs": runs, "summary": summary, "summary_per_noise": noise_summary,
                "seconds": round(total, 1), "data_seconds": info.get("seconds")}

@@ -206,3 +206,12 @@ def test_each_arm_applied_its_ops(quick_run):
         assert set(active[arm]) == set(ops), arm
         for op, p in ops.items():
             assert abs(active[arm][op] - p) <= tol, (arm, op, active[arm][op])
+
+
+def test_drop_leaves_ops_out_of_the_waveform_arms(kws):
+    full = [o["op"] for o in kws.arm_policy("wave+spec+mixup", "d")["ops"]]
+    ablated = [o["op"] for o in kws.arm_policy("wave+spec+mixup", "d", drop=["reverb", "vtlp"])["ops"]]
+    assert ablated == [op for op in full if op not in ("reverb", "vtlp")] and "mixup" in ablated
+    assert kws.arm_policy("specaugment", "d", drop=["reverb"]) == {"preset": "adaptive"}
+    with pytest.raises(ValueError, match="time_warp"):
+        kws.arm_policy("wave+spec", "d", drop=["time_warp"])
