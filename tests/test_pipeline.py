@@ -287,7 +287,8 @@ def test_waveform_augmentation_through_ray_with_banks(ray_session, clean_shards,
     assert factors == {0.9, 1.0, 1.1}
     assert {v[0]["1:reverb"]["active"] for v in seen.values()} == {True, False}
 
-    for bad, match in ((str(tmp_path / "nowhere"), "no audio files"), (str(tmp_path / "rirs" / "*.flac"), "no audio")):
+    for bad, match in ((str(tmp_path / "nowhere"), "nowhere does not exist"),
+                       (str(tmp_path / "rirs" / "*.flac"), "no audio")):
         cfg["augment"] = {"ops": [{"op": "reverb", "bank": bad}]}
         with pytest.raises(ConfigError, match=f"augment \\(reverb\\): bank .*{match}"):
             build_pipeline(cfg)

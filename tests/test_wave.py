@@ -340,8 +340,10 @@ def test_chain_order_and_bank_errors(tmp_path):
         Policy.from_dict({"ops": [{"op": "freq_mask"}, {"op": "speed"}]})
     with pytest.raises(ValueError, match="at most one filterbank"):
         Policy.from_dict({"ops": [{"op": "vtlp"}, {"op": "vtlp"}]})
-    with pytest.raises(BankError, match="no audio files"):
+    with pytest.raises(BankError, match="missing does not exist"):
         bank_items(str(tmp_path / "missing"))
+    with pytest.raises(BankError, match="no audio files"):  # a pattern that matches nothing
+        bank_items(str(tmp_path / "missing*.wav"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(BankError, match="no audio files"):
         load_bank(str(tmp_path / "empty"), SR)

@@ -10,6 +10,7 @@ are reported in the bank's ``problems`` (and logged), never silently dropped.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -92,6 +93,10 @@ def bank_items(source: str, storage: Optional[Storage] = None) -> List[str]:
         except OSError as e:
             raise BankError(f"bank {source!r}: cannot list {url}: {e}") from None
     if not found:
+        missing = [u for u in braceexpand.braceexpand(source)
+                   if "://" not in u and not any(c in u for c in "*?[") and not os.path.exists(u)]
+        if missing:
+            raise BankError(f"bank {source!r}: {missing[0]} does not exist")
         raise BankError(f"bank {source!r}: no audio files or .tar shards there "
                         f"(looked for {', '.join(_EXTS)})")
     return found
