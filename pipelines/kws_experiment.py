@@ -118,25 +118,21 @@ def place(word: np.ndarray, offset: Optional[int] = None, length: int = CLIP) ->
     return out
 
 
-def to_16k(x: np.ndarray, sr: int) -> np.ndarray:
-    import torch
-    import torchaudio
-
-    x = np.asarray(x, np.float32)
-    if x.ndim == 2:
-        x = x.mean(1)
-    if sr == SAMPLE_RATE:
-        return x
-    return torchaudio.functional.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
+_RESAMPLE = None
 
 
 def read_audio(path: str) -> np.ndarray:
-    import soundfile as sf
+    """A recording as mono float32 at 16 kHz: specstream's decoder and resampler; a ``.raw``
+    file is headerless 16-bit little-endian mono at 16 kHz (pocketsphinx's test data)."""
+    global _RESAMPLE
+    from specstream.io.audio import Resampler, decode_audio
 
-    if path.endswith(".raw"):  # headerless 16-bit little-endian mono, 16 kHz (pocketsphinx test data)
+    if path.endswith(".raw"):
         return np.fromfile(path, dtype="<i2").astype(np.float32) / 32768.0
-    x, sr = sf.read(path, dtype="float32", always_2d=True)
-    return to_16k(x, sr)
+    with open(path, "rb") as f:
+        x, sr = decode_audio(f.read())
+    _RESAMPLE = _RESAMPLE or Resampler(SAMPLE_RATE)
+    return _RESAMPLE(x, sr)
 
 
 def write_clips(folder: str, clips: Dict[str, Tuple[str, np.ndarray]], out: str, seed: int = 0) -> int:
@@ -295,7 +291,6 @@ def aligned_digits(name: str, audio: np.ndarray, text: str) -> Dict[str, Tuple[s
 
 def real_words() -> Tuple[Dict[str, Dict[str, Tuple[str, np.ndarray]]], dict]:
     """{test set: {key: (digit, word audio)}} of real human speech, and notes."""
-    import re
 
     missing = [p for p in (ASTERISK_ROOT, POCKETSPHINX) if not os.path.isdir(p)]
     if missing:
@@ -308,16 +303,16 @@ def real_words() -> Tuple[Dict[str, Dict[str, Tuple[str, np.ndarray]]], dict]:
         tid.update(aligned_digits("tidigits-" + raw.split(".")[0] + raw.split(".")[1], read_audio(
             os.path.join(POCKETSPHINX, "tidigits", raw)), text))
     sets["tidigits"] = tid
+    from specstream.asr import parse_transcription
+
     cards = {}
-    with open(os.path.join(POCKETSPHINX, "cards", "cards.transcription"), encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"^(.*)\((\S+)\)\s*$", line.strip())
-            if not m:
-                continue
-            text = " ".join(re.sub(r"</?s>", " ", m.group(1)).split())
-            if any(w in WORD_TO_DIGIT for w in text.split()):
-                cards.update(aligned_digits(f"cards-{m.group(2)}", read_audio(
-                    os.path.join(POCKETSPHINX, "cards", m.group(2) + ".wav")), text))
+    path = os.path.join(POCKETSPHINX, "cards", "cards.transcription")
+    with open(path, encoding="utf-8") as f:
+        transcripts = parse_transcription(f.read(), path)
+    for uid, text in transcripts.items():
+        if any(w in WORD_TO_DIGIT for w in text.split()):
+            cards.update(aligned_digits(f"cards-{uid}", read_audio(os.path.join(POCKETSPHINX, "cards", uid + ".wav")),
+                                        text))
     sets["cards"] = cards
     for name, words in sets.items():
         for key, (digit, x) in list(words.items()):
@@ -693,14 +688,23 @@ def _train(pipe, arm: str, seed: int, args, test) -> dict:
 
 # ----------------------------------------------------------------------------------------- summary
 
-def summarise(runs: List[dict], arms: List[str], conditions: List[str]) -> Dict[str, Dict[str, dict]]:
+def summarise(runs: List[dict], arms: List[str], columns: List[str], key: str = "accuracy"
+              ) -> Dict[str, Dict[str, dict]]:
+    """{arm: {column: mean, std and count over the arm's runs}} of ``run[key][column]``; a
+    column "cond / sub" reads ``run[key][cond][sub]`` (per test noise)."""
+    def value(r, col):
+        v = r[key]
+        for part in col.split(" / ") if key != "accuracy" else [col]:
+            v = v[part]
+        return v
+
     out = {}
     for arm in arms:
         out[arm] = {}
-        for cond in conditions:
-            vals = [r["accuracy"][cond] for r in runs if r["arm"] == arm]
-            out[arm][cond] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                              "runs": len(vals)}
+        for col in columns:
+            vals = [value(r, col) for r in runs if r["arm"] == arm]
+            out[arm][col] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                             "runs": len(vals)}
     return out
 
 
@@ -834,11 +838,8 @@ def main(argv=None) -> int:
             print(f"{arm:16s} seed {seed}: " + "  ".join(f"{c} {100 * a:.0f}%" for c, a in r["accuracy"].items())
                   + f"  ({r['train_seconds']:.0f} s, last loss {r['history'][-1]['loss']:.3f})", flush=True)
     summary = summarise(runs, args.arms, conditions)
-    noise_summary = {arm: {f"{c} / {n}": {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1
-                                            else 0.0, "runs": len(vals)}
-                           for c in runs[0]["per_noise"] for n in runs[0]["per_noise"][c]
-                           for vals in [[r["per_noise"][c][n] for r in runs if r["arm"] == arm]]}
-                     for arm in args.arms}
+    noise_cols = [f"{c} / {n}" for c in runs[0]["per_noise"] for n in runs[0]["per_noise"][c]]
+    noise_summary = summarise(runs, args.arms, noise_cols, key="per_noise")
     total = time.perf_counter() - t_start
     settings = {k: getattr(args, k) for k in ("seeds", "epochs", "train_count", "dev_count", "variants", "train_rirs",
                                                "test_rirs", "preset", "n_mels", "batch_size", "width", "lr", "quick",
@@ -850,7 +851,6 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     md = table(summary, args.arms, conditions, n)
-    noise_cols = list(noise_summary[args.arms[0]])
     n_noise = {c: sum(1 for x in test[c.split(" / ")[0]]["noise"] if x == c.split(" / ")[1]) for c in noise_cols}
     md_noise = table(noise_summary, args.arms, noise_cols, n_noise)
     with open(os.path.join(args.out, "results.md"), "w") as f:

@@ -42,22 +42,12 @@ ASTERISK = "/usr/share/asterisk/sounds/en"
 ASTERISK_TEXT = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
 TIDIGITS_RAW = {"dhd.2934z": "two nine three four zero"}
 
-_LINE = re.compile(r"^(?P<text>.*?)\s*\((?P<id>[^()\s]+)(?:\s+-?\d+)?\)\s*$")
-
-
 def parse_transcription(path: str) -> Dict[str, str]:
-    """Sphinx transcription lines ``<s> words </s> (utterance-id)`` -> {id: words}."""
-    out = {}
+    """A Sphinx transcription file -> {id: words} (specstream.asr.parse_transcription)."""
+    from specstream.asr import parse_transcription as parse
+
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            m = _LINE.match(line.strip())
-            if not m:
-                raise ValueError(f"{path}:{n}: not a '<text> (id)' transcription line: {line.strip()[:80]!r}")
-            text = re.sub(r"</?s>", " ", m.group("text"))
-            out[m.group("id")] = " ".join(text.split())
-    return out
+        return parse(f.read(), path)
 
 
 def load_audio(path: str, raw_rate: Optional[int] = None):

@@ -9,13 +9,14 @@
   word) error rate = edits / reference length, summed over a set.
 - :func:`spoken_text`: free text -> the ``char`` tokenizer's alphabet, numbers spelled out
   as words (the data scripts use it for transcripts).
+- :func:`parse_transcription`: the text of a Sphinx transcription file -> {id: words}.
 
 Used by ``pipelines/train_ctc.py`` and the ``scripts/make_asr_*.py`` data tools.
 """
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,23 @@ _NUMBER = re.compile(r"\d+")
 _ABBREV = re.compile(r"\b([a-z])\.(?=[a-z]\.)")  # a.m. -> a m
 _NOT_ALPHABET = re.compile(r"[^a-z' ]")
 _SPACES = re.compile(r"\s+")
+
+
+_TRANSCRIPTION_LINE = re.compile(r"^(?P<text>.*?)\s*\((?P<id>[^()\s]+)(?:\s+-?\d+)?\)\s*$")
+
+
+def parse_transcription(text: str, source: str = "transcription") -> Dict[str, str]:
+    """Sphinx transcription lines ``<s> words </s> (utterance-id)`` -> {id: words}; a line
+    of another form is a ValueError naming ``source`` and the line number."""
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _TRANSCRIPTION_LINE.match(line.strip())
+        if not m:
+            raise ValueError(f"{source}:{n}: not a '<text> (id)' transcription line: {line.strip()[:80]!r}")
+        out[m.group("id")] = " ".join(re.sub(r"</?s>", " ", m.group("text")).split())
+    return out
 
 
 def spoken_text(text: str, digits: str = "number") -> Optional[str]:

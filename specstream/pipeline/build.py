@@ -219,10 +219,9 @@ def build_pipeline(config, reserved_cpus: float = 0.0, reserved_gpus: float = 0.
                     shuffle_shards=cfg.source.shuffle_shards, sizes=sizes,
                     skip=state["consumed"] if state else {}, skip_epoch=state["epoch"] if state else None,
                     pending=state["pending"] if state else {})
-    source = ShardDatasource(plan, options, ledger, decode=_PerProcess(DecodeStage, cfg, sink),
-                             base_epoch=cfg.epoch)
+    decode = _PerProcess(DecodeStage, cfg, sink)
+    source = ShardDatasource(plan, options, ledger, decode=decode, base_epoch=cfg.epoch)
     read_res = dict(cfg.decode.resources) or None
-    decode = source.decode
     featurize = None if actor_layout(cfg) else _PerProcess(FeaturizeStage, cfg, sink)
     warming = prestart(cfg, plan.tasks, [st for st in (decode, featurize) if st is not None], read_res)
     ds = ray.data.read_datasource(source, override_num_blocks=plan.tasks,
