@@ -1,5 +1,6 @@
 """Augmentation ops: bounds, lengths, padding, keyed reproducibility, replay, mixing maths."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -698,3 +699,63 @@ def test_mask_kernel_matches_a_cell_by_cell_write(fill):
         ref[:, tu[b, :n]] = m
         torch.testing.assert_close(out[b, :, :n].double(), ref, rtol=0, atol=1e-5)
         assert (out[b, :, n:] == 0).all()
+
+
+INTERP_CASES = [  # (B, C, T, T_out, dtype): channel counts off the kernel's blocks of 4, shrinking and growing
+    (64, 80, 300, 300, torch.float32), (5, 3, 40, 57, torch.float32), (4, 5, 33, 20, torch.float64),
+    (3, 4, 1, 6, torch.float32), (2, 1, 9, 9, torch.float64), (0, 80, 10, 10, torch.float32),
+]
+
+
+@pytest.mark.parametrize("B,C,T,T_out,dtype", INTERP_CASES)
+def test_interp_time_cpu_kernel_equals_the_torch_path_and_numpy(B, C, T, T_out, dtype):
+    """interp_time's fused CPU kernel (numba) gives the torch path's values bit for bit
+    (same neighbours, fraction and lerp formula, FMA included), and both match numpy's
+    np.interp row by row; frames at and past each length are 0 on both paths."""
+    from specstream.functional import cpu_kernels
+    from specstream.functional.frames import interp_time
+
+    assert cpu_kernels.available(), "numba is a dependency: the CPU kernel must be in use"
+    g = torch.Generator().manual_seed(B * 1000 + T_out)
+    x = torch.randn(B, C, T, generator=g, dtype=dtype)
+    src = (torch.rand(B, T_out, generator=g) * (T - 1)).sort(-1).values
+    if T_out > 3 and B:
+        src[:, 0], src[:, 1], src[:, -1] = 0.0, 1.0, T - 1  # exact frames, the last frame
+    L = torch.randint(0, T_out + 3, (B,), generator=g)  # some empty, some past T_out
+    for lengths in (L, None):
+        fused = interp_time(x, src, lengths)
+        with cpu_kernels.torch_path():
+            plain = interp_time(x, src, lengths)
+        assert fused.shape == plain.shape == (B, C, T_out) and fused.dtype == dtype
+        assert torch.equal(fused, plain)
+        n = L.clamp(max=T_out) if lengths is not None else torch.full((B,), T_out)
+        for b in range(B):
+            nb = int(n[b])
+            assert (fused[b, :, nb:] == 0).all()
+            ref = np.stack([np.interp(src[b, :nb].double().numpy(), np.arange(T), row)
+                            for row in x[b].double().numpy()]) if nb else np.zeros((C, 0))
+            np.testing.assert_allclose(fused[b, :, :nb].double().numpy(), ref, rtol=0, atol=1e-5)
+
+
+def test_cpu_kernel_keeps_torchs_thread_setting_and_shares_its_openmp_runtime(tmp_path):
+    """numba's first parallel launch sets the OpenMP default thread count that torch reads;
+    the kernel puts torch's own setting back. Its loops run on the OpenMP runtime torch
+    loaded (numba's omp layer), not on a second pool (checked in a fresh process: both are
+    process-wide)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch\n"
+        "os.environ.pop('NUMBA_THREADING_LAYER', None)\n"
+        "torch.set_num_threads(1)\n"
+        "from specstream.functional.frames import interp_time\n"
+        "x = torch.randn(2, 8, 50); src = torch.rand(2, 50) * 49\n"
+        "interp_time(x, src, torch.tensor([50, 20]))\n"
+        "import numba\n"
+        "print(torch.get_num_threads(), numba.threading_layer())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "SPECSTREAM_NUMBA")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "omp"], out.stdout

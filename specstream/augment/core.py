@@ -14,7 +14,9 @@ never re-implements gating, and costs nothing on rows it does not touch); paddin
 back to 0 at the output lengths; frame targets are moved by the op's declared frame map
 (``frame_source``). An op declares what it changes (``changes``: features, lengths,
 targets, frames); the contract checks that it changed nothing else. Mixing ops (a partner
-from the batch) set ``rows = "all"`` and gate themselves.
+from the batch) set ``rows = "all"`` and gate themselves. An op whose transform writes the
+zero padding itself sets ``zero_padded`` (the zeroing pass is then skipped), and one with
+once-per-process work (a kernel to compile) does it in ``prepare(device)``.
 
 A batch is padded data [B, ..., T] with per-sample ``lengths``: log-mel features
 [B, n_mels, frames] (:class:`Batch`) or waveforms [B, samples] (:class:`WaveBatch`).
@@ -320,6 +322,10 @@ class Op:
     domain: ClassVar[str] = "spec"
     changes: ClassVar[FrozenSet[str]] = frozenset({"features"})
     rows: ClassVar[str] = "active"  # active: transform() sees only the active rows; all: the op gates itself
+    # True: transform() writes 0 at and past every row's output length itself, so the
+    # contract's zeroing pass is skipped when every row is active (the registry-wide test
+    # checks the padding of every op either way)
+    zero_padded: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -340,6 +346,10 @@ class Op:
 
     def transform(self, batch, params: Params):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def prepare(self, device) -> None:
+        """Once per process, before the first batch on ``device``: whatever the op would
+        otherwise do inside it (compile a kernel). Default: nothing."""
 
     def frame_source(self, batch, params: Params, out) -> Optional[torch.Tensor]:
         """For ops that move content in time: [b, T_out] integer source frame of every output
@@ -371,6 +381,8 @@ class Op:
                 return batch
             if n == active.numel():
                 out = self._moved(batch, params, self._checked(batch, self.transform(batch, params)))
+                if self.zero_padded:
+                    return out
             else:
                 rows = active.nonzero()[:, 0]
                 sub = batch.take(rows)

@@ -89,6 +89,13 @@ class Policy:
                 op.check_rate(sample_rate)
         return self
 
+    def prepare(self, device) -> "Policy":
+        """Each op's once-per-process work for ``device`` (:meth:`Op.prepare`), so that the
+        first batch does not wait for it."""
+        for op in self.ops:
+            op.prepare(torch.device(device))
+        return self
+
     def bank_ops(self) -> List[BankOp]:
         return [op for op in self.ops if isinstance(op, BankOp)]
 

@@ -7,4 +7,6 @@ featurizer are built from, testable on their own.
 - :mod:`.dsp`: power, SNR mixing, FFT convolution, biquads and zero-phase filtering,
   coloured noise.
 - :mod:`.random`: the keyed counter-based generator (seed, epoch, key, op) -> uniforms.
+- :mod:`.cpu_kernels`: the one fused CPU kernel (numba) behind :func:`.frames.interp_time`,
+  equal bit for bit to the torch path it replaces on CPU.
 """

@@ -264,6 +264,7 @@ class FeaturizeStage:
                                    domain=FeatureDomain.from_mel(self.cfg.features))
         for op in self.policy.bank_ops():  # onto the device now, not inside the first batch
             op.loaded(self.device)
+        self.policy.prepare(self.device)
         # with sequence targets, mixup's partner and lambda travel with each row (delivery re-batches):
         # the loss mixes the row's own and its partner's transcripts (specstream.losses)
         self.mixup_slot = next((i for i, op in enumerate(self.policy.ops) if op.name == "mixup"), None)

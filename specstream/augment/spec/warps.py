@@ -8,6 +8,7 @@ from typing import Tuple
 
 import torch
 
+from ...functional import cpu_kernels
 from ...functional.frames import interp_time, lengths_mask
 from ...functional.random import stream_uniform
 from ..core import Batch, Context, Op, Params, check, check_number, check_range, randint
@@ -21,10 +22,15 @@ class TimeWarp(Op):
     frame)."""
 
     name = "time_warp"
+    zero_padded = True
 
     def __init__(self, W: int = 80, p: float = 1.0):
         super().__init__(p)
         self.W = check_number(self.name, "W", W, 0, integer=True)
+
+    def prepare(self, device) -> None:
+        if device.type == "cpu":
+            cpu_kernels.available()  # compiles (or loads) interp_time's CPU kernel
 
     def draw(self, ctx: Context, batch: Batch) -> Params:
         L = batch.lengths
@@ -48,8 +54,8 @@ class TimeWarp(Op):
         return torch.where(keep, t.expand_as(src), src)
 
     def transform(self, batch: Batch, params: Params) -> Batch:
-        x = batch.features
-        return batch.replace(features=interp_time(x, self.source(batch.lengths, params, x.shape[-1])))
+        x, L = batch.features, batch.lengths
+        return batch.replace(features=interp_time(x, self.source(L, params, x.shape[-1]), L))
 
     def frame_source(self, batch, params, out):
         return self.source(batch.lengths, params, out.features.shape[-1]).round().to(torch.int64)
@@ -61,10 +67,13 @@ class TimeStretch(Op):
 
     name = "time_stretch"
     changes = frozenset({"features", "lengths"})
+    zero_padded = True
 
     def __init__(self, rates: Tuple[float, float] = (0.8, 1.25), p: float = 1.0):
         super().__init__(p)
         self.rates = check_range(self.name, "rates", rates, 0.0, 100.0, lo_open=True)
+
+    prepare = TimeWarp.prepare
 
     def draw(self, ctx: Context, batch: Batch) -> Params:
         lo, hi = math.log(self.rates[0]), math.log(self.rates[1])
@@ -83,7 +92,7 @@ class TimeStretch(Op):
         x, L = batch.features, batch.lengths
         newL = self._new_lengths(L, params["rate"])
         T_out = max(int(newL.max()) if newL.numel() else 0, x.shape[-1])
-        return batch.replace(features=interp_time(x, self._source(L, newL, T_out)), lengths=newL)
+        return batch.replace(features=interp_time(x, self._source(L, newL, T_out), newL), lengths=newL)
 
     def frame_source(self, batch, params, out):
         return self._source(batch.lengths, out.lengths, out.features.shape[-1]).round().to(torch.int64)
