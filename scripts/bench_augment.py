@@ -14,7 +14,9 @@
    generated noise, filters, VTLP, SpecAugment masks) relative to the log-mel alone.
 
 Medians over bursts of 5 calls after warm-up (--reps calls in all), contenders' bursts interleaved;
-ratios printed against the baselines.
+ratios printed against the baselines. By default glibc trims freed memory, so big buffers
+are faulted in again on every call (as in the figures before ``actors.retain_freed_memory``);
+``--keep-freed-memory`` measures as the pipeline's featurize processes now run.
 With --device cuda, also reports the masks' effective bandwidth against --peak-gbs.
 
     python scripts/bench_augment.py --reps 20
@@ -140,7 +142,9 @@ def bench_stages(args, device) -> None:
     rirs, noise = tmp, noise_bank_source(tmp)
     loader = lambda src: load_bank(src, 16000)  # noqa: E731
     logmel = LogMel(MelConfig()).to(device)
-    print(f"\nfeaturize stage parts: [{B}, 16000] ({what}) on {device}, {audio_s:.0f} audio-seconds per batch")
+    print(f"\nfeaturize stage parts: [{B}, 16000] ({what}) on {device}, {audio_s:.0f} audio-seconds per batch, "
+          f"{torch.get_num_threads()} threads, freed memory "
+          + ("kept" if args.keep_freed_memory else "returned to the OS (glibc default)"))
 
     def featurize(policy):
         return lambda: policy.featurize(wave, L, logmel, 16000, key_ids=ids, seed=0, epoch=0)
@@ -196,10 +200,17 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", help="reference corpus folder (its first shard feeds the stages part)")
     p.add_argument("--stage-batch", type=int, default=64)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="keep freed heap memory in this process, as the pipeline's featurize processes do "
+                        "(actors.retain_freed_memory); default: glibc's own trimming, as in earlier figures")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from specstream.pipeline.stages import retain_freed_memory
+
+        retain_freed_memory()
     if args.part == "stages":
         bench_stages(args, device)
         return 0
@@ -212,7 +223,8 @@ def main(argv=None) -> int:
     # the featurizer delivers (the per-sample baselines and torchaudio do not care)
     ids = torch.from_numpy(key_ids([f"utt{i}" for i in range(B)])).to(device)
     print(f"batch [{B}, {Fq}, {T}] on {device}, lengths {int(lengths.min())}..{int(lengths.max())}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.reps}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.reps}, freed memory "
+          + ("kept (as the pipeline's featurize processes)" if args.keep_freed_memory else "returned to the OS (glibc default)"))
 
     if args.part in ("masks", "all"):
         # like with like: zero fill vs torchaudio's zero_masking, mean fill (our default: each

@@ -16,7 +16,8 @@ labels) in this process. Contenders:
   ``iter_torch_batches``;
 - specstream, featurize as tasks fused with read+decode (``actors.compute: tasks``) and as an
   actor pool (``compute: actors``), through ``TrainStream`` (batches of 64), with the
-  masks as its ``freq_mask``/``time_mask`` ops.
+  masks as its ``freq_mask``/``time_mask`` ops; and the tasks layout once more with
+  ``actors.retain_freed_memory: false`` (glibc's own trimming), run first.
 
 Each contender runs ``--epochs`` passes; the first is reported apart (workers start, imports,
 Ray Data's plan), with its time to the first batch; later passes are the steady rate. Ray
@@ -140,12 +141,12 @@ def ray_data(urls, epochs):
     return timed_epochs(batches, epochs)
 
 
-def specstream(corpus, epochs, compute):
+def specstream(corpus, epochs, compute, retain=True):
     from specstream.pipeline import TrainStream, build_pipeline
 
     cfg = {"source": {"shards": os.path.join(corpus, "*.tar")}, "labels": {"num_classes": 10},
            "decode": {"mode": "full"}, "features": {"n_mels": 80},
-           "actors": {"compute": compute, "batch_size": BATCH, "num_cpus": 1},
+           "actors": {"compute": compute, "batch_size": BATCH, "num_cpus": 1, "retain_freed_memory": retain},
            "augment": {"ops": [{"op": "freq_mask", "max_width": 27, "count": 2, "fill": "zero"},
                                {"op": "time_mask", "max_width": 20, "count": 2, "fill": "zero"}]}}
     pipe = build_pipeline(cfg)
@@ -206,6 +207,9 @@ def main(argv=None) -> int:
     ray_start = time.perf_counter() - t
     ray.data.DataContext.get_current().enable_progress_bars = False
     results["ray.data.read_webdataset + map_batches"] = summary(ray_data(urls, args.epochs))
+    # before the default: a worker process that has kept its freed memory keeps doing so
+    results["specstream (tasks, retain_freed_memory off)"] = summary(
+        specstream(args.corpus, args.epochs, "tasks", retain=False))
     results["specstream (tasks)"] = summary(specstream(args.corpus, args.epochs, "tasks"))
     results["specstream (actors)"] = summary(specstream(args.corpus, args.epochs, "actors"))
     base = results[f"webdataset + DataLoader ({args.workers} workers)"]

@@ -47,6 +47,32 @@ def _column(batch, name) -> list:
     return list(col)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_retained = False
+
+
+def retain_freed_memory() -> bool:
+    """Keep this process's freed heap memory for the next batch (glibc: mallopt
+    M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB); once per process. True when applied.
+
+    With glibc's defaults a featurize batch's big tensors (STFT frames, spectra, the
+    augmented waveforms) are handed back to the OS when freed and faulted in page by page
+    when the next batch allocates them again; on the CPU that is most of the log-mel's time.
+    The price: the process keeps the memory of its largest batch resident."""
+    global _retained
+    if _retained:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):  # not glibc
+        return False
+    _retained = ok
+    return ok
+
+
 def vocab_from_config(cfg: PipelineConfig) -> Optional[LabelVocab]:
     """The class vocabulary (None with sequence targets: the tokenizer is their vocabulary)."""
     lab = cfg.labels
@@ -255,6 +281,8 @@ class FeaturizeStage:
         self.cfg = load_config(config)
         self.sink = sink
         self.device = resolve_device(device or self.cfg.actors.device)
+        if self.cfg.actors.retain_freed_memory:
+            retain_freed_memory()
         self.logmel = LogMel(self.cfg.features).to(self.device)
         self.layout = Layout.of(self.cfg)
         vocab = vocab_from_config(self.cfg)
