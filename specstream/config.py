@@ -85,8 +85,8 @@ class ActorsConfig:
     device: Optional[str] = None  # default: cuda when the actor holds a GPU, else cpu
     resources: Dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
     max_restarts: int = -1  # a featurize actor that dies is restarted (its batch is retried)
-    # the process that featurizes keeps freed heap memory for the next batch instead of handing
-    # it back to the OS and faulting it in again (glibc); it then holds its largest batch's memory
+    # the Ray worker processes that featurize keep freed heap memory for the next batch instead of
+    # handing it back to the OS and faulting it in again (glibc mallopt; up to 1 GiB stays resident)
     retain_freed_memory: bool = True
 
 

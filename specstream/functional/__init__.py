@@ -8,5 +8,5 @@ featurizer are built from, testable on their own.
   coloured noise.
 - :mod:`.random`: the keyed counter-based generator (seed, epoch, key, op) -> uniforms.
 - :mod:`.cpu_kernels`: the one fused CPU kernel (numba) behind :func:`.frames.interp_time`,
-  equal bit for bit to the torch path it replaces on CPU.
+  equal to the torch path it replaces on CPU (bit for bit where torch's lerp uses an FMA).
 """

@@ -10,7 +10,12 @@ written as zeros.
 The arithmetic is the same as the torch path (:func:`..frames.interp_time`): the same
 neighbours and fraction, and torch.lerp's formula (``a + w (b - a)`` below w = 0.5,
 ``b - (b - a)(1 - w)`` above), with the multiply-add fused as torch's vectorised lerp
-fuses it. The tests compare the two paths on every call shape the ops make.
+fuses it: equal bit for bit where torch's lerp is vectorised (x86-64), within an ulp
+elsewhere. The tests compare the two paths on every call shape the ops make.
+
+A child forked from a process that used the kernel takes the torch path (GNU OpenMP is
+not fork-safe). Under numba's workqueue layer (when neither omp nor tbb loads) calls from
+several threads take a lock.
 
 numba compiles the kernel on its first call in a process (cached on disk after that).
 Without numba (or with ``SPECSTREAM_NUMBA=0``) :func:`available` is false and callers
@@ -21,12 +26,16 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from typing import Optional
 
 import numpy as np
 import torch
 
 _lock = threading.Lock()
 _kernel = None  # the compiled kernel, False when numba is unavailable or disabled
+_serial: Optional[threading.Lock] = None  # held around each call when the threading layer is not thread-safe
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _forked())
 
 
 def _compile():
@@ -59,7 +68,7 @@ def _compile():
                     i = lob[t]
                     j = i + 1 if i + 1 < T else T - 1
                     w = fb[t]
-                    if w < half:  # torch.lerp: a + w (b - a) below w = 0.5, b + (w - 1)(b - a) above
+                    if abs(w) < half:  # torch.lerp: a + w (b - a) below |w| = 0.5, b + (w - 1)(b - a) above
                         a = x0[i]
                         o0[t] = a + w * (x0[j] - a)
                         a = x1[i]
@@ -91,7 +100,7 @@ def _compile():
                         i = lob[t]
                         j = i + 1 if i + 1 < T else T - 1
                         w = fb[t]
-                        if w < half:
+                        if abs(w) < half:
                             a = xr[i]
                             orow[t] = a + w * (xr[j] - a)
                         else:
@@ -114,11 +123,19 @@ def _use_torch_openmp() -> None:
     libgomp per process): its threads then take the kernel's loop straight after torch's
     own parallel work. A separate pool (numba's default workqueue or tbb) competes with
     torch's OpenMP threads, which spin for milliseconds after each parallel region, and
-    gains nothing. Left alone when the user chose a layer (NUMBA_THREADING_LAYER)."""
+    gains nothing. Left alone when the user chose a layer (NUMBA_THREADING_LAYER, or
+    numba.config in code)."""
     import numba
 
-    if "NUMBA_THREADING_LAYER" not in os.environ:
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
         numba.config.THREADING_LAYER = "omp"
+
+
+def _forked() -> None:
+    """In a child forked from a process that used the kernel: the torch path. GNU OpenMP
+    is not fork-safe, and numba's omp layer ends a child that launches a parallel loop."""
+    global _kernel, _serial
+    _kernel, _serial = False, None
 
 
 def available() -> bool:
@@ -138,7 +155,18 @@ def available() -> bool:
                         _kernel = False
                     else:
                         _kernel = _first_launch(_kernel)
+                        if _kernel is not False:
+                            _serialise_unless_threadsafe()
     return _kernel is not False
+
+
+def _serialise_unless_threadsafe() -> None:
+    """numba's workqueue layer (the last resort, when neither omp nor tbb loads) aborts the
+    process when two threads launch at once: calls then take a lock."""
+    global _serial
+    import numba
+
+    _serial = None if numba.threading_layer() in ("omp", "tbb") else threading.Lock()
 
 
 def _first_launch(kernel):
@@ -191,7 +219,12 @@ def interp_time(x: torch.Tensor, lo: torch.Tensor, frac: torch.Tensor, n: torch.
     nn = np.ascontiguousarray(n.numpy().clip(0, T_out), dtype=np.int64)
     threads = torch.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    _kernel(x.numpy(), lo.numpy(), frac.numpy(), nn, out.numpy(), (C + 3) // 4)
+    args = (x.numpy(), lo.numpy(), frac.numpy(), nn, out.numpy(), (C + 3) // 4)
+    if _serial is None:
+        _kernel(*args)
+    else:
+        with _serial:
+            _kernel(*args)
     if torch.get_num_threads() != threads:  # numba's first launch sets the shared OpenMP default
         torch.set_num_threads(threads)
     return out

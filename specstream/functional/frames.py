@@ -97,10 +97,13 @@ def interp_time(x: torch.Tensor, src: torch.Tensor, lengths: Optional[torch.Tens
     lo = src.floor().clamp(0, T - 1)
     frac = (src - lo).to(x.dtype)
     lo = lo.to(torch.int64)
+    if lengths is not None:
+        lengths = lengths.to(torch.int64)
     if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
-            and cpu_kernels.available()):
-        n = lengths.to(torch.int64) if lengths is not None else torch.full((B,), T_out, dtype=torch.int64)
-        return cpu_kernels.interp_time(x, lo.contiguous(), frac.contiguous(), n, T_out)
+            and not x.requires_grad and cpu_kernels.available()):
+        n = lengths if lengths is not None else torch.full((B,), T_out, dtype=torch.int64)
+        # clamped again after the cast: a NaN position must not become an address
+        return cpu_kernels.interp_time(x, lo.clamp_(0, max(T - 1, 0)).contiguous(), frac.contiguous(), n, T_out)
     frac = frac[:, None, :]
     hi = (lo + 1).clamp(max=T - 1)
     out = torch.gather(x, 2, lo[:, None, :].expand(B, C, T_out))

@@ -19,7 +19,7 @@ from .datasource import ShardDatasource
 from .plan import ReadPlan, SourceShards
 from .readtask import _test_fault
 from .ledger import Ledger, LedgerSink, write_report
-from .stages import DecodeStage, FeaturizeStage, storage_of
+from .stages import DecodeStage, FeaturizeStage, retain_freed_memory, storage_of
 
 storage_from_config = storage_of  # the S3/local Storage a config's source names
 
@@ -53,6 +53,8 @@ class _PerProcess:
     def stage(self):
         stage = _STAGES.get(self.key)
         if stage is None:
+            if issubclass(self.stage_cls, FeaturizeStage) and self.config.actors.retain_freed_memory:
+                retain_freed_memory()
             stage = _STAGES[self.key] = self.stage_cls(self.config, self.sink)
         return stage
 
@@ -88,6 +90,8 @@ class FeaturizeActor(FeaturizeStage):
 
     def __init__(self, config, sink=None, ledger=None):
         super().__init__(config, sink)
+        if self.cfg.actors.retain_freed_memory:
+            retain_freed_memory()
         self._batches = 0
         if ledger is not None:
             ray.get(ledger.record_node.remote("featurize", ray.get_runtime_context().get_node_id()))

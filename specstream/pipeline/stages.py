@@ -53,12 +53,15 @@ _retained = False
 
 def retain_freed_memory() -> bool:
     """Keep this process's freed heap memory for the next batch (glibc: mallopt
-    M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB); once per process. True when applied.
+    M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB); once per process, not undone. True
+    when applied. The pipeline calls it in the Ray worker processes that featurize
+    (``actors.retain_freed_memory``), never in the caller's process.
 
     With glibc's defaults a featurize batch's big tensors (STFT frames, spectra, the
     augmented waveforms) are handed back to the OS when freed and faulted in page by page
     when the next batch allocates them again; on the CPU that is most of the log-mel's time.
-    The price: the process keeps the memory of its largest batch resident."""
+    Blocks over 32 MiB (glibc's ceiling for the threshold) still come from mmap. The price:
+    up to 1 GiB of freed heap per malloc arena stays resident."""
     global _retained
     if _retained:
         return True
@@ -281,8 +284,6 @@ class FeaturizeStage:
         self.cfg = load_config(config)
         self.sink = sink
         self.device = resolve_device(device or self.cfg.actors.device)
-        if self.cfg.actors.retain_freed_memory:
-            retain_freed_memory()
         self.logmel = LogMel(self.cfg.features).to(self.device)
         self.layout = Layout.of(self.cfg)
         vocab = vocab_from_config(self.cfg)
