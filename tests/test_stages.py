@@ -387,6 +387,6 @@ def test_featurize_workers_keep_freed_memory_so_batches_stop_faulting_pages_in()
         retained, faults = out.stdout.split()[-2:]
         got[mode] = (retained == "True", int(faults))
     assert got["caller"][0] is False and got["worker"][0] is True, got
-    # kept: the batches reuse the same pages (glibc's default here faults hundreds to
-    # thousands of pages per call, depending on how allocations spread over its arenas)
-    assert got["worker"][1] <= 100, got
+    # kept: the batches reuse the same pages (0 per call on a quiet machine; glibc's default
+    # faults hundreds to thousands per call, depending on how allocations spread over arenas)
+    assert got["worker"][1] <= max(100, got["caller"][1] // 2), got

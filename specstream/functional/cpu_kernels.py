@@ -9,12 +9,12 @@ written as zeros.
 
 The arithmetic is the same as the torch path (:func:`..frames.interp_time`): the same
 neighbours and fraction, and torch.lerp's formula (``a + w (b - a)`` below w = 0.5,
-``b - (b - a)(1 - w)`` above), with the multiply-add fused as torch's vectorised lerp
+``b - (b - a)(1 - w)`` above; |w| in both), with the multiply-add fused as torch's vectorised lerp
 fuses it: equal bit for bit where torch's lerp is vectorised (x86-64), within an ulp
 elsewhere. The tests compare the two paths on every call shape the ops make.
 
-A child forked from a process that used the kernel takes the torch path (GNU OpenMP is
-not fork-safe). Under numba's workqueue layer (when neither omp nor tbb loads) calls from
+A forked child process takes the torch path (GNU OpenMP is not fork-safe; exec'd
+processes start afresh). Under numba's workqueue layer (when neither omp nor tbb loads) calls from
 several threads take a lock.
 
 numba compiles the kernel on its first call in a process (cached on disk after that).
@@ -132,8 +132,9 @@ def _use_torch_openmp() -> None:
 
 
 def _forked() -> None:
-    """In a child forked from a process that used the kernel: the torch path. GNU OpenMP
-    is not fork-safe, and numba's omp layer ends a child that launches a parallel loop."""
+    """In a forked child: the torch path. GNU OpenMP is not fork-safe (the parent's
+    OpenMP threads do not exist in the child), and numba's omp layer ends a child that
+    launches a parallel loop after its parent did."""
     global _kernel, _serial
     _kernel, _serial = False, None
 
