@@ -187,6 +187,13 @@ def bench_stages(args, device) -> None:
         print(f"{name:40s} {t * 1e3:9.2f} {t / audio_s * 1e3:10.3f} {audio_s / t:10.0f} {alone:>10s}")
     print(f"  whole stage with the realistic policy / log-mel alone: {times[-1] / base:.1f}x")
     print("  ('op alone' = (op + log-mel) - log-mel, per audio-second; noisy on a shared machine)")
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        parts[0][1]()
+    print(f"  page faults per log-mel call: {(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5:.0f} "
+          f"(freed memory {'kept' if args.keep_freed_memory else 'returned to the OS'})")
 
 
 def main(argv=None) -> int:

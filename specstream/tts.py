@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 SAMPLE_RATE = 16000
+_RESAMPLERS: dict = {}
 
 ESPEAK_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbcwmd",
                  "en-gb-x-gbclan"]
@@ -50,9 +51,7 @@ def draw_voice(rng: random.Random, espeak_share: float = 0.6, espeak_rate=(120, 
 def speak(text: str, engine: str, voice: str, rate, pitch, gap: int = 0,
           sample_rate: int = SAMPLE_RATE) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """Synthesise ``text``: (mono float32 audio at ``sample_rate``, None) or (None, reason)."""
-    import soundfile as sf
-    import torch
-    import torchaudio
+    from .io.audio import AudioError, Resampler, decode_audio
 
     with tempfile.TemporaryDirectory(prefix="tts-") as tmp:
         wav = os.path.join(tmp, "x.wav")
@@ -69,14 +68,16 @@ def speak(text: str, engine: str, voice: str, rate, pitch, gap: int = 0,
             return None, f"{engine} timed out"
         if r.returncode != 0 or not os.path.exists(wav):
             return None, f"{engine} failed (exit {r.returncode}): {r.stderr.decode(errors='replace').strip()[:200]}"
-        try:
-            x, sr = sf.read(wav, dtype="float32", always_2d=True)
-        except Exception as e:  # noqa: BLE001 - returned as the reason
-            return None, f"unreadable output: {e}"
-    x = x.mean(1)
-    if sr != sample_rate:
-        x = torchaudio.functional.resample(torch.from_numpy(x), sr, sample_rate).numpy()
-    return x.astype(np.float32), None
+        with open(wav, "rb") as f:
+            data = f.read()
+    try:
+        x, sr = decode_audio(data)  # mono float32
+    except AudioError as e:
+        return None, f"unreadable output: {e}"
+    rs = _RESAMPLERS.get(sample_rate)
+    if rs is None:  # one per target rate: its kernels (one per engine rate) are built once
+        rs = _RESAMPLERS[sample_rate] = Resampler(sample_rate)
+    return rs(x, sr).astype(np.float32, copy=False), None
 
 
 def speech_span(x: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = -40.0,

@@ -739,7 +739,7 @@ def test_interp_time_cpu_kernel_equals_the_torch_path_and_numpy(B, C, T, T_out, 
             np.testing.assert_allclose(fused[b, :, :nb].double().numpy(), ref, rtol=0, atol=1e-5)
 
 
-def test_cpu_kernel_keeps_torchs_thread_setting_and_shares_its_openmp_runtime(tmp_path):
+def test_cpu_kernel_keeps_torchs_thread_setting_and_shares_its_openmp_runtime():
     """numba's first parallel launch sets the OpenMP default thread count that torch reads;
     the kernel puts torch's own setting back. Its loops run on the OpenMP runtime torch
     loaded (numba's omp layer), not on a second pool (checked in a fresh process: both are
@@ -763,7 +763,7 @@ def test_cpu_kernel_keeps_torchs_thread_setting_and_shares_its_openmp_runtime(tm
     assert out.stdout.split() == ["1", "omp"], out.stdout
 
 
-def test_cpu_kernel_in_a_forked_child_falls_back_to_the_torch_path(tmp_path):
+def test_cpu_kernel_in_a_forked_child_falls_back_to_the_torch_path():
     """GNU OpenMP is not fork-safe: a child forked after the parent used the kernel (a fork
     DataLoader worker, multiprocessing) takes the torch path and lives, with the same values."""
     import subprocess
@@ -783,3 +783,22 @@ def test_cpu_kernel_in_a_forked_child_falls_back_to_the_torch_path(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-2:] == ["0", "True"], (out.stdout, out.stderr[-2000:])
+
+
+def test_specstream_numba_0_turns_the_cpu_kernel_off():
+    """The README's switch: with SPECSTREAM_NUMBA=0 interp_time takes the torch path (and
+    numba is never imported)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from specstream.functional import cpu_kernels\n"
+        "from specstream.functional.frames import interp_time\n"
+        "out = interp_time(torch.randn(2, 8, 50), torch.rand(2, 50) * 49, torch.tensor([50, 20]))\n"
+        "print(cpu_kernels.available(), 'numba' in sys.modules, bool((out[1, :, 20:] == 0).all()))\n"
+    )
+    env = dict(os.environ, SPECSTREAM_NUMBA="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["False", "False", "True"], out.stdout

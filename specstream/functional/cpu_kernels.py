@@ -8,8 +8,8 @@ channel rows at a time. Only each sample's own frames are computed; the padding 
 written as zeros.
 
 The arithmetic is the same as the torch path (:func:`..frames.interp_time`): the same
-neighbours and fraction, and torch.lerp's formula (``a + w (b - a)`` below w = 0.5,
-``b - (b - a)(1 - w)`` above; |w| in both), with the multiply-add fused as torch's vectorised lerp
+neighbours and fraction, and torch.lerp's formula (``a + w (b - a)`` below |w| = 0.5,
+``b + (w - 1)(b - a)`` above), with the multiply-add fused as torch's vectorised lerp
 fuses it: equal bit for bit where torch's lerp is vectorised (x86-64), within an ulp
 elsewhere. The tests compare the two paths on every call shape the ops make.
 
@@ -41,71 +41,45 @@ if hasattr(os, "register_at_fork"):
 def _compile():
     import numba
 
+    @numba.njit(inline="always")
+    def lerp(a, e, w):
+        """torch.lerp: a + w (e - a) below |w| = 0.5, e + (w - 1)(e - a) above."""
+        return a + w * (e - a) if abs(w) < 0.5 else e + (w - 1) * (e - a)
+
     def interp_rows(x, lo, frac, n, out, groups):
         """out[b, c, t] = lerp(x[b, c, lo], x[b, c, min(lo + 1, T - 1)], frac) for t < n[b],
-        0 after; in parallel over units (one sample's ``groups``-th block of 4 channels)."""
-        T = x.shape[2]
-        C = x.shape[1]
+        0 after; in parallel over units (one sample's ``groups``-th block of up to 4
+        channels, whose rows share each frame's position)."""
+        B, C, T = x.shape
         T_out = out.shape[2]
-        one = frac.dtype.type(1.0)
-        half = frac.dtype.type(0.5)
-        for u in numba.prange(x.shape[0] * groups):
+        for u in numba.prange(B * groups):
             b = u // groups
             c0 = (u % groups) * 4
             nb = n[b]
             lob = lo[b]
             fb = frac[b]
             if c0 + 4 <= C:
-                x0 = x[b, c0]
-                x1 = x[b, c0 + 1]
-                x2 = x[b, c0 + 2]
-                x3 = x[b, c0 + 3]
-                o0 = out[b, c0]
-                o1 = out[b, c0 + 1]
-                o2 = out[b, c0 + 2]
-                o3 = out[b, c0 + 3]
+                x0, x1, x2, x3 = x[b, c0], x[b, c0 + 1], x[b, c0 + 2], x[b, c0 + 3]
+                o0, o1, o2, o3 = out[b, c0], out[b, c0 + 1], out[b, c0 + 2], out[b, c0 + 3]
                 for t in range(nb):
                     i = lob[t]
                     j = i + 1 if i + 1 < T else T - 1
                     w = fb[t]
-                    if abs(w) < half:  # torch.lerp: a + w (b - a) below |w| = 0.5, b + (w - 1)(b - a) above
-                        a = x0[i]
-                        o0[t] = a + w * (x0[j] - a)
-                        a = x1[i]
-                        o1[t] = a + w * (x1[j] - a)
-                        a = x2[i]
-                        o2[t] = a + w * (x2[j] - a)
-                        a = x3[i]
-                        o3[t] = a + w * (x3[j] - a)
-                    else:
-                        v = w - one
-                        e = x0[j]
-                        o0[t] = e + v * (e - x0[i])
-                        e = x1[j]
-                        o1[t] = e + v * (e - x1[i])
-                        e = x2[j]
-                        o2[t] = e + v * (e - x2[i])
-                        e = x3[j]
-                        o3[t] = e + v * (e - x3[i])
+                    o0[t] = lerp(x0[i], x0[j], w)
+                    o1[t] = lerp(x1[i], x1[j], w)
+                    o2[t] = lerp(x2[i], x2[j], w)
+                    o3[t] = lerp(x3[i], x3[j], w)
                 for t in range(nb, T_out):
                     o0[t] = 0
                     o1[t] = 0
                     o2[t] = 0
                     o3[t] = 0
-            else:
+            else:  # the last channels of a C that is not a multiple of 4
                 for c in range(c0, C):
-                    xr = x[b, c]
-                    orow = out[b, c]
+                    xr, orow = x[b, c], out[b, c]
                     for t in range(nb):
                         i = lob[t]
-                        j = i + 1 if i + 1 < T else T - 1
-                        w = fb[t]
-                        if abs(w) < half:
-                            a = xr[i]
-                            orow[t] = a + w * (xr[j] - a)
-                        else:
-                            e = xr[j]
-                            orow[t] = e + (w - one) * (e - xr[i])
+                        orow[t] = lerp(xr[i], xr[i + 1 if i + 1 < T else T - 1], fb[t])
                     for t in range(nb, T_out):
                         orow[t] = 0
 
@@ -218,14 +192,11 @@ def interp_time(x: torch.Tensor, lo: torch.Tensor, frac: torch.Tensor, n: torch.
     if out.numel() == 0:
         return out
     nn = np.ascontiguousarray(n.numpy().clip(0, T_out), dtype=np.int64)
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     args = (x.numpy(), lo.numpy(), frac.numpy(), nn, out.numpy(), (C + 3) // 4)
     if _serial is None:
         _kernel(*args)
     else:
         with _serial:
             _kernel(*args)
-    if torch.get_num_threads() != threads:  # numba's first launch sets the shared OpenMP default
-        torch.set_num_threads(threads)
     return out

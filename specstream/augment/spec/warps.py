@@ -8,8 +8,7 @@ from typing import Tuple
 
 import torch
 
-from ...functional import cpu_kernels
-from ...functional.frames import interp_time, lengths_mask
+from ...functional.frames import interp_time, lengths_mask, prepare_interp_time
 from ...functional.random import stream_uniform
 from ..core import Batch, Context, Op, Params, check, check_number, check_range, randint
 from .masks import Fill, check_fill, fill_value
@@ -29,8 +28,7 @@ class TimeWarp(Op):
         self.W = check_number(self.name, "W", W, 0, integer=True)
 
     def prepare(self, device) -> None:
-        if device.type == "cpu":
-            cpu_kernels.available()  # compiles (or loads) interp_time's CPU kernel
+        prepare_interp_time(device)
 
     def draw(self, ctx: Context, batch: Batch) -> Params:
         L = batch.lengths
@@ -73,7 +71,8 @@ class TimeStretch(Op):
         super().__init__(p)
         self.rates = check_range(self.name, "rates", rates, 0.0, 100.0, lo_open=True)
 
-    prepare = TimeWarp.prepare
+    def prepare(self, device) -> None:
+        prepare_interp_time(device)
 
     def draw(self, ctx: Context, batch: Batch) -> Params:
         lo, hi = math.log(self.rates[0]), math.log(self.rates[1])
