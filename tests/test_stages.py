@@ -138,6 +138,56 @@ def test_featurize_matches_torchaudio_per_sample_whatever_the_batch():
     assert out["target"].tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("short", [False, True])
+def test_logmel_reflect_pads_each_sample_at_its_own_end(short):
+    """LogMel's per-sample centre padding, both ways it is built: every sample longer than
+    the pad (one copy, each row's reflected tail written at its own end) and a batch with a
+    sample shorter than the pad (the gather path). Each long sample's features equal
+    torchaudio's on the sample alone, whatever garbage the batch holds past its length."""
+    from specstream.features import LogMel, MelConfig
+
+    rng = np.random.default_rng(3)
+    lengths = [16000, 9000, 4321, 201] + ([150] if short else [])
+    wave = torch.from_numpy(rng.standard_normal((len(lengths), 16500)).astype(np.float32) * 0.1)
+    L = torch.tensor(lengths)
+    clean = wave * (torch.arange(16500)[None, :] < L[:, None])
+    feats, frames = LogMel(MelConfig())(wave, L)
+    ref = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=80)
+    assert frames.tolist() == [n // 160 + 1 for n in lengths]
+    for i, n in enumerate(lengths[:4]):
+        expect = torch.log(ref(clean[i, :n]) + 1e-6)
+        torch.testing.assert_close(feats[i, :, : int(frames[i])], expect, rtol=1e-4, atol=1e-4)
+        assert (feats[i, :, int(frames[i]):] == 0).all()
+
+
+@pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values")
+@pytest.mark.parametrize("scale,norm", [("htk", None), ("slaney", "slaney"), ("htk", "slaney")])
+def test_mel_filterbanks_match_torchaudio_and_a_dense_vtlp_grid(scale, norm):
+    """The filterbanks (two triangles per frequency, scattered): unwarped = torchaudio's
+    melscale_fbanks; VTLP-warped per sample = every filter's triangle evaluated at every
+    warped frequency in numpy (float64), for narrow filters (n_fft 64) too."""
+    from specstream.functional.mel import mel_fbanks, mel_to_hz, hz_to_mel, vtlp_warp
+
+    for sr, n_fft, n_mels, f_min, f_max in ((16000, 400, 80, 0.0, None), (8000, 64, 40, 20.0, 3800.0)):
+        fb = mel_fbanks(sr, n_fft, n_mels, f_min, f_max, scale, norm)[0]
+        ta = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, f_max or sr / 2, n_mels, sr, norm, scale)
+        torch.testing.assert_close(fb, ta.T, rtol=1e-4, atol=1e-5 * float(ta.max()))  # torchaudio: float32
+        alpha = torch.tensor([0.82, 0.9, 1.0, 1.07, 1.18], dtype=torch.float64)
+        got = mel_fbanks(sr, n_fft, n_mels, f_min, f_max, scale, norm, alpha=alpha, boundary_hz=0.6 * sr / 2)
+        freqs = torch.linspace(0, sr // 2, n_fft // 2 + 1, dtype=torch.float64)
+        warped = vtlp_warp(freqs, alpha, sr, 0.6 * sr / 2).numpy()
+        lo, hi = (float(hz_to_mel(torch.tensor(float(f), dtype=torch.float64), scale)) for f in (f_min, f_max or sr / 2))
+        pts = mel_to_hz(torch.linspace(lo, hi, n_mels + 2, dtype=torch.float64), scale).numpy()
+        for b in range(len(alpha)):
+            for m in range(n_mels):
+                left, mid, right = pts[m], pts[m + 1], pts[m + 2]
+                w = warped[b]
+                tri = np.clip(np.minimum((w - left) / (mid - left), (right - w) / (right - mid)), 0, None)
+                if norm == "slaney":
+                    tri = tri * 2.0 / (right - left)
+                np.testing.assert_allclose(got[b, m].numpy(), tri, rtol=1e-6, atol=1e-9 * max(1.0, tri.max()))
+
+
 def test_featurize_fixed_mode_zeroes_frames_past_length():
     stage = FeaturizeStage(cfg(), device="cpu")
     audio = np.zeros((2, 16000), np.float32)

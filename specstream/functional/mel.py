@@ -59,14 +59,31 @@ def mel_fbanks(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_
     else:
         warped = vtlp_warp(all_freqs, alpha.to(f64), sample_rate,
                            boundary_hz if boundary_hz is not None else 0.6 * sample_rate / 2)
+    return _triangles(warped, f_pts, n_mels, norm)
+
+
+def _triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, norm: Optional[str]) -> torch.Tensor:
+    """[B, n_mels, n_freqs] float32: filter m's weight at each (warped) frequency w,
+    max(0, min((w - f_m) / (f_m+1 - f_m), (f_m+2 - w) / (f_m+2 - f_m+1))), as torchaudio's
+    ``melscale_fbanks`` computes it, in float64. Only two filters can be non-zero at w, those
+    of the knot interval [f_k, f_k+1) holding it (m = k - 1 falling, m = k rising): their two
+    weights are computed with that formula and scattered into zeros (no [B, n_freqs, n_mels]
+    grid: for per-sample VTLP banks the grid cost as much as the log-mel)."""
+    B, n_freqs = warped.shape
     f_diff = f_pts[1:] - f_pts[:-1]
-    slopes = f_pts[None, None, :] - warped[:, :, None]  # [B, n_freqs, n_mels + 2]
-    down = -slopes[..., :-2] / f_diff[:-1]
-    up = slopes[..., 2:] / f_diff[1:]
-    fb = torch.clamp(torch.minimum(down, up), min=0.0)
+    k = torch.searchsorted(f_pts, warped.contiguous(), right=True) - 1  # f_pts[k] <= w < f_pts[k + 1]
+    m = torch.stack([k - 1, k], 1)  # [B, 2, n_freqs]
+    ok = (m >= 0) & (m < n_mels)
+    mc = m.clamp(0, n_mels - 1)
+    w = warped[:, None, :]
+    down = -(f_pts[mc] - w) / f_diff[mc]
+    up = (f_pts[mc + 2] - w) / f_diff[mc + 1]
+    val = torch.clamp(torch.minimum(down, up), min=0.0)
     if norm == "slaney":
-        fb = fb * (2.0 / (f_pts[2:n_mels + 2] - f_pts[:n_mels]))
-    return fb.transpose(1, 2).to(torch.float32).contiguous()
+        val = val * (2.0 / (f_pts[mc + 2] - f_pts[mc]))
+    val = torch.where(ok, val, torch.zeros_like(val)).to(torch.float32)
+    # an out-of-range candidate adds an exact 0 to a cell (its neighbour may be written too)
+    return torch.zeros(B, n_mels, n_freqs, dtype=torch.float32, device=warped.device).scatter_add_(1, mc, val)
 
 
 COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
