@@ -1,4 +1,5 @@
 """Augmentation ops: bounds, lengths, padding, keyed reproducibility, replay, mixing maths."""
+import contextlib
 import math
 import os
 
@@ -652,6 +653,15 @@ def test_host_hash_equals_the_tensor_hash():
         R._HOST = True
     for a, b in zip(host, ref):
         assert a.shape == b.shape and torch.equal(a, b)
+    # the element-wise streams (noise fields): the CPU kernel's one pass, the same bits
+    keys = torch.cat([ids, torch.tensor([0, -1, 2**32 + 5])])
+    try:
+        fused = R.stream_uniform(keys, 300)
+        R._HOST = False
+        assert torch.equal(fused, R.stream_uniform(keys, 300))
+    finally:
+        R._HOST = True
+    assert torch.equal(R.stream_uniform(keys, 17), fused[:, :17])  # element t does not depend on n
     # a continued state is the hash of the whole word list
     assert torch.equal(R.hash32([7, torch.arange(5)], state=R.hash32(R.keyed_words(3, 1, ids, 0)[:-1])),
                        R.hash32(R.keyed_words(3, 1, ids, 0)[:-1] + [7, torch.arange(5)]))
@@ -680,17 +690,24 @@ def test_bands_and_zero_padding_kernels_match_plain_loops():
     assert zero_padding(y, L, inplace=True) is y and torch.equal(y, ref)
 
 
+@pytest.mark.parametrize("path", ["numba", "torch"])
 @pytest.mark.parametrize("fill", ["zero", "mean", "min", 1.5])
-def test_mask_kernel_matches_a_cell_by_cell_write(fill):
-    """apply_masks (one pass + masked bin rows) against a plain masked write per sample."""
+def test_mask_kernel_matches_a_cell_by_cell_write(fill, path):
+    """apply_masks (the fused CPU kernel, and the torch path: one pass + masked bin rows)
+    against a plain masked write per sample; padding 0 (the input's padding is not)."""
     from specstream.augment.spec.masks import apply_masks
+    from specstream.functional import cpu_kernels
 
+    assert cpu_kernels.available(), "numba is a dependency: the CPU kernel must be in use"
     x, L, keys = batch(B=6, T=120, lengths=[120, 100, 64, 30, 3, 1])
+    x = x + (torch.arange(120)[None, None, :] >= L[:, None, None]) * 7.0  # garbage in the padding
     g = torch.Generator().manual_seed(1)
     fu = torch.rand(6, x.shape[1], generator=g) < 0.2
     tu = (torch.rand(6, 120, generator=g) < 0.15) & (torch.arange(120)[None, :] < L[:, None])
-    out = apply_masks(Batch(x, L), [(fu, None, None), (None, tu, None)], fill).features
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        out = apply_masks(Batch(x, L), [(fu, None, None), (None, tu, None)], fill).features
     for b in range(6):
+        assert (out[b, :, int(L[b]):] == 0).all()
         n = int(L[b])
         v = x[b, :, :n].double()
         m = {"zero": 0.0, "mean": float(v.mean()) if n else 0.0, "min": float(v.min()) if n else 0.0}.get(fill, fill)

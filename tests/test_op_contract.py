@@ -12,7 +12,7 @@ For every case:
 2. padding stays exactly 0 and the returned lengths are consistent;
 3. replay from the recorded parameters (and from the logged per-row records) is exact;
 4. the same key and epoch at another batch position (or alone) draws the same parameters;
-5. CPU and CUDA agree (skipped without a GPU).
+5. the CPU kernels agree with the torch path, and CPU and CUDA agree (skipped without a GPU).
 
 Waveform and filterbank ops run through ``Policy([op]).featurize`` with ``LogMel(MelConfig())``;
 spectrogram ops through ``Policy([op])(features, lengths, ...)`` on the log-mel of the clips.
@@ -421,6 +421,28 @@ def test_roundoff_in_the_input_stays_roundoff(name, kw, clips, banks, batch_runs
         n = int(out.lengths[b])
         assert_same_features(moved.features[b, :, :n], out.features[b, :, :n], op.domain != "spec",
                              f"{name} row {b} with its input moved by roundoff", power_tol=1e-5, log_tol=1e-3)
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+def test_cpu_kernels_agree_with_the_torch_path(name, kw, clips, banks, batch_runs):
+    """The fused CPU kernels (numba: interpolation, IIR filters, noise hashes, masks) and the
+    torch path, which CUDA runs, give the same draws and features within the CUDA parity
+    tolerance, for every op (checked here on every machine; CUDA itself is checked below)."""
+    from specstream.functional import cpu_kernels
+
+    assert cpu_kernels.available(), "numba is a dependency: the CPU kernels must be in use"
+    op, fused = case_run(name, kw, clips, banks, batch_runs)
+    with cpu_kernels.torch_path():
+        plain = augment(op, clips, ORDER, EXTRA)
+    for k, v in fused.params[0].items():
+        if k != "__name__":
+            assert torch.equal(plain.params[0][k], v), f"{name}: parameter {k!r}"
+    assert torch.equal(plain.lengths, fused.lengths)
+    for b in range(len(ORDER)):
+        n = int(fused.lengths[b])
+        assert_same_features(plain.features[b, :, :n], fused.features[b, :, :n], op.domain != "spec",
+                             f"{name} row {b}, kernels vs torch path", power_tol=1e-5, log_tol=1e-3)
+        assert (plain.features[b, :, n:] == 0).all() and (fused.features[b, :, n:] == 0).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU box)")

@@ -479,32 +479,44 @@ def _scipy_lfilter_rows(x, b, a):
     return np.stack([sp_lfilter(b[i], a[i], x[i]) for i in range(x.shape[0])])
 
 
-def test_lfilter_and_filtfilt_kernels_match_scipy_per_sample():
-    """The shifted-row FIR + compiled recursion, and the whole-row backward pass of filtfilt,
-    against scipy in float64 on each sample alone (lengths vary, padding never read)."""
-    from specstream.functional.dsp import biquad, filtfilt, lfilter
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_lfilter_and_filtfilt_kernels_match_scipy_per_sample(path):
+    """Both paths against scipy in float64 on each sample alone (lengths vary, the padding
+    holds garbage that must not be read): the CPU kernel (float64 state, four rows at a time:
+    row counts off its blocks of 4), and the torch path (shifted-row FIR + compiled float32
+    recursion, whole-row backward pass of filtfilt), which CUDA runs."""
+    import contextlib
 
+    from specstream.functional import cpu_kernels
+    from specstream.functional.dsp import BROWN, PINK, biquad, filtfilt, lfilter
+
+    assert cpu_kernels.available(), "numba is a dependency: the CPU kernel must be in use"
+    tol = 2e-6 if path == "numba" else 2e-4  # float64 state vs a float32 recursion
     g = torch.Generator().manual_seed(0)
-    L = torch.tensor([4000, 3100, 1500, 40, 1, 3999])
-    x = torch.randn(6, 4000, generator=g) * 0.3 * (torch.arange(4000)[None, :] < L[:, None])
-    for kind, f0 in (("highpass", torch.linspace(50, 500, 6)), ("lowpass", torch.linspace(2000, 7000, 6))):
-        b, a = biquad(kind, f0.double(), SR, 0.7071)
-        bn, an = b.numpy(), a.numpy()
-        ref = _scipy_lfilter_rows(x.double().numpy(), bn, an)
-        np.testing.assert_allclose(lfilter(x, b, a).numpy(), ref, atol=1e-4)  # float32 recursion
-        got = filtfilt(x, L, b, a).numpy()
-        for i in range(6):
-            n = int(L[i])
-            fwd = _scipy_lfilter_rows(x[i:i + 1, :n].double().numpy(), bn[i:i + 1], an[i:i + 1])[0]
-            back = _scipy_lfilter_rows(fwd[None, ::-1].copy(), bn[i:i + 1], an[i:i + 1])[0][::-1]
-            np.testing.assert_allclose(got[i, :n], back, atol=2e-4)
-            assert (got[i, n:] == 0).all()
-    # one shared set of coefficients (the noise colours)
-    from specstream.functional.dsp import PINK
-
-    bp, ap = (torch.tensor(c) for c in PINK)
-    ref = _scipy_lfilter_rows(x.double().numpy(), np.tile(bp.numpy(), (6, 1)), np.tile(ap.numpy(), (6, 1)))
-    np.testing.assert_allclose(lfilter(x, bp, ap).numpy(), ref, atol=1e-4)
+    L = torch.tensor([4000, 3100, 1500, 40, 1, 3999, 0])
+    R = len(L)
+    clean = torch.randn(R, 4000, generator=g) * 0.3 * (torch.arange(4000)[None, :] < L[:, None])
+    x = clean + (torch.arange(4000)[None, :] >= L[:, None]) * 5.0
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        for kind, f0 in (("highpass", torch.linspace(50, 500, R)), ("lowpass", torch.linspace(2000, 7000, R))):
+            b, a = biquad(kind, f0.double(), SR, 0.7071)
+            bn, an = b.numpy(), a.numpy()
+            ref = _scipy_lfilter_rows(clean.double().numpy(), bn, an)
+            np.testing.assert_allclose(lfilter(clean, b, a).numpy(), ref, atol=tol / 2)
+            got = filtfilt(x, L, b, a).numpy()
+            for i in range(R):
+                n = int(L[i])
+                fwd = _scipy_lfilter_rows(clean[i:i + 1, :n].double().numpy(), bn[i:i + 1], an[i:i + 1])[0]
+                back = _scipy_lfilter_rows(fwd[None, ::-1].copy(), bn[i:i + 1], an[i:i + 1])[0][::-1]
+                np.testing.assert_allclose(got[i, :n], back, atol=tol)
+                assert (got[i, n:] == 0).all()
+        # one shared set of coefficients (the noise colours: pink is order 3, brown order 1)
+        for coefs in (PINK, BROWN):
+            bp, ap = (torch.tensor(c) for c in coefs)
+            ref = _scipy_lfilter_rows(clean.double().numpy(), np.tile(bp.numpy(), (R, 1)),
+                                      np.tile(ap.numpy(), (R, 1)))
+            got = lfilter(clean, bp, ap).numpy()
+            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
 def test_resample_kernel_equals_torchaudio():

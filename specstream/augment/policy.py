@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from ..functional import cpu_kernels
 from ..functional.frames import move_frames, zero_padded
 from ..functional.random import key_ids as _key_ids, keyed_prefix
 from ..errors import ConfigError
@@ -91,9 +92,13 @@ class Policy:
 
     def prepare(self, device) -> "Policy":
         """Each op's once-per-process work for ``device`` (:meth:`Op.prepare`), so that the
-        first batch does not wait for it."""
+        first batch does not wait for it; on the CPU, the fused kernels (compiled, or loaded
+        from numba's cache) that the masks, filters and noise use."""
+        device = torch.device(device)
+        if device.type == "cpu" and self.ops:
+            cpu_kernels.available()
         for op in self.ops:
-            op.prepare(torch.device(device))
+            op.prepare(device)
         return self
 
     def bank_ops(self) -> List[BankOp]:

@@ -1,5 +1,13 @@
 """Fused CPU kernels (numba) for the operations torch has no fast CPU kernel for.
 
+- :func:`interp_time`: interpolation along time at per-sample positions (time warp, stretch);
+- :func:`iir_rows`: IIR filtering of rows with per-row coefficients, causal or zero-phase
+  from each row's own end (band-limiting filters, coloured noise): torch runs a recursion as
+  one small launch per sample or (torchaudio) a scalar loop after several full-size passes;
+- :func:`stream_uniform`: the keyed counter hash of element-wise noise fields, one pass
+  instead of a dozen numpy passes over [B, N];
+- :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass.
+
 Linear interpolation along the time axis at per-sample positions (time warp, time
 stretch) is two gathers and a lerp in torch. Each is a separate pass over the batch, and
 torch's CPU gather is a scalar loop with an index load per element. Here it is one pass:
@@ -17,7 +25,7 @@ A forked child process takes the torch path (GNU OpenMP is not fork-safe; exec'd
 processes start afresh). Under numba's workqueue layer (when neither omp nor tbb loads) calls from
 several threads take a lock.
 
-numba compiles the kernel on its first call in a process (cached on disk after that).
+numba compiles the kernels on first use in a process (cached on disk after that).
 Without numba (or with ``SPECSTREAM_NUMBA=0``) :func:`available` is false and callers
 use the torch path; on CUDA the torch path is used always.
 """
@@ -31,8 +39,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+IIR_MAX_TAPS = 4  # iir_rows: filters of order <= 3 (biquads, the pink and brown noise filters)
 _lock = threading.Lock()
-_kernel = None  # the compiled kernel, False when numba is unavailable or disabled
+_kernel = None  # the compiled kernels (a dict by name), False when numba is unavailable or disabled
 _serial: Optional[threading.Lock] = None  # held around each call when the threading layer is not thread-safe
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _forked())
@@ -83,13 +92,124 @@ def _compile():
                     for t in range(nb, T_out):
                         orow[t] = 0
 
+    @numba.njit(inline="always")
+    def df2t(v, z0, z1, z2, c):
+        """One step of a filter of order <= 3 (transposed direct form II): c = (b0, b1, b2,
+        b3, a1, a2, a3); returns (y, new state)."""
+        y = c[0] * v + z0
+        return y, c[1] * v - c[4] * y + z1, c[2] * v - c[5] * y + z2, c[3] * v - c[6] * y
+
+    def iir_rows(x, coef, n, zero_phase, out):
+        """Each row of x [R, N] through its filter coef[r] = (b0..b3, a1..a3) (order <= 3,
+        a0 = 1) from rest, float64 state. ``zero_phase``: forward over the row's first n[r]
+        samples, then backward from its own end (filtfilt), 0 after; else causal over the
+        whole row. Four rows per unit of work: their recursions are independent chains the
+        CPU overlaps (one row's recursion alone waits on each step's latency)."""
+        R, N = x.shape
+        for u in numba.prange((R + 3) // 4):
+            r0 = 4 * u
+            r1, r2, r3 = min(r0 + 1, R - 1), min(r0 + 2, R - 1), min(r0 + 3, R - 1)  # repeats: not stored
+            c0, c1, c2, c3 = coef[r0], coef[r1], coef[r2], coef[r3]
+            x0, x1, x2, x3 = x[r0], x[r1], x[r2], x[r3]
+            o0, o1, o2, o3 = out[r0], out[r1], out[r2], out[r3]
+            if zero_phase:
+                m0, m1 = min(max(n[r0], 0), N), min(max(n[r1], 0), N)
+                m2, m3 = min(max(n[r2], 0), N), min(max(n[r3], 0), N)
+            else:
+                m0 = m1 = m2 = m3 = N
+            m = max(max(m0, m1), max(m2, m3))
+            # pass 0 forward (past its own length a row's values are overwritten by pass 1);
+            # pass 1 backward from each row's own end: a filter at rest fed zeros stays at
+            # rest, so a row starts when t reaches its length, and writes zeros before that
+            for p in range(2 if zero_phase else 1):
+                s0 = s1 = s2 = s3 = (0.0, 0.0, 0.0)
+                for i in range(m):
+                    if p == 0:
+                        t = i
+                        v0, v1 = np.float64(x0[t]), np.float64(x1[t])
+                        v2, v3 = np.float64(x2[t]), np.float64(x3[t])
+                    else:
+                        t = m - 1 - i
+                        v0 = np.float64(o0[t]) if t < m0 else 0.0
+                        v1 = np.float64(o1[t]) if t < m1 else 0.0
+                        v2 = np.float64(o2[t]) if t < m2 else 0.0
+                        v3 = np.float64(o3[t]) if t < m3 else 0.0
+                    y0, a, b, c = df2t(v0, s0[0], s0[1], s0[2], c0)
+                    s0 = (a, b, c)
+                    y1, a, b, c = df2t(v1, s1[0], s1[1], s1[2], c1)
+                    s1 = (a, b, c)
+                    y2, a, b, c = df2t(v2, s2[0], s2[1], s2[2], c2)
+                    s2 = (a, b, c)
+                    y3, a, b, c = df2t(v3, s3[0], s3[1], s3[2], c3)
+                    s3 = (a, b, c)
+                    o0[t] = y0
+                    if r0 + 1 < R:
+                        o1[t] = y1
+                    if r0 + 2 < R:
+                        o2[t] = y2
+                    if r0 + 3 < R:
+                        o3[t] = y3
+            if zero_phase:
+                for r in range(r0, min(r0 + 4, R)):
+                    for t in range(m, N):
+                        out[r, t] = 0
+
+    @numba.njit(inline="always")
+    def fmix32(h):
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+        return h ^ (h >> 16)
+
+    def stream_uniform_rows(keys, out):
+        """out[b, t] = unit_float(hash32([keys[b], t])), in uint64 arithmetic kept to 32
+        bits (the products wrap as numpy's uint32 ones do)."""
+        B, n = out.shape
+        for b in numba.prange(B):
+            h = fmix32(np.uint64(keys[b] & 0xFFFFFFFF) ^ np.uint64(0x9E3779B9))
+            hs = h >> 15
+            orow = out[b]
+            for t in range(n):
+                v = ((h ^ np.uint64(t & 0xFFFFFFFF)) * np.uint64(0x27D4EB2F)) & np.uint64(0xFFFFFFFF)
+                v = fmix32(v ^ hs)
+                orow[t] = np.float32(v >> 8) * np.float32(1.0 / 16777216.0)
+
+    def mask_rows(x, lengths, fmask, tmask, fill, out):
+        """out[b, f, t] = 0 past the length, fill[b] in masked bins and frames, else x."""
+        B, F, T = x.shape
+        for u in numba.prange(B * F):
+            b = u // F
+            f = u % F
+            n = min(max(lengths[b], 0), T)
+            fb = fill[b]
+            orow = out[b, f]
+            if fmask[b, f]:
+                for t in range(n):
+                    orow[t] = fb
+            else:  # a straight copy (vectorised), then the masked frames
+                xr, tb = x[b, f], tmask[b]
+                for t in range(n):
+                    orow[t] = xr[t]
+                for t in range(n):
+                    if tb[t]:
+                        orow[t] = fb
+            for t in range(n, T):
+                orow[t] = 0
+
     # "contract" lets LLVM fuse each multiply-add into one FMA, as torch's vectorised lerp
-    # does (vec::fmadd); nothing else of fast-math is allowed.
-    kw = dict(parallel=True, nogil=True, boundscheck=False, fastmath={"contract"})
-    try:
-        return numba.njit(cache=True, **kw)(interp_rows)
-    except RuntimeError:  # no writable cache directory: compile in every process
-        return numba.njit(**kw)(interp_rows)
+    # does (vec::fmadd); nothing else of fast-math is allowed. The other kernels do no
+    # floating-point arithmetic that contraction could change, except the IIR recursion,
+    # which is compiled without it.
+    kw = dict(parallel=True, nogil=True, boundscheck=False)
+    kernels = {}
+    for name, fn, extra in (("interp", interp_rows, dict(fastmath={"contract"})), ("iir", iir_rows, {}),
+                            ("stream", stream_uniform_rows, {}), ("mask", mask_rows, {})):
+        try:
+            kernels[name] = numba.njit(cache=True, **kw, **extra)(fn)
+        except RuntimeError:  # no writable cache directory: compile in every process
+            kernels[name] = numba.njit(**kw, **extra)(fn)
+    return kernels
 
 
 def _use_torch_openmp() -> None:
@@ -154,10 +274,10 @@ def _first_launch(kernel):
     threads = torch.get_num_threads()
     try:
         try:
-            kernel(*args)
+            kernel["interp"](*args)
         except (ValueError, RuntimeError):  # that layer's library is missing: numba's own choice
             numba.config.THREADING_LAYER = "default"
-            kernel(*args)
+            kernel["interp"](*args)
         return kernel
     except (ValueError, RuntimeError):
         return False
@@ -185,18 +305,68 @@ def interp_time(x: torch.Tensor, lo: torch.Tensor, frac: torch.Tensor, n: torch.
     int64 [B, T_out] in [0, T - 1], frac [B, T_out] in [0, 1) of x's dtype, both
     contiguous) for the first n[b] frames of each row, 0 after. Requires :func:`available`.
     Runs on as many threads as torch's intra-op setting."""
-    import numba
-
     B, C, T = x.shape
     out = torch.empty((B, C, T_out), dtype=x.dtype)
     if out.numel() == 0:
         return out
     nn = np.ascontiguousarray(n.numpy().clip(0, T_out), dtype=np.int64)
+    _launch("interp", x.numpy(), lo.numpy(), frac.numpy(), nn, out.numpy(), (C + 3) // 4)
+    return out
+
+
+def _launch(name: str, *args) -> None:
+    """Run kernel ``name`` on as many threads as torch's intra-op setting (under the lock
+    when the threading layer needs one)."""
+    import numba
+
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    args = (x.numpy(), lo.numpy(), frac.numpy(), nn, out.numpy(), (C + 3) // 4)
     if _serial is None:
-        _kernel(*args)
+        _kernel[name](*args)
     else:
         with _serial:
-            _kernel(*args)
+            _kernel[name](*args)
+
+
+def iir_rows(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, n: Optional[torch.Tensor] = None
+             ) -> torch.Tensor:
+    """Rows of x [R, N] (contiguous CPU float) filtered by b / a ([R, K] or one shared [K],
+    K <= 4, any scale of a[0]) from rest, in float64 state: causal over the whole row, or
+    with ``n`` [R] zero-phase (forward over each row's first n[r] samples, then backward
+    from its own end; 0 after). Requires :func:`available`."""
+    R, N = x.shape
+    out = torch.empty_like(x)
+    if out.numel() == 0:
+        return out
+    a = a.to(torch.float64)
+    b = b.to(torch.float64) / a[..., :1]
+    a = a / a[..., :1]
+    if max(a.shape[-1], b.shape[-1]) > IIR_MAX_TAPS:
+        raise ValueError(f"iir_rows: at most {IIR_MAX_TAPS} coefficients (order 3)")
+    pad = torch.nn.functional.pad
+    coef = torch.cat([pad(b, (0, 4 - b.shape[-1])), pad(a[..., 1:], (0, 4 - a.shape[-1]))], -1)
+    coef = coef.expand(R, 7).contiguous()
+    nn = np.zeros(R, np.int64) if n is None else np.ascontiguousarray(n.numpy(), dtype=np.int64)
+    _launch("iir", x.numpy(), coef.numpy(), nn, n is not None, out.numpy())
+    return out
+
+
+def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, n] float32: :func:`..random.stream_uniform` of int64 ``keys`` [B] (CPU), the
+    same values in one pass. Requires :func:`available`."""
+    out = torch.empty((keys.shape[0], n), dtype=torch.float32)
+    if out.numel():
+        _launch("stream", np.ascontiguousarray(keys.numpy(), dtype=np.int64), out.numpy())
+    return out
+
+
+def apply_masks(x: torch.Tensor, lengths: torch.Tensor, fmask: torch.Tensor, tmask: torch.Tensor,
+                fill: torch.Tensor) -> torch.Tensor:
+    """[B, F, T]: x (contiguous CPU float) with bins ``fmask`` [B, F] and frames ``tmask``
+    [B, T] (bool) set to ``fill`` [B] within each sample's length, 0 past it. Requires
+    :func:`available`."""
+    out = torch.empty_like(x)
+    if out.numel():
+        _launch("mask", x.numpy(), np.ascontiguousarray(lengths.numpy(), dtype=np.int64),
+                np.ascontiguousarray(fmask.numpy()), np.ascontiguousarray(tmask.numpy()),
+                np.ascontiguousarray(fill.to(x.dtype).numpy()), out.numpy())
     return out

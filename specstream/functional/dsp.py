@@ -8,6 +8,7 @@ from typing import Tuple
 import torch
 import torchaudio.functional as AF
 
+from . import cpu_kernels
 from .frames import lengths_mask, zero_padding
 from .random import stream_uniform
 
@@ -169,7 +170,10 @@ def lfilter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Causal IIR filtering of [B, N] with per-row coefficients [B, order + 1] (or one shared
     set [order + 1]) from rest (torchaudio's lfilter, no clamping). The feed-forward part is
     order + 1 multiply-adds of shifted rows (a short FIR; a grouped convolution costs far
-    more for so few taps), the recursion torchaudio's own compiled loop."""
+    more for so few taps), the recursion torchaudio's own compiled loop. On the CPU (with
+    numba) one fused pass per row (:func:`.cpu_kernels.iir_rows`, float64 state)."""
+    if _fused(x, b, a):
+        return cpu_kernels.iir_rows(x, b, a)
     if _iir_loop is None or x.requires_grad or b.requires_grad or a.requires_grad:
         return AF.lfilter(x, a.to(x.dtype), b.to(x.dtype), clamp=False, batching=a.dim() == 2)
     a, b = a.to(x.dtype), b.to(x.dtype)
@@ -191,13 +195,24 @@ def lfilter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return out[..., order - 1:].reshape(x.shape)
 
 
+def _fused(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> bool:
+    """The CPU kernel applies: contiguous float CPU rows, no gradient, numba available."""
+    return (x.device.type == "cpu" and x.dim() == 2 and x.dtype in (torch.float32, torch.float64)
+            and max(a.shape[-1], b.shape[-1]) <= cpu_kernels.IIR_MAX_TAPS
+            and x.is_contiguous() and not (x.requires_grad or b.requires_grad or a.requires_grad)
+            and b.device.type == "cpu" and a.device.type == "cpu" and cpu_kernels.available())
+
+
 def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Zero-phase IIR filtering with per-sample coefficients: forward, cut at each sample's
     length, then backward from each sample's *own* end, so the result equals filtering the
     sample alone, whatever padding follows it. The backward pass runs on whole reversed
     rows: a sample's padding comes first there, and a filter at rest fed zeros stays
     exactly at rest, so its own reversed samples are filtered as if alone (and the padding
-    comes back as zeros)."""
+    comes back as zeros). On the CPU (with numba) both passes run in one kernel call, the
+    backward one starting at each row's own end."""
+    if _fused(x, b, a):
+        return cpu_kernels.iir_rows(x, b, a, lengths.to(torch.int64))
     valid = lengths_mask(lengths, x.shape[-1]).to(x.dtype)
     y = lfilter(x, b, a).mul_(valid)
     return lfilter(y.flip(-1), b, a).flip(-1)

@@ -17,6 +17,8 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import cpu_kernels
+
 _M32 = 0xFFFFFFFF
 
 
@@ -176,6 +178,8 @@ def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1,
 def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:
     """[B, n] uniforms in [0, 1) of streams ``keys`` [B]: element t depends only on the key
     and t, not on n (a sample's field is the same whatever length its batch is padded to)."""
+    if keys.device.type == "cpu" and _HOST and cpu_kernels.available():
+        return cpu_kernels.stream_uniform(keys.reshape(-1).to(torch.int64), n)  # the same values, one pass
     t = torch.arange(n, device=keys.device, dtype=torch.int64)[None, :]
     return unit_float(hash32([keys.reshape(-1, 1), t], device=keys.device))
 

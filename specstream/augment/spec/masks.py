@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 import torch
 
+from ...functional import cpu_kernels
 from ...functional.frames import bands, lengths_mask, masked_mean, masked_min
 from ..core import Batch, Context, Op, Params, check, check_number, randint
 
@@ -41,9 +42,11 @@ def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
     None, rect [B, F, T] or None) triples, already restricted to active samples and (time,
     rect) to valid frames. Only each sample's valid frames are written.
 
-    One pass over the features multiplies by a broadcast keep-vector of frames and adds the
-    fill on the masked frames (no [B, F, T] mask); then only the masked bins' rows are
-    written."""
+    On the CPU (with numba, no cut-out rectangles) one fused pass
+    (:func:`~specstream.functional.cpu_kernels.apply_masks`). Otherwise one pass over the
+    features multiplies by a broadcast keep-vector of frames and adds the fill on the
+    masked frames (no [B, F, T] mask); then only the masked bins' rows are written. Both
+    give the same values."""
     x, L = batch.features, batch.lengths
     B, Fn, T = x.shape
     fu = tu = ru = None
@@ -56,9 +59,16 @@ def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
             ru = r if ru is None else ru | r
     if fu is None and tu is None and ru is None:
         return batch
+    zero = fill == "zero" or (not isinstance(fill, str) and float(fill) == 0.0)
+    if ru is None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) \
+            and x.is_contiguous() and not x.requires_grad and cpu_kernels.available():
+        # one pass: each output row written once (a masked bin's row without reading x)
+        m = x.new_zeros(B) if zero else fill_value(x, L, fill)[:, 0, 0]
+        fu = x.new_zeros(B, Fn, dtype=torch.bool) if fu is None else fu
+        tu = x.new_zeros(B, T, dtype=torch.bool) if tu is None else tu
+        return batch.replace(features=cpu_kernels.apply_masks(x, L, fu, tu, m))
     valid = lengths_mask(L, T)
     keep_t = valid if tu is None else valid & ~tu  # [B, T]: frames kept (padding not kept)
-    zero = fill == "zero" or (not isinstance(fill, str) and float(fill) == 0.0)
     m = None if zero else fill_value(x, L, fill)  # [B, 1, 1]
     # one pass over the features: kept frames copied, masked frames set to the fill (time
     # masks lie inside each sample's length), padding 0; the [B, T] fill row broadcasts over
