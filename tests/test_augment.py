@@ -653,12 +653,17 @@ def test_host_hash_equals_the_tensor_hash():
         R._HOST = True
     for a, b in zip(host, ref):
         assert a.shape == b.shape and torch.equal(a, b)
-    # the element-wise streams (noise fields): the CPU kernel's one pass, the same bits
+    # the element-wise streams (noise fields) and the parameter draws: the CPU kernels, the same bits
     keys = torch.cat([ids, torch.tensor([0, -1, 2**32 + 5])])
+    draws = [(5, 2, ids, op, n) for op in (0, 9, 130, 2**33 + 7) for n in (1, 3)] + \
+        [(1, torch.arange(9) - 3, ids, 4, 2)]
     try:
         fused = R.stream_uniform(keys, 300)
+        fused_draws = [R.uniform(*d) for d in draws]
         R._HOST = False
         assert torch.equal(fused, R.stream_uniform(keys, 300))
+        for d, got in zip(draws, fused_draws):
+            assert torch.equal(got, R.uniform(*d)), d[3:]
     finally:
         R._HOST = True
     assert torch.equal(R.stream_uniform(keys, 17), fused[:, :17])  # element t does not depend on n

@@ -4,8 +4,9 @@
 - :func:`iir_rows`: IIR filtering of rows with per-row coefficients, causal or zero-phase
   from each row's own end (band-limiting filters, coloured noise): torch runs a recursion as
   one small launch per sample or (torchaudio) a scalar loop after several full-size passes;
-- :func:`stream_uniform`: the keyed counter hash of element-wise noise fields, one pass
-  instead of a dozen numpy passes over [B, N];
+- :func:`stream_uniform`, :func:`keyed_uniform`: the keyed counter hash of element-wise
+  noise fields (one pass instead of a dozen numpy passes over [B, N]) and of the parameter
+  draws (one call instead of a dozen small numpy operations);
 - :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass.
 
 Linear interpolation along the time axis at per-sample positions (time warp, time
@@ -93,66 +94,61 @@ def _compile():
                         orow[t] = 0
 
     @numba.njit(inline="always")
-    def df2t(v, z0, z1, z2, c):
-        """One step of a filter of order <= 3 (transposed direct form II): c = (b0, b1, b2,
-        b3, a1, a2, a3); returns (y, new state)."""
-        y = c[0] * v + z0
-        return y, c[1] * v - c[4] * y + z1, c[2] * v - c[5] * y + z2, c[3] * v - c[6] * y
+    def df2t4(v0, v1, v2, v3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3):
+        """One step of four filters of order <= 3 (transposed direct form II) on four rows:
+        inputs v, states (p, q, s) of the rows, coefficients c = (b0, b1, b2, b3, a1, a2, a3)
+        per row; returns the outputs and the new states. The four recursions are independent
+        chains the CPU overlaps (one row's recursion alone waits on each step's latency)."""
+        y0, y1, y2, y3 = c0[0] * v0 + p0, c1[0] * v1 + p1, c2[0] * v2 + p2, c3[0] * v3 + p3
+        p0, p1 = c0[1] * v0 - c0[4] * y0 + q0, c1[1] * v1 - c1[4] * y1 + q1
+        p2, p3 = c2[1] * v2 - c2[4] * y2 + q2, c3[1] * v3 - c3[4] * y3 + q3
+        q0, q1 = c0[2] * v0 - c0[5] * y0 + s0, c1[2] * v1 - c1[5] * y1 + s1
+        q2, q3 = c2[2] * v2 - c2[5] * y2 + s2, c3[2] * v3 - c3[5] * y3 + s3
+        s0, s1 = c0[3] * v0 - c0[6] * y0, c1[3] * v1 - c1[6] * y1
+        s2, s3 = c2[3] * v2 - c2[6] * y2, c3[3] * v3 - c3[6] * y3
+        return y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3
 
     def iir_rows(x, coef, n, zero_phase, out):
         """Each row of x [R, N] through its filter coef[r] = (b0..b3, a1..a3) (order <= 3,
-        a0 = 1) from rest, float64 state. ``zero_phase``: forward over the row's first n[r]
+        a0 = 1) from rest, in float64. ``zero_phase``: forward over the row's first n[r]
         samples, then backward from its own end (filtfilt), 0 after; else causal over the
-        whole row. Four rows per unit of work: their recursions are independent chains the
-        CPU overlaps (one row's recursion alone waits on each step's latency)."""
+        whole row. Four rows per unit of work, through a private float64 scratch."""
         R, N = x.shape
         for u in numba.prange((R + 3) // 4):
             r0 = 4 * u
             r1, r2, r3 = min(r0 + 1, R - 1), min(r0 + 2, R - 1), min(r0 + 3, R - 1)  # repeats: not stored
             c0, c1, c2, c3 = coef[r0], coef[r1], coef[r2], coef[r3]
             x0, x1, x2, x3 = x[r0], x[r1], x[r2], x[r3]
-            o0, o1, o2, o3 = out[r0], out[r1], out[r2], out[r3]
+            m0 = m1 = m2 = m3 = N
             if zero_phase:
                 m0, m1 = min(max(n[r0], 0), N), min(max(n[r1], 0), N)
                 m2, m3 = min(max(n[r2], 0), N), min(max(n[r3], 0), N)
-            else:
-                m0 = m1 = m2 = m3 = N
             m = max(max(m0, m1), max(m2, m3))
-            # pass 0 forward (past its own length a row's values are overwritten by pass 1);
-            # pass 1 backward from each row's own end: a filter at rest fed zeros stays at
-            # rest, so a row starts when t reaches its length, and writes zeros before that
-            for p in range(2 if zero_phase else 1):
-                s0 = s1 = s2 = s3 = (0.0, 0.0, 0.0)
-                for i in range(m):
-                    if p == 0:
-                        t = i
-                        v0, v1 = np.float64(x0[t]), np.float64(x1[t])
-                        v2, v3 = np.float64(x2[t]), np.float64(x3[t])
-                    else:
-                        t = m - 1 - i
-                        v0 = np.float64(o0[t]) if t < m0 else 0.0
-                        v1 = np.float64(o1[t]) if t < m1 else 0.0
-                        v2 = np.float64(o2[t]) if t < m2 else 0.0
-                        v3 = np.float64(o3[t]) if t < m3 else 0.0
-                    y0, a, b, c = df2t(v0, s0[0], s0[1], s0[2], c0)
-                    s0 = (a, b, c)
-                    y1, a, b, c = df2t(v1, s1[0], s1[1], s1[2], c1)
-                    s1 = (a, b, c)
-                    y2, a, b, c = df2t(v2, s2[0], s2[1], s2[2], c2)
-                    s2 = (a, b, c)
-                    y3, a, b, c = df2t(v3, s3[0], s3[1], s3[2], c3)
-                    s3 = (a, b, c)
-                    o0[t] = y0
-                    if r0 + 1 < R:
-                        o1[t] = y1
-                    if r0 + 2 < R:
-                        o2[t] = y2
-                    if r0 + 3 < R:
-                        o3[t] = y3
+            tmp = np.empty((4, m), np.float64)
+            p0 = p1 = p2 = p3 = q0 = q1 = q2 = q3 = s0 = s1 = s2 = s3 = 0.0
+            for t in range(m):  # forward: past its own length a row's values are not used
+                y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = df2t4(
+                    np.float64(x0[t]), np.float64(x1[t]), np.float64(x2[t]), np.float64(x3[t]),
+                    p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3)
+                tmp[0, t], tmp[1, t], tmp[2, t], tmp[3, t] = y0, y1, y2, y3
             if zero_phase:
-                for r in range(r0, min(r0 + 4, R)):
-                    for t in range(m, N):
-                        out[r, t] = 0
+                # backward from each row's own end: a filter at rest fed zeros stays at rest,
+                # so a row starts when t reaches its length
+                p0 = p1 = p2 = p3 = q0 = q1 = q2 = q3 = s0 = s1 = s2 = s3 = 0.0
+                for i in range(m):
+                    t = m - 1 - i
+                    y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = df2t4(
+                        tmp[0, t] if t < m0 else 0.0, tmp[1, t] if t < m1 else 0.0,
+                        tmp[2, t] if t < m2 else 0.0, tmp[3, t] if t < m3 else 0.0,
+                        p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3)
+                    tmp[0, t], tmp[1, t], tmp[2, t], tmp[3, t] = y0, y1, y2, y3
+            for j in range(min(4, R - r0)):
+                mj = (m0, m1, m2, m3)[j]
+                orow = out[r0 + j]
+                for t in range(mj):
+                    orow[t] = tmp[j, t]
+                for t in range(mj, N):
+                    orow[t] = 0
 
     @numba.njit(inline="always")
     def fmix32(h):
@@ -162,18 +158,32 @@ def _compile():
         h = (h * 0xC2B2AE35) & 0xFFFFFFFF
         return h ^ (h >> 16)
 
+    @numba.njit(inline="always")
+    def mix(h, w):
+        """hash32's step for a further word w: fmix32(((h ^ w) * 0x27D4EB2F) ^ (h >> 15))."""
+        return fmix32((((h ^ w) * np.uint64(0x27D4EB2F)) & np.uint64(0xFFFFFFFF)) ^ (h >> 15))
+
+    @numba.njit(inline="always")
+    def unit(h):
+        return np.float32(h >> 8) * np.float32(1.0 / 16777216.0)
+
     def stream_uniform_rows(keys, out):
         """out[b, t] = unit_float(hash32([keys[b], t])), in uint64 arithmetic kept to 32
         bits (the products wrap as numpy's uint32 ones do)."""
         B, n = out.shape
         for b in numba.prange(B):
             h = fmix32(np.uint64(keys[b] & 0xFFFFFFFF) ^ np.uint64(0x9E3779B9))
-            hs = h >> 15
             orow = out[b]
             for t in range(n):
-                v = ((h ^ np.uint64(t & 0xFFFFFFFF)) * np.uint64(0x27D4EB2F)) & np.uint64(0xFFFFFFFF)
-                v = fmix32(v ^ hs)
-                orow[t] = np.float32(v >> 8) * np.float32(1.0 / 16777216.0)
+                orow[t] = unit(mix(h, np.uint64(t)))
+
+    def keyed_uniform_rows(prefix, op, out):
+        """out[b, t] = unit_float(hash32([op, t], state=prefix[b])): a draw's uniforms."""
+        B, n = out.shape
+        for b in range(B):
+            h = mix(np.uint64(prefix[b] & 0xFFFFFFFF), np.uint64(op & 0xFFFFFFFF))
+            for t in range(n):
+                out[b, t] = unit(mix(h, np.uint64(t)))
 
     def mask_rows(x, lengths, fmask, tmask, fill, out):
         """out[b, f, t] = 0 past the length, fill[b] in masked bins and frames, else x."""
@@ -201,10 +211,12 @@ def _compile():
     # does (vec::fmadd); nothing else of fast-math is allowed. The other kernels do no
     # floating-point arithmetic that contraction could change, except the IIR recursion,
     # which is compiled without it.
-    kw = dict(parallel=True, nogil=True, boundscheck=False)
+    kw = dict(nogil=True, boundscheck=False)
     kernels = {}
-    for name, fn, extra in (("interp", interp_rows, dict(fastmath={"contract"})), ("iir", iir_rows, {}),
-                            ("stream", stream_uniform_rows, {}), ("mask", mask_rows, {})):
+    par = dict(parallel=True)
+    for name, fn, extra in (("interp", interp_rows, dict(par, fastmath={"contract"})), ("iir", iir_rows, par),
+                            ("stream", stream_uniform_rows, par), ("mask", mask_rows, par),
+                            ("keyed", keyed_uniform_rows, {})):  # a few values a row: one thread
         try:
             kernels[name] = numba.njit(cache=True, **kw, **extra)(fn)
         except RuntimeError:  # no writable cache directory: compile in every process
@@ -356,6 +368,17 @@ def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.empty((keys.shape[0], n), dtype=torch.float32)
     if out.numel():
         _launch("stream", np.ascontiguousarray(keys.numpy(), dtype=np.int64), out.numpy())
+    return out
+
+
+def keyed_uniform(prefix: torch.Tensor, op: int, n: int) -> torch.Tensor:
+    """[B, n] float32: :func:`..random.uniform`'s values for the hash states ``prefix`` [B]
+    (int64, CPU) at op slot ``op``, in one call (the parameter draws: a few values per
+    sample, where numpy's per-operation overhead was most of the cost). Requires
+    :func:`available`."""
+    out = torch.empty((prefix.shape[0], n), dtype=torch.float32)
+    if out.numel():
+        _kernel["keyed"](np.ascontiguousarray(prefix.numpy(), dtype=np.int64), int(op), out.numpy())
     return out
 
 
