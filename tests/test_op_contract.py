@@ -361,6 +361,14 @@ def test_padding_stays_zero_and_lengths_are_consistent(name, kw, clips, banks, b
     params = {k: v for k, v in out.params[0].items() if k != "__name__"}
     wb = op.apply(WaveBatch(w, n, SR), params)
     assert bool((wb.audio.masked_select(torch.arange(wb.audio.shape[1])[None, :] >= wb.lengths[:, None]) == 0).all())
+    # every other row active, on a batch the caller vouches is zero-padded (a policy's
+    # waveform chain): an op that declares zero_padded skips the contract's zeroing pass,
+    # and must give what the contract would
+    half = dict(params, active=torch.arange(len(ORDER)) % 2 == 0)
+    fast, ref = op.apply(WaveBatch(w, n, SR), half, clean=True), op.apply(WaveBatch(w, n, SR), half)
+    assert torch.equal(fast.lengths, ref.lengths) and torch.equal(fast.audio, ref.audio), name
+    assert bool((fast.audio.masked_select(torch.arange(fast.audio.shape[1])[None, :] >= fast.lengths[:, None]) == 0
+                 ).all()), f"{name}: waveform padding with half the rows active"
     assert torch.equal(CFG.num_frames(wb.lengths), L), f"{name}: frames do not follow the waveform lengths"
     expect = n.double() / op.time_factor(params)
     assert bool(((wb.lengths.double() - expect).abs() <= 1).all()), (name, wb.lengths.tolist(), expect.tolist())

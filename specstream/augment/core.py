@@ -15,7 +15,8 @@ back to 0 at the output lengths; frame targets are moved by the op's declared fr
 (``frame_source``). An op declares what it changes (``changes``: features, lengths,
 targets, frames); the contract checks that it changed nothing else. Mixing ops (a partner
 from the batch) set ``rows = "all"`` and gate themselves. An op whose transform writes the
-zero padding itself sets ``zero_padded`` (the zeroing pass is then skipped), and one with
+zero padding itself sets ``zero_padded`` (the zeroing pass is then skipped when every row is
+active, or when the caller vouches that the input was zero-padded: ``apply(clean=True)``), and one with
 once-per-process work (a kernel to compile) does it in ``prepare(device)``.
 
 A batch is padded data [B, ..., T] with per-sample ``lengths``: log-mel features
@@ -364,13 +365,15 @@ class Op:
         params["active"] = active
         return params
 
-    def apply(self, batch, params: Params, owned: bool = False):
+    def apply(self, batch, params: Params, owned: bool = False, clean: bool = False):
         """Apply recorded parameters: gate, transform, write back, zero padding, move frames.
 
         ``owned``: the caller hands over the batch's data tensor (a policy passes the output
         of its previous op, which nothing else holds): the active rows' results and the
         padding are then written into it rather than into a copy. The caller's own input
-        is never written."""
+        is never written. ``clean``: the caller vouches that the batch is 0 past its lengths
+        (a policy's waveform chain, zero-padded on entry): a ``zero_padded`` op's output then
+        needs no zeroing pass, whichever rows were active."""
         params = {k: v for k, v in params.items() if k != "__name__"}
         active = params["active"]
         if self.rows == "all":
@@ -389,6 +392,8 @@ class Op:
                 sp = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in params.items()}
                 out = batch.put(rows, self._moved(sub, sp, self._checked(sub, self.transform(sub, sp))),
                                 inplace=owned)
+                if self.zero_padded and clean:  # inactive rows as they came (0 past their lengths)
+                    return out
         same = out.data.untyped_storage().data_ptr() == batch.data.untyped_storage().data_ptr()
         fresh = owned if same else out.data._base is None  # ours: a new tensor, or the one handed over
         data = zero_padding(out.data, out.lengths, inplace=fresh)

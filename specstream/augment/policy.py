@@ -206,7 +206,9 @@ class Policy:
             op = self.ops[slot]
             p = draw(slot, op, wb)
             recorded.append(p)
-            wb = op.apply(wb, p, owned=_storage(wb.audio) != _storage(wave))  # the caller's waveforms: never written
+            # the caller's waveforms: never written; the chain's batch: 0 past its lengths from
+            # the entry on (zero_padded above, then every op's contract)
+            wb = op.apply(wb, p, owned=_storage(wb.audio) != _storage(wave), clean=True)
             scale = scale * op.time_factor(p).to(device=device, dtype=torch.float64)
         fbanks = None
         for slot in range(self._wave_end, self._spec_start):

@@ -20,6 +20,7 @@ class Filter(WaveOp):
     (one of the three per sample)."""
 
     name = "filter"
+    zero_padded = True  # the result is 0 past each length (its inputs are)
     KINDS = ("lowpass", "highpass", "bandpass")
 
     def __init__(self, kind: str = "random", lowpass_hz: Range = (2000.0, 7000.0),
