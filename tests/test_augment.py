@@ -657,11 +657,15 @@ def test_host_hash_equals_the_tensor_hash():
     keys = torch.cat([ids, torch.tensor([0, -1, 2**32 + 5])])
     draws = [(5, 2, ids, op, n) for op in (0, 9, 130, 2**33 + 7) for n in (1, 3)] + \
         [(1, torch.arange(9) - 3, ids, 4, 2)]
+    prefixes = [(3, 1), (0, torch.arange(9) * 7 - 2), (2**40 + 9, 5)]
     try:
         fused = R.stream_uniform(keys, 300)
         fused_draws = [R.uniform(*d) for d in draws]
+        fused_prefixes = [R.keyed_prefix(seed, ep, ids) for seed, ep in prefixes]
         R._HOST = False
         assert torch.equal(fused, R.stream_uniform(keys, 300))
+        for (seed, ep), got in zip(prefixes, fused_prefixes):
+            assert got.shape == (9, 1) and torch.equal(got, R.keyed_prefix(seed, ep, ids)), seed
         for d, got in zip(draws, fused_draws):
             assert torch.equal(got, R.uniform(*d)), d[3:]
     finally:
@@ -673,18 +677,22 @@ def test_host_hash_equals_the_tensor_hash():
 
 
 def test_bands_and_zero_padding_kernels_match_plain_loops():
+    from specstream.functional import cpu_kernels
     from specstream.functional.frames import bands, zero_padding
 
     g = torch.Generator().manual_seed(0)
-    s, w = torch.randint(0, 60, (7, 3), generator=g), torch.randint(0, 30, (7, 3), generator=g)
+    s, w = torch.randint(-5, 75, (7, 3), generator=g), torch.randint(-3, 30, (7, 3), generator=g)
     on = torch.rand(7, 3, generator=g) > 0.3
-    got = bands(s, w, on, 70)
     ref = torch.zeros(7, 70, dtype=torch.bool)
     for b in range(7):
         for m in range(3):
             if on[b, m]:
-                ref[b, int(s[b, m]):int(s[b, m] + w[b, m])] = True
-    assert torch.equal(got, ref)
+                ref[b, max(int(s[b, m]), 0):max(int(s[b, m] + w[b, m]), 0)] = True
+    assert ref.any() and not ref.all()
+    assert cpu_kernels.available()
+    assert torch.equal(bands(s, w, on, 70), ref)
+    with cpu_kernels.torch_path():
+        assert torch.equal(bands(s, w, on, 70), ref)
     x = torch.randn(5, 4, 50, generator=g)
     L = torch.tensor([50, 31, 7, 0, 49])
     ref = x.clone()

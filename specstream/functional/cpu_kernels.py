@@ -4,9 +4,10 @@
 - :func:`iir_rows`: IIR filtering of rows with per-row coefficients, causal or zero-phase
   from each row's own end (band-limiting filters, coloured noise): torch runs a recursion as
   one small launch per sample or (torchaudio) a scalar loop after several full-size passes;
-- :func:`stream_uniform`, :func:`keyed_uniform`: the keyed counter hash of element-wise
-  noise fields (one pass instead of a dozen numpy passes over [B, N]) and of the parameter
-  draws (one call instead of a dozen small numpy operations);
+- :func:`stream_uniform`, :func:`keyed_uniform`, :func:`keyed_prefix`: the keyed counter
+  hash of element-wise noise fields (one pass instead of a dozen numpy passes over [B, N])
+  and of the parameter draws (one call instead of a dozen small numpy operations);
+- :func:`bands`: the union of per-sample intervals (mask bands) as a [B, size] row mask;
 - :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass.
 
 Linear interpolation along the time axis at per-sample positions (time warp, time
@@ -185,6 +186,29 @@ def _compile():
             for t in range(n):
                 out[b, t] = unit(mix(h, np.uint64(t)))
 
+    def prefix_rows(seed, epochs, ids, out):
+        """out[b] = hash32([seed, epochs[b], ids[b] & 0xFFFFFFFF, ids[b] >> 32]): the hash
+        state every draw of a sample starts from."""
+        h0 = fmix32(np.uint64(seed & 0xFFFFFFFF) ^ np.uint64(0x9E3779B9))
+        for b in range(out.shape[0]):
+            h = mix(h0, np.uint64(epochs[b] & 0xFFFFFFFF))
+            h = mix(h, np.uint64(ids[b] & 0xFFFFFFFF))
+            out[b] = mix(h, np.uint64((ids[b] >> 32) & 0xFFFFFFFF))
+
+    def band_rows(starts, widths, on, out):
+        """out[b, t] = t in the union of [starts[b, m], starts[b, m] + widths[b, m]) over
+        the m with on[b, m] (clipped to the row)."""
+        B, size = out.shape
+        for b in range(B):
+            for t in range(size):
+                out[b, t] = False
+            for m in range(starts.shape[1]):
+                if on[b, m]:
+                    lo = min(max(starts[b, m], 0), size)
+                    hi = min(max(starts[b, m] + widths[b, m], 0), size)
+                    for t in range(lo, hi):
+                        out[b, t] = True
+
     def mask_rows(x, lengths, fmask, tmask, fill, out):
         """out[b, f, t] = 0 past the length, fill[b] in masked bins and frames, else x."""
         B, F, T = x.shape
@@ -216,7 +240,8 @@ def _compile():
     par = dict(parallel=True)
     for name, fn, extra in (("interp", interp_rows, dict(par, fastmath={"contract"})), ("iir", iir_rows, par),
                             ("stream", stream_uniform_rows, par), ("mask", mask_rows, par),
-                            ("keyed", keyed_uniform_rows, {})):  # a few values a row: one thread
+                            ("keyed", keyed_uniform_rows, {}), ("prefix", prefix_rows, {}),
+                            ("bands", band_rows, {})):  # the last three: small, one thread
         try:
             kernels[name] = numba.njit(cache=True, **kw, **extra)(fn)
         except RuntimeError:  # no writable cache directory: compile in every process
@@ -379,6 +404,27 @@ def keyed_uniform(prefix: torch.Tensor, op: int, n: int) -> torch.Tensor:
     out = torch.empty((prefix.shape[0], n), dtype=torch.float32)
     if out.numel():
         _kernel["keyed"](np.ascontiguousarray(prefix.numpy(), dtype=np.int64), int(op), out.numpy())
+    return out
+
+
+def keyed_prefix(seed: int, epochs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[B] int64: :func:`..random.keyed_prefix`'s hash states for int64 ``epochs`` and
+    ``ids`` [B] (CPU), in one call. Requires :func:`available`."""
+    out = np.empty(ids.shape[0], np.int64)
+    if out.size:
+        _kernel["prefix"](int(seed), np.ascontiguousarray(epochs.numpy(), dtype=np.int64),
+                          np.ascontiguousarray(ids.numpy(), dtype=np.int64), out)
+    return torch.from_numpy(out)
+
+
+def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, size] bool: :func:`..frames.bands` (CPU int64 starts / widths, bool on, [B, M]),
+    in one call. Requires :func:`available`."""
+    out = torch.empty((starts.shape[0], size), dtype=torch.bool)
+    if out.numel():
+        _kernel["bands"](np.ascontiguousarray(starts.numpy(), dtype=np.int64),
+                         np.ascontiguousarray(widths.numpy(), dtype=np.int64),
+                         np.ascontiguousarray(on.numpy(), dtype=np.bool_), out.numpy())
     return out
 
 

@@ -72,7 +72,10 @@ def masked_min(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: int) -> torch.Tensor:
     """[B, size] bool: union over m of [start, start + width) where on[b, m]: +1 at each
-    band's start, -1 at its end, a running sum (no [B, M, size] comparison)."""
+    band's start, -1 at its end, a running sum (no [B, M, size] comparison); on the CPU
+    one kernel call (:func:`.cpu_kernels.bands`, the same rows)."""
+    if starts.device.type == "cpu" and cpu_kernels.available():
+        return cpu_kernels.bands(starts.to(torch.int64), widths.to(torch.int64), on.to(torch.bool), size)
     lo = starts.clamp(0, size)
     hi = (starts + widths).clamp(0, size)
     use = (on & (hi > lo)).to(torch.int32)

@@ -154,6 +154,11 @@ def keyed_prefix(seed: int, epoch, ids: torch.Tensor, trailing: int = 1) -> torc
     """The hash state after the words every draw of a sample starts with (seed, epoch, the
     key id's halves), [B, 1, ...] (``trailing`` axes): computed once per batch and shared by
     every op and draw, which then mix in only their own words (op slot, draw index)."""
+    if trailing == 1 and _HOST and ids.device.type == "cpu" and ids.dim() == 1 and cpu_kernels.available():
+        ep = per_sample(epoch, ids, 0)
+        if isinstance(ep, int) or ep.device.type == "cpu":
+            epochs = torch.full_like(ids, ep) if isinstance(ep, int) else ep.reshape(-1).expand_as(ids)
+            return cpu_kernels.keyed_prefix(seed, epochs.to(torch.int64), ids.to(torch.int64))[:, None]
     return hash32(keyed_words(seed, epoch, ids, 0, trailing)[:-1], device=ids.device)
 
 
