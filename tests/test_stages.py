@@ -161,11 +161,23 @@ def test_logmel_reflect_pads_each_sample_at_its_own_end(short):
 
 
 @pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values")
+@pytest.mark.parametrize("path", ["numba", "torch"])
 @pytest.mark.parametrize("scale,norm", [("htk", None), ("slaney", "slaney"), ("htk", "slaney")])
-def test_mel_filterbanks_match_torchaudio_and_a_dense_vtlp_grid(scale, norm):
-    """The filterbanks (two triangles per frequency, scattered): unwarped = torchaudio's
-    melscale_fbanks; VTLP-warped per sample = every filter's triangle evaluated at every
-    warped frequency in numpy (float64), for narrow filters (n_fft 64) too."""
+def test_mel_filterbanks_match_torchaudio_and_a_dense_vtlp_grid(scale, norm, path):
+    """The filterbanks (two triangles per frequency: the CPU kernel, or scattered by torch):
+    unwarped = torchaudio's melscale_fbanks; VTLP-warped per sample = every filter's
+    triangle evaluated at every warped frequency in numpy (float64), for narrow filters
+    (n_fft 64) too."""
+    import contextlib
+
+    from specstream.functional import cpu_kernels
+
+    assert cpu_kernels.available(), "numba is a dependency: the CPU kernel must be in use"
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        _check_filterbanks(scale, norm)
+
+
+def _check_filterbanks(scale, norm):
     from specstream.functional.mel import mel_fbanks, mel_to_hz, hz_to_mel, vtlp_warp
 
     for sr, n_fft, n_mels, f_min, f_max in ((16000, 400, 80, 0.0, None), (8000, 64, 40, 20.0, 3800.0)):

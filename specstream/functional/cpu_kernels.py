@@ -8,6 +8,7 @@
   hash of element-wise noise fields (one pass instead of a dozen numpy passes over [B, N])
   and of the parameter draws (one call instead of a dozen small numpy operations);
 - :func:`bands`: the union of per-sample intervals (mask bands) as a [B, size] row mask;
+- :func:`triangles`: per-sample (VTLP-warped) mel filterbanks, two weights per frequency;
 - :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass.
 
 Linear interpolation along the time axis at per-sample positions (time warp, time
@@ -209,6 +210,28 @@ def _compile():
                     for t in range(lo, hi):
                         out[b, t] = True
 
+    def triangle_rows(warped, f_pts, slaney, out):
+        """out[b, m, f] (zeros on entry): the weight of mel filter m at warped frequency
+        warped[b, f], max(0, min((w - f_m) / (f_m+1 - f_m), (f_m+2 - w) / (f_m+2 - f_m+1)))
+        (times 2 / (f_m+2 - f_m) with ``slaney``), in float64, for the two filters of the
+        knot interval [f_k, f_k+1) holding w (m = k - 1 and k; the others are 0)."""
+        B, n_freqs = warped.shape
+        n_mels = out.shape[1]
+        K = f_pts.shape[0]
+        for b in numba.prange(B):
+            for f in range(n_freqs):
+                w = warped[b, f]
+                k = np.searchsorted(f_pts, w, side="right") - 1
+                for m in (k - 1, k):
+                    if m < 0 or m >= n_mels or m + 2 >= K:
+                        continue
+                    down = -(f_pts[m] - w) / (f_pts[m + 1] - f_pts[m])
+                    up = (f_pts[m + 2] - w) / (f_pts[m + 2] - f_pts[m + 1])
+                    v = max(min(down, up), 0.0)
+                    if slaney:
+                        v = v * (2.0 / (f_pts[m + 2] - f_pts[m]))
+                    out[b, m, f] = v
+
     def mask_rows(x, lengths, fmask, tmask, fill, out):
         """out[b, f, t] = 0 past the length, fill[b] in masked bins and frames, else x."""
         B, F, T = x.shape
@@ -241,7 +264,8 @@ def _compile():
     for name, fn, extra in (("interp", interp_rows, dict(par, fastmath={"contract"})), ("iir", iir_rows, par),
                             ("stream", stream_uniform_rows, par), ("mask", mask_rows, par),
                             ("keyed", keyed_uniform_rows, {}), ("prefix", prefix_rows, {}),
-                            ("bands", band_rows, {})):  # the last three: small, one thread
+                            ("bands", band_rows, {}),  # the last three: small, one thread
+                            ("triangles", triangle_rows, par)):
         try:
             kernels[name] = numba.njit(cache=True, **kw, **extra)(fn)
         except RuntimeError:  # no writable cache directory: compile in every process
@@ -425,6 +449,17 @@ def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: in
         _kernel["bands"](np.ascontiguousarray(starts.numpy(), dtype=np.int64),
                          np.ascontiguousarray(widths.numpy(), dtype=np.int64),
                          np.ascontiguousarray(on.numpy(), dtype=np.bool_), out.numpy())
+    return out
+
+
+def triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, slaney: bool) -> torch.Tensor:
+    """[B, n_mels, n_freqs] float32: :func:`..mel._triangles` (float64 ``warped`` [B,
+    n_freqs] and knots ``f_pts`` [n_mels + 2], CPU), the same values in one pass. Requires
+    :func:`available`."""
+    out = torch.zeros((warped.shape[0], n_mels, warped.shape[1]), dtype=torch.float32)
+    if out.numel():
+        _launch("triangles", np.ascontiguousarray(warped.numpy(), dtype=np.float64),
+                np.ascontiguousarray(f_pts.numpy(), dtype=np.float64), bool(slaney), out.numpy())
     return out
 
 
