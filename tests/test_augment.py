@@ -655,7 +655,7 @@ def test_host_hash_equals_the_tensor_hash():
         assert a.shape == b.shape and torch.equal(a, b)
     # the element-wise streams (noise fields) and the parameter draws: the CPU kernels, the same bits
     keys = torch.cat([ids, torch.tensor([0, -1, 2**32 + 5])])
-    draws = [(5, 2, ids, op, n) for op in (0, 9, 130, 2**33 + 7) for n in (1, 3)] + \
+    draws = [(5, 2, ids, op, n) for op in (0, 9, 130, 2**33 + 7, 2**63 + 11) for n in (1, 3)] + \
         [(1, torch.arange(9) - 3, ids, 4, 2)]
     prefixes = [(3, 1), (0, torch.arange(9) * 7 - 2), (2**40 + 9, 5)]
     try:
@@ -716,7 +716,10 @@ def test_mask_kernel_matches_a_cell_by_cell_write(fill, path):
     x = x + (torch.arange(120)[None, None, :] >= L[:, None, None]) * 7.0  # garbage in the padding
     g = torch.Generator().manual_seed(1)
     fu = torch.rand(6, x.shape[1], generator=g) < 0.2
+    fu[0, -1] = fu[1, 0] = True  # the edges: first and last bin, first and last valid frame
     tu = (torch.rand(6, 120, generator=g) < 0.15) & (torch.arange(120)[None, :] < L[:, None])
+    tu[torch.arange(6), L - 1] = True
+    tu[:, 0] = True
     with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
         out = apply_masks(Batch(x, L), [(fu, None, None), (None, tu, None)], fill).features
     for b in range(6):
@@ -791,6 +794,36 @@ def test_cpu_kernel_keeps_torchs_thread_setting_and_shares_its_openmp_runtime():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "omp"], out.stdout
+
+
+def test_cpu_kernels_load_from_numbas_cache_in_a_new_process():
+    """Each process that augments (every Ray worker) would otherwise compile the kernels
+    again, one to two seconds each: a second fresh process finds every kernel it calls in
+    numba's on-disk cache (no cache miss)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from specstream.functional import cpu_kernels as ck, _numba_kernels as k\n"
+        "assert ck.available()\n"
+        "x = torch.randn(5, 40)\n"
+        "ck.iir_rows(x, torch.tensor([1., .5]), torch.tensor([1., -.5]), torch.tensor([40, 3, 0, 9, 40]))\n"
+        "ck.apply_masks(torch.randn(2, 3, 10), torch.tensor([10, 5]), torch.zeros(2, 3, dtype=torch.bool),\n"
+        "               torch.zeros(2, 10, dtype=torch.bool), torch.zeros(2))\n"
+        "ck.stream_uniform(torch.arange(3), 10); ck.keyed_uniform(torch.arange(3), 5, 2)\n"
+        "ck.keyed_prefix(1, torch.arange(3), torch.arange(3))\n"
+        "ck.bands(torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.int64),\n"
+        "         torch.ones(2, 1, dtype=torch.bool), 5)\n"
+        "ck.triangles(torch.rand(2, 5).double(), torch.linspace(0, 1, 6).double(), 4, False)\n"
+        "used = [f for f in vars(k).values() if hasattr(f, 'stats') and f.signatures]\n"
+        "print(len(used), sum(sum(f.stats.cache_misses.values()) for f in used))\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert runs[1].stdout.split() == ["8", "0"], runs[1].stdout  # 8 kernels called, none compiled again
 
 
 def test_cpu_kernel_in_a_forked_child_falls_back_to_the_torch_path():
