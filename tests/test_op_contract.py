@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from conftest import ALSA, ASTERISK, need_recordings
-from specstream.augment import REGISTRY, FeatureDomain, Policy, WaveBatch
+from specstream.augment import REGISTRY, Batch, FeatureDomain, Policy, WaveBatch
 from specstream.augment.wave import BankOp
 from specstream.features import LogMel, MelConfig
 from specstream.io.banks import load_bank
@@ -66,6 +66,8 @@ MODES = {
     "filter[lowpass]": ("filter", dict(kind="lowpass")),
     "filter[highpass]": ("filter", dict(kind="highpass")),
     "filter[bandpass]": ("filter", dict(kind="bandpass")),
+    "filter[lowpass 1-40 Hz]": ("filter", dict(kind="lowpass", lowpass_hz=(1.0, 40.0))),
+    "filter[highpass 1-3 Hz]": ("filter", dict(kind="highpass", highpass_hz=(1.0, 3.0))),
     "distortion[clip]": ("distortion", dict(kind="clip")),
     "distortion[asymmetric]": ("distortion", dict(kind="asymmetric")),
     "background_noise[1-3 clips]": ("background_noise", dict(count=(1, 3), snr_db=(-5.0, 5.0))),
@@ -354,6 +356,25 @@ def test_padding_stays_zero_and_lengths_are_consistent(name, kw, clips, banks, b
         clean = clips.wave_batch(ORDER, EXTRA)[3]
     if "lengths" not in op.changes:
         assert torch.equal(L, clean), f"{name}: lengths changed without declaring it"
+    # a batch with garbage past its lengths, every row active (the op called on its own,
+    # not vouched clean): the output's padding is 0 all the same
+    params = {k: v for k, v in out.params[0].items() if k != "__name__"}
+    if op.domain == "filterbank":  # no apply of its own: its banks go into the log-mel
+        pass
+    elif op.domain == "spec":
+        x, n, ft = clips.spec_batch(ORDER, EXTRA)
+        dirty = x + (torch.arange(x.shape[-1])[None, None, :] >= n[:, None, None]) * 3.0
+        res = op.apply(Batch(dirty, n, clips.targets[ORDER], ft, FeatureDomain.from_mel(CFG)), params)
+        data = res.features
+    else:
+        w, n, _, _ = clips.wave_batch(ORDER, EXTRA)
+        dirty = w + (torch.arange(w.shape[-1])[None, :] >= n[:, None]) * 0.25
+        res = op.apply(WaveBatch(dirty, n, SR, clips.targets[ORDER]), params)
+        data = res.audio
+    if op.domain != "filterbank":
+        past_n = torch.arange(data.shape[-1])[None, :] >= res.lengths[:, None]
+        past_n = past_n.reshape(past_n.shape[0], *([1] * (data.dim() - 2)), past_n.shape[1]).expand_as(data)
+        assert bool((data[past_n] == 0).all()), f"{name}: padding not zeroed on a batch with garbage past its lengths"
     if op.domain != "wave":
         return
     # the waveform itself: zero past the op's output lengths, which give the frames

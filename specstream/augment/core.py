@@ -16,8 +16,10 @@ back to 0 at the output lengths; frame targets are moved by the op's declared fr
 targets, frames); the contract checks that it changed nothing else. Mixing ops (a partner
 from the batch) set ``rows = "all"`` and gate themselves. An op whose transform writes the
 zero padding itself sets ``zero_padded`` (the zeroing pass is then skipped when every row is
-active, or when the caller vouches that the input was zero-padded: ``apply(clean=True)``), and one with
-once-per-process work (a kernel to compile) does it in ``prepare(device)``.
+active); one whose output is 0 past its lengths when its input was (a gain, a mix, a
+filter from rest) sets ``keeps_zero_padding``, and the pass is skipped when the caller
+vouches that the input was zero-padded (``apply(clean=True)``: a policy's waveform chain).
+An op with once-per-process work (a kernel to compile) does it in ``prepare(device)``.
 
 A batch is padded data [B, ..., T] with per-sample ``lengths``: log-mel features
 [B, n_mels, frames] (:class:`Batch`) or waveforms [B, samples] (:class:`WaveBatch`).
@@ -323,10 +325,14 @@ class Op:
     domain: ClassVar[str] = "spec"
     changes: ClassVar[FrozenSet[str]] = frozenset({"features"})
     rows: ClassVar[str] = "active"  # active: transform() sees only the active rows; all: the op gates itself
-    # True: transform() writes 0 at and past every row's output length itself, so the
-    # contract's zeroing pass is skipped when every row is active (the registry-wide test
-    # checks the padding of every op either way)
+    # True: transform() writes 0 at and past every row's output length itself, whatever the
+    # input held there, so the contract's zeroing pass is skipped when every row is active
     zero_padded: ClassVar[bool] = False
+    # True: transform()'s output is 0 past every row's output length when its input was 0
+    # past the input lengths; the zeroing pass is skipped when the caller vouches for a clean
+    # input (apply(clean=True)). The registry-wide test checks the padding of every op
+    # either way, with clean and with dirty input.
+    keeps_zero_padding: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -372,8 +378,9 @@ class Op:
         of its previous op, which nothing else holds): the active rows' results and the
         padding are then written into it rather than into a copy. The caller's own input
         is never written. ``clean``: the caller vouches that the batch is 0 past its lengths
-        (a policy's waveform chain, zero-padded on entry): a ``zero_padded`` op's output then
-        needs no zeroing pass, whichever rows were active."""
+        (a policy's waveform chain, zero-padded on entry): the output of an op that
+        ``keeps_zero_padding`` (or is ``zero_padded``) then needs no zeroing pass, whichever
+        rows were active."""
         params = {k: v for k, v in params.items() if k != "__name__"}
         active = params["active"]
         if self.rows == "all":
@@ -384,7 +391,7 @@ class Op:
                 return batch
             if n == active.numel():
                 out = self._moved(batch, params, self._checked(batch, self.transform(batch, params)))
-                if self.zero_padded:
+                if self.zero_padded or (clean and self.keeps_zero_padding):
                     return out
             else:
                 rows = active.nonzero()[:, 0]
@@ -392,8 +399,8 @@ class Op:
                 sp = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in params.items()}
                 out = batch.put(rows, self._moved(sub, sp, self._checked(sub, self.transform(sub, sp))),
                                 inplace=owned)
-                if self.zero_padded and clean:  # inactive rows as they came (0 past their lengths)
-                    return out
+                if clean and (self.zero_padded or self.keeps_zero_padding):
+                    return out  # the inactive rows as they came: 0 past their lengths
         same = out.data.untyped_storage().data_ptr() == batch.data.untyped_storage().data_ptr()
         fresh = owned if same else out.data._base is None  # ours: a new tensor, or the one handed over
         data = zero_padding(out.data, out.lengths, inplace=fresh)

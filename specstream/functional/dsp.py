@@ -170,13 +170,16 @@ def lfilter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Causal IIR filtering of [B, N] with per-row coefficients [B, order + 1] (or one shared
     set [order + 1]) from rest (torchaudio's lfilter, no clamping). The feed-forward part is
     order + 1 multiply-adds of shifted rows (a short FIR; a grouped convolution costs far
-    more for so few taps), the recursion torchaudio's own compiled loop. On the CPU (with
-    numba) one fused pass per row (:func:`.cpu_kernels.iir_rows`, float64 state)."""
+    more for so few taps), the recursion torchaudio's own compiled loop, both in float64
+    (coefficients and recursion in float32 lose a low cutoff's poles: a 1 Hz low-pass was
+    off by 18%). On the CPU (with numba) one fused pass per row
+    (:func:`.cpu_kernels.iir_rows`, float64 state). The result has x's dtype."""
     if _fused(x, b, a):
         return cpu_kernels.iir_rows(x, b, a)
+    dtype, f64 = x.dtype, torch.float64
     if _iir_loop is None or x.requires_grad or b.requires_grad or a.requires_grad:
-        return AF.lfilter(x, a.to(x.dtype), b.to(x.dtype), clamp=False, batching=a.dim() == 2)
-    a, b = a.to(x.dtype), b.to(x.dtype)
+        return AF.lfilter(x.to(f64), a.to(f64), b.to(f64), clamp=False, batching=a.dim() == 2).to(dtype)
+    x, a, b = x.to(f64).contiguous(), a.to(f64), b.to(f64)
     shared = a.dim() == 1
     a0 = a[..., :1]
     bn, an = b / a0, a / a0
@@ -192,7 +195,7 @@ def lfilter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     inp = fir.reshape(-1, 1, N) if shared else fir.reshape(1, -1, N)
     out = torch.zeros(inp.shape[:-1] + (N + order - 1,), dtype=x.dtype, device=x.device)
     _iir_loop(inp, an.flip(-1).reshape(-1, order).contiguous(), out)
-    return out[..., order - 1:].reshape(x.shape)
+    return out[..., order - 1:].reshape(x.shape).to(dtype)
 
 
 def _fused(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> bool:
@@ -213,9 +216,9 @@ def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.T
     backward one starting at each row's own end."""
     if _fused(x, b, a):
         return cpu_kernels.iir_rows(x, b, a, lengths.to(torch.int64))
-    valid = lengths_mask(lengths, x.shape[-1]).to(x.dtype)
-    y = lfilter(x, b, a).mul_(valid)
-    return lfilter(y.flip(-1), b, a).flip(-1)
+    x64 = x.to(torch.float64)  # both passes in float64, as the kernel
+    y = lfilter(x64, b, a).mul_(lengths_mask(lengths, x.shape[-1]).to(torch.float64))
+    return lfilter(y.flip(-1), b, a).flip(-1).to(x.dtype)
 
 
 # Pink (1/f power) noise from white noise: Paul Kellet's / J. O. Smith's 3-pole, 3-zero

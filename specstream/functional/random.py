@@ -176,7 +176,8 @@ def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1,
     :class:`~specstream.augment.core.Context` draws)."""
     if prefix is None:
         prefix = keyed_prefix(seed, epoch, ids)
-    if prefix.device.type == "cpu" and _HOST and cpu_kernels.available():
+    if (prefix.device.type == "cpu" and prefix.dim() == 2 and prefix.shape[1] == 1 and _HOST
+            and cpu_kernels.available()):
         return cpu_kernels.keyed_uniform(prefix.reshape(-1), op, n)  # the same values, one call
     draw = torch.arange(n, device=prefix.device, dtype=torch.int64)
     return unit_float(hash32([op, draw], device=prefix.device, state=prefix))

@@ -3,12 +3,13 @@
 A mask overwrites cells inside each sample's valid frames with a fill, per sample:
 ``mean`` (default: the mean of the sample's own valid region, SpecAugment's "zero" of
 normalised features, and neither the loudest nor the quietest thing in an un-normalised
-log-mel), ``zero``, ``min`` (the sample's own minimum: silence), or a number. Consecutive
+log-mel), ``zero``, ``min`` (the sample's own minimum: silence), or a finite number. Consecutive
 mask ops are applied in one pass (:func:`apply_masks`), their fill taken from the features
 as they enter the run.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -22,8 +23,9 @@ FILLS = ("mean", "zero", "min")
 
 
 def check_fill(op: str, fill: Fill) -> Fill:
-    ok = fill in FILLS if isinstance(fill, str) else isinstance(fill, (int, float)) and not isinstance(fill, bool)
-    return check(op, "fill", fill, ok, "mean, zero, min or a number")
+    ok = fill in FILLS if isinstance(fill, str) else \
+        isinstance(fill, (int, float)) and not isinstance(fill, bool) and math.isfinite(fill)
+    return check(op, "fill", fill, ok, "mean, zero, min or a finite number")
 
 
 def fill_value(x: torch.Tensor, lengths: torch.Tensor, fill: Fill) -> torch.Tensor:

@@ -20,7 +20,7 @@ class Filter(WaveOp):
     (one of the three per sample)."""
 
     name = "filter"
-    zero_padded = True  # the result is 0 past each length (its inputs are)
+    keeps_zero_padding = True  # 0 past each length when the input is
     KINDS = ("lowpass", "highpass", "bandpass")
 
     def __init__(self, kind: str = "random", lowpass_hz: Range = (2000.0, 7000.0),

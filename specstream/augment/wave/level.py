@@ -14,7 +14,7 @@ class WaveGain(WaveOp):
     """Gain in dB, U[min_db, max_db], on the waveform."""
 
     name = "wave_gain"
-    zero_padded = True  # the result is 0 past each length (its inputs are)
+    keeps_zero_padding = True  # 0 past each length when the input is
 
     def __init__(self, min_db: float = -6.0, max_db: float = 6.0, p: float = 1.0):
         super().__init__(p)
@@ -35,7 +35,7 @@ class Distortion(WaveOp):
     then scaled back to the sample's own peak."""
 
     name = "distortion"
-    zero_padded = True  # the result is 0 past each length (its inputs are)
+    keeps_zero_padding = True  # 0 past each length when the input is
 
     def __init__(self, drive_db: Tuple[float, float] = (0.0, 20.0), kind: str = "tanh", bias: float = 0.2,
                  p: float = 1.0):

@@ -19,7 +19,7 @@ class Noise(WaveOp):
     over the sample's own length. ``colour``: white, pink, brown, or a list to draw from."""
 
     name = "noise"
-    zero_padded = True  # the result is 0 past each length (its inputs are)
+    keeps_zero_padding = True  # 0 past each length when the input is
 
     def __init__(self, snr_db: Tuple[float, float] = (5.0, 30.0), colour: Union[str, Sequence[str]] = "white",
                  p: float = 1.0):
@@ -50,7 +50,7 @@ class BackgroundNoise(BankOp):
     sample's own length. ``count`` > 1 on a bank of speech is babble."""
 
     name = "background_noise"
-    zero_padded = True  # the result is 0 past each length (its inputs are)
+    keeps_zero_padding = True  # 0 past each length when the input is
 
     def __init__(self, bank, snr_db: Tuple[float, float] = (0.0, 20.0), count: Tuple[int, int] = (1, 1),
                  p: float = 1.0):

@@ -70,7 +70,7 @@ class Reverb(BankOp):
     (``energy``), or not at all; ``keep_level`` rescales the output to the input's power."""
 
     name = "reverb"
-    zero_padded = True  # the result is 0 past each length (its inputs are)
+    keeps_zero_padding = True  # 0 past each length when the input is
 
     def __init__(self, bank, normalize: str = "direct", max_seconds: float = 1.0, keep_level: bool = True,
                  p: float = 1.0):

@@ -40,7 +40,7 @@ class _FactorOp(WaveOp):
     """An op that changes durations by a factor drawn from ``factors`` (> 1: shorter)."""
 
     changes = frozenset({"features", "lengths"})
-    zero_padded = True  # _assemble: every row 0 past its new length
+    keeps_zero_padding = True  # _assemble: rows it resamples are zeroed, the others kept as they came
 
     def __init__(self, factors: Sequence[float] = (0.9, 1.0, 1.1), p: float = 1.0):
         super().__init__(p)
