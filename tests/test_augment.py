@@ -668,6 +668,11 @@ def test_host_hash_equals_the_tensor_hash():
             assert got.shape == (9, 1) and torch.equal(got, R.keyed_prefix(seed, ep, ids)), seed
         for d, got in zip(draws, fused_draws):
             assert torch.equal(got, R.uniform(*d)), d[3:]
+        R._HOST = True
+        wide = R.keyed_prefix(5, 2, ids, trailing=2)  # [B, 1, 1]: the kernel is not for it
+        got = R.uniform(5, 2, ids, 9, 3, prefix=wide)
+        R._HOST = False
+        assert got.shape == (9, 1, 3) and torch.equal(got, R.uniform(5, 2, ids, 9, 3, prefix=wide))
     finally:
         R._HOST = True
     assert torch.equal(R.stream_uniform(keys, 17), fused[:, :17])  # element t does not depend on n

@@ -391,7 +391,7 @@ def test_defect10_tta_views_of_policies_with_waveform_ops(speech):
 BAD_VALUES = [
     ("time_stretch", "rates", [0, 1]), ("time_stretch", "rates", [2, 1]), ("freq_mask", "max_width", -1),
     ("freq_mask", "count", 1.5), ("freq_mask", "fill", "loud"), ("time_mask", "fill", float("inf")),
-    ("cutout", "fill", float("nan")), ("time_mask", "max_fraction", 2.0),
+    ("cutout", "fill", float("nan")), ("freq_mask", "fill", 1e39), ("time_mask", "fill", 10**400), ("time_mask", "max_fraction", 2.0),
     ("time_mask", "width_fraction", 1.5), ("cutout", "count", -1), ("time_warp", "W", -3),
     ("freq_shift", "max_shift", -2), ("freq_warp", "boundary", 1.0), ("freq_warp", "alpha", [0.1, 3]),
     ("frame_drop_dup", "drop", 1.5), ("frame_drop_dup", "dup", -0.1), ("gain", "min_db", 500),

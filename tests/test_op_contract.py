@@ -383,7 +383,7 @@ def test_padding_stays_zero_and_lengths_are_consistent(name, kw, clips, banks, b
     wb = op.apply(WaveBatch(w, n, SR), params)
     assert bool((wb.audio.masked_select(torch.arange(wb.audio.shape[1])[None, :] >= wb.lengths[:, None]) == 0).all())
     # every other row active, on a batch the caller vouches is zero-padded (a policy's
-    # waveform chain): an op that declares zero_padded skips the contract's zeroing pass,
+    # waveform chain): an op that declares keeps_zero_padding skips the contract's zeroing pass,
     # and must give what the contract would
     half = dict(params, active=torch.arange(len(ORDER)) % 2 == 0)
     fast, ref = op.apply(WaveBatch(w, n, SR), half, clean=True), op.apply(WaveBatch(w, n, SR), half)

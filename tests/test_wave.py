@@ -522,6 +522,25 @@ def test_lfilter_and_filtfilt_kernels_match_scipy_per_sample(path):
             np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
+def test_filtfilt_and_lfilter_keep_gradients():
+    """With a gradient wanted (the torch path, through torchaudio's lfilter): the same values
+    as without, and a gradient flows back to the input (an in-place write on torchaudio's
+    output view used to fail)."""
+    from specstream.functional.dsp import biquad, filtfilt, lfilter
+
+    b, a = biquad("lowpass", torch.tensor([1000.0, 3000.0], dtype=torch.float64), SR, 0.7071)
+    L = torch.tensor([800, 500])
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(2, 800, dtype=dtype) * (torch.arange(800)[None, :] < L[:, None])
+        want = filtfilt(x, L, b, a)
+        xg = x.clone().requires_grad_(True)
+        got = filtfilt(xg, L, b, a)
+        assert got.dtype == dtype and got.requires_grad
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+        (got.square().sum() + lfilter(xg, b, a).sum()).backward()
+        assert xg.grad is not None and bool(torch.isfinite(xg.grad).all()) and bool(xg.grad.abs().sum() > 0)
+
+
 def test_resample_kernel_equals_torchaudio():
     import torchaudio.functional as AF
 

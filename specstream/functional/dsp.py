@@ -217,7 +217,7 @@ def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.T
     if _fused(x, b, a):
         return cpu_kernels.iir_rows(x, b, a, lengths.to(torch.int64))
     x64 = x.to(torch.float64)  # both passes in float64, as the kernel
-    y = lfilter(x64, b, a).mul_(lengths_mask(lengths, x.shape[-1]).to(torch.float64))
+    y = lfilter(x64, b, a) * lengths_mask(lengths, x.shape[-1]).to(torch.float64)  # not in place: may be a view
     return lfilter(y.flip(-1), b, a).flip(-1).to(x.dtype)
 
 

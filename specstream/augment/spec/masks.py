@@ -23,9 +23,15 @@ FILLS = ("mean", "zero", "min")
 
 
 def check_fill(op: str, fill: Fill) -> Fill:
-    ok = fill in FILLS if isinstance(fill, str) else \
-        isinstance(fill, (int, float)) and not isinstance(fill, bool) and math.isfinite(fill)
-    return check(op, "fill", fill, ok, "mean, zero, min or a finite number")
+    if isinstance(fill, str):
+        ok = fill in FILLS
+    else:
+        try:  # a number features can hold: finite, within float32's range
+            ok = isinstance(fill, (int, float)) and not isinstance(fill, bool) and math.isfinite(fill) \
+                and abs(float(fill)) <= torch.finfo(torch.float32).max
+        except OverflowError:  # an int too large for a float
+            ok = False
+    return check(op, "fill", fill, ok, "mean, zero, min or a finite number within float32's range")
 
 
 def fill_value(x: torch.Tensor, lengths: torch.Tensor, fill: Fill) -> torch.Tensor:
