@@ -14,6 +14,7 @@
    generated noise, filters, VTLP, SpecAugment masks) relative to the log-mel alone, and
    relative to torchaudio's MelSpectrogram + log on the same batch (a fixed reference:
    the first ratio grows whenever our own log-mel gets faster).
+4. kernels (CPU): each fused numba kernel against the torch path it replaces, same inputs.
 
 Medians over bursts of 5 calls after warm-up (--reps calls in all), contenders' bursts interleaved;
 ratios printed against the baselines. By default glibc trims freed memory, so big buffers
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--peak-gbs", type=float, default=3350.0, help="GPU memory bandwidth (H100 SXM ~3350 GB/s)")
-    p.add_argument("--part", choices=["masks", "warp", "stages", "all"], default="all")
+    p.add_argument("--part", choices=["masks", "warp", "stages", "kernels", "all"], default="all")
     p.add_argument("--corpus", help="reference corpus folder (its first shard feeds the stages part)")
     p.add_argument("--stage-batch", type=int, default=64)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
@@ -226,6 +227,9 @@ def main(argv=None) -> int:
         retain_freed_memory()
     if args.part == "stages":
         bench_stages(args, device)
+        return 0
+    if args.part == "kernels":
+        bench_kernels(args)
         return 0
     B, Fq, T = args.batch, 80, args.frames
     g = torch.Generator().manual_seed(0)
@@ -279,7 +283,70 @@ def main(argv=None) -> int:
               + (f" (torch path: {t_warp_loop / t_torch[0]:.1f}x)" if fused else ""))
     if args.part == "all":
         bench_stages(args, device)
+    if args.part in ("kernels", "all") and device.type == "cpu":
+        bench_kernels(args)
     return 0
+
+
+def bench_kernels(args) -> None:
+    """Each fused CPU kernel (numba) against the torch path it replaces (what CUDA runs, and
+    the CPU without numba), on the same inputs in the same run, at the sizes the featurize
+    stage hands them: 19 rows (p = 0.3 of a batch of 64) of 17,800 samples (1.1 s after
+    speed), a batch of 64 for the rest."""
+    from specstream.functional import dsp, frames, mel
+    from specstream.functional import random as R
+
+    if not cpu_kernels.available():
+        print("\nkernels: numba is not available (or SPECSTREAM_NUMBA=0)")
+        return
+    g = torch.Generator().manual_seed(1)
+    rows, n = 19, 17800
+    wave = 0.1 * torch.randn(rows, n, generator=g)
+    wl = torch.randint(14000, n + 1, (rows,), generator=g)
+    wave = wave * (torch.arange(n)[None, :] < wl[:, None])
+    b, a = dsp.biquad("lowpass", torch.linspace(2000, 7000, rows, dtype=torch.float64), 16000, 0.7071)
+    pb, pa = (torch.tensor(c) for c in dsp.PINK)
+    ids = torch.from_numpy(key_ids([f"utt{i}" for i in range(64)]))
+    prefix = R.keyed_prefix(0, 3, ids)
+    B, T = 64, 1000
+    starts, widths = torch.randint(0, 900, (B, 2), generator=g), torch.randint(0, 100, (B, 2), generator=g)
+    on = torch.ones(B, 2, dtype=torch.bool)
+    alpha = 0.9 + 0.2 * torch.rand(64, generator=g, dtype=torch.float64)
+    # the masks as the masks part draws them: 2 bands of <= 27 bins, 2 of <= 100 frames
+    feats = torch.randn(B, 80, T, generator=g)
+    fl = torch.randint(T // 2, T + 1, (B,), generator=g)
+    fu = frames.bands(torch.randint(0, 53, (B, 2), generator=g), torch.randint(0, 28, (B, 2), generator=g), on, 80)
+    tu = frames.bands(starts, widths, on, T) & (torch.arange(T)[None, :] < fl[:, None])
+    from specstream.augment.core import Batch
+    from specstream.augment.spec.masks import apply_masks
+
+    cases = [
+        (f"filtfilt, biquad [{rows}, {n}]", lambda: dsp.filtfilt(wave, wl, b, a)),
+        (f"lfilter, pink noise [{rows}, {n}]", lambda: dsp.lfilter(wave, pb, pa)),
+        (f"noise-field hash [{rows}, {n}]", lambda: R.stream_uniform(ids[:rows], n)),
+        ("parameter draw [64, 2]", lambda: R.uniform(0, 3, ids, 5, 2, prefix=prefix)),
+        ("hash prefix [64]", lambda: R.keyed_prefix(0, 3, ids)),
+        (f"mask bands [{B}, {T}]", lambda: frames.bands(starts, widths, on, T)),
+        ("VTLP filterbanks [64, 80, 201]", lambda: mel.mel_fbanks(16000, 400, 80, alpha=alpha)),
+        (f"masks, zero fill [{B}, 80, {T}]", lambda: apply_masks(Batch(feats, fl), [(fu, tu, None)], "zero")),
+        (f"masks, mean fill [{B}, 80, {T}]", lambda: apply_masks(Batch(feats, fl), [(fu, tu, None)], "mean")),
+    ]
+
+    def torch_path(fn):
+        def run():
+            with cpu_kernels.torch_path():
+                return fn()
+        return run
+
+    fns = [f for _, fn in cases for f in (fn, torch_path(fn))]
+    times = timed(fns, args.reps, torch.device("cpu"))
+    print(f"\nCPU kernels (numba) against the torch path they replace, {torch.get_num_threads()} threads, "
+          f"median of {args.reps}:")
+    print(f"{'operation':38s} {'kernel':>10s} {'torch path':>11s} {'ratio':>7s}")
+    for i, (name, _) in enumerate(cases):
+        k, t = times[2 * i], times[2 * i + 1]
+        unit, scale = ("us", 1e6) if t < 1e-3 else ("ms", 1e3)
+        print(f"{name:38s} {k * scale:8.2f}{unit} {t * scale:9.2f}{unit} {t / k:6.1f}x")
 
 
 if __name__ == "__main__":

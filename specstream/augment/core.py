@@ -19,7 +19,6 @@ zero padding itself sets ``zero_padded`` (the zeroing pass is then skipped when 
 active); one whose output is 0 past its lengths when its input was (a gain, a mix, a
 filter from rest) sets ``keeps_zero_padding``, and the pass is skipped when the caller
 vouches that the input was zero-padded (``apply(clean=True)``: a policy's waveform chain).
-An op with once-per-process work (a kernel to compile) does it in ``prepare(device)``.
 
 A batch is padded data [B, ..., T] with per-sample ``lengths``: log-mel features
 [B, n_mels, frames] (:class:`Batch`) or waveforms [B, samples] (:class:`WaveBatch`).
@@ -353,10 +352,6 @@ class Op:
 
     def transform(self, batch, params: Params):  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def prepare(self, device) -> None:
-        """Once per process, before the first batch on ``device``: whatever the op would
-        otherwise do inside it (compile a kernel). Default: nothing."""
 
     def frame_source(self, batch, params: Params, out) -> Optional[torch.Tensor]:
         """For ops that move content in time: [b, T_out] integer source frame of every output

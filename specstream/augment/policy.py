@@ -91,14 +91,11 @@ class Policy:
         return self
 
     def prepare(self, device) -> "Policy":
-        """Each op's once-per-process work for ``device`` (:meth:`Op.prepare`), so that the
-        first batch does not wait for it; on the CPU, the fused kernels (compiled, or loaded
-        from numba's cache) that the masks, filters and noise use."""
-        device = torch.device(device)
-        if device.type == "cpu" and self.ops:
+        """Once per process, so that the first batch does not wait for it: on the CPU, numba,
+        its threading layer and the first fused kernel (:mod:`~specstream.functional.cpu_kernels`;
+        every op's draws use them). The other kernels load from numba's cache on first use."""
+        if torch.device(device).type == "cpu" and self.ops:
             cpu_kernels.available()
-        for op in self.ops:
-            op.prepare(device)
         return self
 
     def bank_ops(self) -> List[BankOp]:

@@ -7,6 +7,7 @@ featurizer are built from, testable on their own.
 - :mod:`.dsp`: power, SNR mixing, FFT convolution, biquads and zero-phase filtering,
   coloured noise.
 - :mod:`.random`: the keyed counter-based generator (seed, epoch, key, op) -> uniforms.
-- :mod:`.cpu_kernels`: the one fused CPU kernel (numba) behind :func:`.frames.interp_time`,
-  equal to the torch path it replaces on CPU (bit for bit where torch's lerp uses an FMA).
+- :mod:`.cpu_kernels`: fused CPU kernels (numba) behind interpolation, IIR filters, the
+  keyed hashes, masks and per-sample filterbanks, each checked against the torch path it
+  replaces on the CPU.
 """

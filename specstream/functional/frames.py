@@ -124,13 +124,6 @@ def interp_time(x: torch.Tensor, src: torch.Tensor, lengths: Optional[torch.Tens
     return out
 
 
-def prepare_interp_time(device: torch.device) -> None:
-    """Compile (or load from numba's cache) :func:`interp_time`'s CPU kernel now rather
-    than inside the first call on ``device``."""
-    if device.type == "cpu":
-        cpu_kernels.available()
-
-
 def gather_frames(y: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """Nearest-frame gather of frame targets [B, T] or [B, T, C] at integer src [B, T_out]."""
     if y.dim() == 2:

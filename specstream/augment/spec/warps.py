@@ -8,7 +8,7 @@ from typing import Tuple
 
 import torch
 
-from ...functional.frames import interp_time, lengths_mask, prepare_interp_time
+from ...functional.frames import interp_time, lengths_mask
 from ...functional.random import stream_uniform
 from ..core import Batch, Context, Op, Params, check, check_number, check_range, randint
 from .masks import Fill, check_fill, fill_value
@@ -26,9 +26,6 @@ class TimeWarp(Op):
     def __init__(self, W: int = 80, p: float = 1.0):
         super().__init__(p)
         self.W = check_number(self.name, "W", W, 0, integer=True)
-
-    def prepare(self, device) -> None:
-        prepare_interp_time(device)
 
     def draw(self, ctx: Context, batch: Batch) -> Params:
         L = batch.lengths
@@ -70,9 +67,6 @@ class TimeStretch(Op):
     def __init__(self, rates: Tuple[float, float] = (0.8, 1.25), p: float = 1.0):
         super().__init__(p)
         self.rates = check_range(self.name, "rates", rates, 0.0, 100.0, lo_open=True)
-
-    def prepare(self, device) -> None:
-        prepare_interp_time(device)
 
     def draw(self, ctx: Context, batch: Batch) -> Params:
         lo, hi = math.log(self.rates[0]), math.log(self.rates[1])
