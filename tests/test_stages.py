@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import resource
 
 import numpy as np
 import pyarrow as pa
@@ -414,18 +415,25 @@ def test_each_stage_emits_exactly_the_columns_of_the_contract(variant):
     assert set(C.DEVICE) >= {k for k, v in got.items() if isinstance(v, torch.Tensor)} - {C.INDEX, C.EPOCH}
 
 
-def test_featurize_workers_keep_freed_memory_so_batches_stop_faulting_pages_in():
+def test_featurize_workers_keep_freed_memory_for_the_next_batch():
     """With glibc's defaults the log-mel's big buffers go back to the OS when freed and are
     faulted in again by the next batch. The Ray-side featurize wrapper (what a read task or
     actor builds: actors.retain_freed_memory, on by default) keeps them; a stage built in
-    the caller's own process leaves its allocator alone. Counted in fresh processes (the
-    allocator's state is per process): page faults per featurize call of 64 one-second
-    clips."""
+    the caller's own process leaves its allocator alone.
+
+    Checked in fresh processes (the allocator's state is per process), each after three
+    featurize calls of 64 one-second clips: rounds of sixteen 8 MiB blocks allocated on the
+    main thread, written, and freed. glibc's default hands the freed top of the heap back (its
+    dynamic trim threshold is at most 64 MiB), so every round faults the pages in again; the
+    worker's settings keep them. The stage's own page faults per call depend on how its
+    allocations spread over threads and arenas (0 to a few hundred, varying between runs and
+    machines): ``scripts/bench_augment.py --part stages`` reports them, not this test."""
+    pytest.importorskip("ray")  # the wrapper lives in the pipeline layer
     import subprocess
     import sys
 
     code = (
-        "import resource, sys, numpy as np\n"
+        "import ctypes, resource, sys, numpy as np\n"
         "from specstream.config import load_config\n"
         "from specstream.pipeline import stages\n"
         "from specstream.pipeline.build import _PerProcess\n"
@@ -437,10 +445,18 @@ def test_featurize_workers_keep_freed_memory_so_batches_stop_faulting_pages_in()
         "         'shard': np.array(['s'] * 64, dtype=object), 'key_id': np.arange(64, dtype=np.int64),\n"
         "         'audio': np.stack([0.1 * rng.standard_normal(16000).astype(np.float32) for _ in range(64)]),\n"
         "         'num_samples': np.full(64, 16000), 'target': np.zeros(64, dtype=np.int64)}\n"
-        "for _ in range(3): st(batch)\n"
+        "for _ in range(3): assert st(batch)['features'].shape[0] == 64\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "def heap_round():\n"
+        "    blocks = [libc.malloc(8 << 20) for _ in range(16)]\n"
+        "    for b in blocks: ctypes.memset(b, 1, 8 << 20)\n"
+        "    for b in reversed(blocks): libc.free(b)\n"
+        "for _ in range(2): heap_round()\n"
         "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "for _ in range(5): st(batch)\n"
-        "print(stages._retained, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 5)\n"
+        "for _ in range(3): heap_round()\n"
+        "print(stages._retained, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 3)\n"
     )
     got = {}
     for mode in ("caller", "worker"):
@@ -449,6 +465,8 @@ def test_featurize_workers_keep_freed_memory_so_batches_stop_faulting_pages_in()
         retained, faults = out.stdout.split()[-2:]
         got[mode] = (retained == "True", int(faults))
     assert got["caller"][0] is False and got["worker"][0] is True, got
-    # kept: the batches reuse the same pages (0 per call on a quiet machine; glibc's default
-    # faults hundreds to thousands per call, depending on how allocations spread over arenas)
-    assert got["worker"][1] <= max(100, got["caller"][1] // 2), got
+    pages = 16 * (8 << 20) // resource.getpagesize()
+    # the caller's allocator trims at least what lies above its largest trim threshold (64 MiB)
+    assert got["caller"][1] >= pages // 2, got
+    # the worker's keeps every block: a round writes into pages it already holds
+    assert got["worker"][1] <= pages // 100, got
