@@ -484,8 +484,7 @@ def test_lfilter_and_filtfilt_kernels_match_scipy_per_sample(path):
     """Both paths against scipy in float64 on each sample alone (lengths vary, the padding
     holds garbage that must not be read), cutoffs down to 1 Hz (poles a hair from 1): the
     CPU kernel (float64 state, four rows at a time: row counts off its blocks of 4), and the
-    torch path (shifted-row FIR + torchaudio's compiled recursion in float64, whole-row
-    backward pass of filtfilt), which CUDA runs."""
+    torch path (FFT products with the impulse response in float64), which CUDA runs."""
     import contextlib
 
     from specstream.functional import cpu_kernels
@@ -520,6 +519,36 @@ def test_lfilter_and_filtfilt_kernels_match_scipy_per_sample(path):
                                       np.tile(ap.numpy(), (R, 1)))
             got = lfilter(clean, bp, ap).numpy()
             np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_impulse_response_matches_scipy_down_to_1_hz_on_long_rows():
+    """The torch path filters by convolving with impulse_response() (state doublings, no
+    recursion): against scipy's recursion fed an impulse, for both biquad kinds over the Q
+    range the filter op accepts, cutoffs from 1 Hz (poles a hair from 1, where the all-pole
+    response is thousands and a numerator differencing it loses digits), the noise colours'
+    shared filters, and lengths from 1 sample to 40,000 (the doubling's edges and depth)."""
+    from scipy.signal import lfilter as sp_lfilter
+
+    from specstream.functional.dsp import BROWN, PINK, biquad, impulse_response
+
+    sets = [(torch.tensor(b, dtype=torch.float64)[None], torch.tensor(a, dtype=torch.float64)[None])
+            for b, a in (PINK, BROWN)]
+    f0 = torch.tensor([1.0, 3.0, 40.0, 500.0, 4000.0, 7900.0], dtype=torch.float64)
+    for kind in ("lowpass", "highpass"):
+        for q in (0.1, 0.5, 0.7071, 10.0):
+            sets.append(biquad(kind, f0, SR, q))
+    for b, a in sets:
+        for n in (1, 2, 3, 5, 4000, 40000):
+            got = impulse_response(b, a, n).numpy()
+            assert got.shape == (b.shape[0], n) and got.dtype == np.float64
+            imp = np.zeros(n)
+            imp[0] = 1.0
+            for i in range(b.shape[0]):
+                ref = sp_lfilter(b[i].numpy(), a[i].numpy(), imp)
+                # what a unit-amplitude input's output can be off by, relative to the filter's gain
+                assert np.abs(got[i] - ref).sum() <= 2e-6 * max(1.0, np.abs(ref).sum()), (b[i], a[i], n)
+    # one shared set gives one row; per-row sets one row each
+    assert impulse_response(torch.tensor(PINK[0]), torch.tensor(PINK[1]), 10).shape == (1, 10)
 
 
 def test_filtfilt_and_lfilter_keep_gradients():
