@@ -161,6 +161,7 @@ def test_replay_reproduces_everything_exactly():
     assert torch.equal(out.features, again.features) and torch.equal(out.lengths, again.lengths)
     assert torch.equal(out.targets, again.targets) and torch.equal(out.frame_targets, again.frame_targets)
     logged = out.params_for(2, max_values=64)
+    assert out.params_rows(max_values=64)[2] == logged and out.params_rows()[2] == out.params_for(2)
     assert set(logged) == {f"{i}:{o['op']}" for i, o in enumerate(spec["ops"])}
     assert "field" not in logged["11:feature_noise"] and "level" in logged["11:feature_noise"]
 

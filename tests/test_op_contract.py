@@ -400,7 +400,9 @@ def test_padding_stays_zero_and_lengths_are_consistent(name, kw, clips, banks, b
 @pytest.mark.parametrize("name,kw", CASES)
 def test_replay_from_recorded_params_is_exact(name, kw, clips, banks, batch_runs):
     op, out = case_run(name, kw, clips, banks, batch_runs)
-    logged = Policy.params_from_rows([out.params_for(b) for b in range(len(ORDER))])  # via the JSON-able rows
+    rows = out.params_rows()  # the JSON-able rows the stage logs (each field read once per batch)
+    assert rows == [out.params_for(b) for b in range(len(ORDER))], name
+    logged = Policy.params_from_rows(rows)
     for params in (out.params, logged):
         again = augment(op, clips, ORDER, EXTRA, params=params)
         assert torch.equal(again.lengths, out.lengths)

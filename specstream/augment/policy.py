@@ -43,6 +43,18 @@ class AugmentResult:
                                     if max_values is None or v[i].numel() <= max_values}
         return out
 
+    def params_rows(self, max_values: Optional[int] = None) -> List[Dict[str, Dict[str, Any]]]:
+        """``[params_for(i) for every row]``, each field read off its device once for the
+        whole batch (per-row reads of device tensors are a copy and a sync each)."""
+        rows = len(self.lengths)
+        if rows == 0:
+            return []
+        fields = []
+        for pos, (name, p) in enumerate(self._named()):
+            fields.append((f"{pos}:{name}", {k: v.tolist() for k, v in p.items()
+                                             if max_values is None or v[0].numel() <= max_values}))
+        return [{op: {k: v[i] for k, v in kept.items()} for op, kept in fields} for i in range(rows)]
+
     def _named(self):
         return [(p.get("__name__", "op"), {k: v for k, v in p.items() if k != "__name__"})
                 for p in self.params]

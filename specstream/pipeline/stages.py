@@ -372,6 +372,5 @@ class FeaturizeStage:
         if self.cfg.log_params:
             # every parameter (fields are regenerated from recorded stream keys, so rows stay small):
             # Policy.params_from_rows(...) turns logged rows back into replayable parameters
-            result[C.AUG_PARAMS] = np.array([json.dumps(out.params_for(i)) for i in range(len(lengths))],
-                                            dtype=object)
+            result[C.AUG_PARAMS] = np.array([json.dumps(r) for r in out.params_rows()], dtype=object)
         return result
