@@ -457,23 +457,28 @@ def test_roundoff_in_the_input_stays_roundoff(name, kw, clips, banks, batch_runs
 @pytest.mark.parametrize("name,kw", CASES)
 def test_cpu_kernels_agree_with_the_torch_path(name, kw, clips, banks, batch_runs):
     """The fused CPU kernels (numba: interpolation, IIR filters, noise hashes, masks) and the
-    torch path, which CUDA runs, give the same draws and features within the CUDA parity
-    tolerance, for every op (checked here on every machine; CUDA itself is checked below)."""
-    from specstream.functional import cpu_kernels
+    torch paths give the same draws and features within the CUDA parity tolerance, for every
+    op: the CPU's own torch path (without numba) and the path CUDA runs (its filters are FFT
+    products with the impulse response), both run here on the CPU. CUDA itself is checked
+    below."""
+    from specstream.functional import cpu_kernels, dsp
 
     assert cpu_kernels.available(), "numba is a dependency: the CPU kernels must be in use"
     op, fused = case_run(name, kw, clips, banks, batch_runs)
     with cpu_kernels.torch_path():
         plain = augment(op, clips, ORDER, EXTRA)
-    for k, v in fused.params[0].items():
-        if k != "__name__":
-            assert torch.equal(plain.params[0][k], v), f"{name}: parameter {k!r}"
-    assert torch.equal(plain.lengths, fused.lengths)
-    for b in range(len(ORDER)):
-        n = int(fused.lengths[b])
-        assert_same_features(plain.features[b, :, :n], fused.features[b, :, :n], op.domain != "spec",
-                             f"{name} row {b}, kernels vs torch path", power_tol=1e-5, log_tol=1e-3)
-        assert (plain.features[b, :, n:] == 0).all() and (fused.features[b, :, n:] == 0).all()
+    with cpu_kernels.torch_path(), dsp.gpu_path_on_cpu():
+        gpu_path = augment(op, clips, ORDER, EXTRA)
+    for label, other in (("torch path", plain), ("CUDA's path on the CPU", gpu_path)):
+        for k, v in fused.params[0].items():
+            if k != "__name__":
+                assert torch.equal(other.params[0][k], v), f"{name}: parameter {k!r} ({label})"
+        assert torch.equal(other.lengths, fused.lengths)
+        for b in range(len(ORDER)):
+            n = int(fused.lengths[b])
+            assert_same_features(other.features[b, :, :n], fused.features[b, :, :n], op.domain != "spec",
+                                 f"{name} row {b}, kernels vs {label}", power_tol=1e-5, log_tol=1e-3)
+            assert (other.features[b, :, n:] == 0).all() and (fused.features[b, :, n:] == 0).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU box)")

@@ -479,15 +479,16 @@ def _scipy_lfilter_rows(x, b, a):
     return np.stack([sp_lfilter(b[i], a[i], x[i]) for i in range(x.shape[0])])
 
 
-@pytest.mark.parametrize("path", ["numba", "torch"])
+@pytest.mark.parametrize("path", ["numba", "torch", "gpu"])
 def test_lfilter_and_filtfilt_kernels_match_scipy_per_sample(path):
-    """Both paths against scipy in float64 on each sample alone (lengths vary, the padding
-    holds garbage that must not be read), cutoffs down to 1 Hz (poles a hair from 1): the
-    CPU kernel (float64 state, four rows at a time: row counts off its blocks of 4), and the
-    torch path (FFT products with the impulse response in float64), which CUDA runs."""
+    """The three paths against scipy in float64 on each sample alone (lengths vary, the
+    padding holds garbage that must not be read), cutoffs down to 1 Hz (poles a hair from
+    1): the CPU kernel (float64 state, four rows at a time: row counts off its blocks of 4),
+    the CPU's torch path (torchaudio's recursion in float64, whole-row backward pass of
+    filtfilt), and CUDA's (FFT products with the impulse response), run on the CPU."""
     import contextlib
 
-    from specstream.functional import cpu_kernels
+    from specstream.functional import cpu_kernels, dsp
     from specstream.functional.dsp import BROWN, PINK, biquad, filtfilt, lfilter
 
     assert cpu_kernels.available(), "numba is a dependency: the CPU kernel must be in use"
@@ -497,7 +498,11 @@ def test_lfilter_and_filtfilt_kernels_match_scipy_per_sample(path):
     R = len(L)
     clean = torch.randn(R, 4000, generator=g) * 0.3 * (torch.arange(4000)[None, :] < L[:, None])
     x = clean + (torch.arange(4000)[None, :] >= L[:, None]) * 5.0
-    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+    with contextlib.ExitStack() as paths:
+        if path != "numba":
+            paths.enter_context(cpu_kernels.torch_path())
+        if path == "gpu":
+            paths.enter_context(dsp.gpu_path_on_cpu())
         for kind, f0 in (("highpass", torch.linspace(50, 500, R)), ("lowpass", torch.linspace(2000, 7000, R)),
                          ("lowpass", torch.linspace(1, 40, R)), ("highpass", torch.linspace(1, 3, R))):
             b, a = biquad(kind, f0.double(), SR, 0.7071)
@@ -522,23 +527,27 @@ def test_lfilter_and_filtfilt_kernels_match_scipy_per_sample(path):
 
 
 def test_impulse_response_matches_scipy_down_to_1_hz_on_long_rows():
-    """The torch path filters by convolving with impulse_response() (state doublings, no
-    recursion): against scipy's recursion fed an impulse, for both biquad kinds over the Q
-    range the filter op accepts, cutoffs from 1 Hz (poles a hair from 1, where the all-pole
-    response is thousands and a numerator differencing it loses digits), the noise colours'
-    shared filters, and lengths from 1 sample to 40,000 (the doubling's edges and depth)."""
+    """CUDA's filters convolve with impulse_response(): against scipy's recursion fed an
+    impulse, for both biquad kinds over the Q range the filter op accepts, cutoffs from 1 Hz
+    at 16 and 48 kHz (poles a hair from 1 and from each other, where matrix-power shortcuts
+    lose digits), the noise colours' shared filters, unequal b and a lengths, and lengths
+    from 1 sample to 200,000."""
     from scipy.signal import lfilter as sp_lfilter
 
+    from specstream.functional import cpu_kernels
     from specstream.functional.dsp import BROWN, PINK, biquad, impulse_response
 
     sets = [(torch.tensor(b, dtype=torch.float64)[None], torch.tensor(a, dtype=torch.float64)[None])
             for b, a in (PINK, BROWN)]
-    f0 = torch.tensor([1.0, 3.0, 40.0, 500.0, 4000.0, 7900.0], dtype=torch.float64)
-    for kind in ("lowpass", "highpass"):
-        for q in (0.1, 0.5, 0.7071, 10.0):
-            sets.append(biquad(kind, f0, SR, q))
+    sets.append((torch.tensor([[0.5, 0.25, 0.125, 0.0625, 0.03125]], dtype=torch.float64),
+                 torch.tensor([[2.0, -1.0]], dtype=torch.float64)))  # order 4 over order 1, a0 = 2
+    for sr in (16000, 48000):
+        f0 = torch.tensor([1.0, 3.0, 40.0, 500.0, 0.49 * sr], dtype=torch.float64)
+        for kind in ("lowpass", "highpass"):
+            for q in (0.1, 0.5, 0.7071, 10.0):
+                sets.append(biquad(kind, f0, sr, q))
     for b, a in sets:
-        for n in (1, 2, 3, 5, 4000, 40000):
+        for n in (1, 2, 3, 5, 4000, 200000):
             got = impulse_response(b, a, n).numpy()
             assert got.shape == (b.shape[0], n) and got.dtype == np.float64
             imp = np.zeros(n)
@@ -546,9 +555,54 @@ def test_impulse_response_matches_scipy_down_to_1_hz_on_long_rows():
             for i in range(b.shape[0]):
                 ref = sp_lfilter(b[i].numpy(), a[i].numpy(), imp)
                 # what a unit-amplitude input's output can be off by, relative to the filter's gain
-                assert np.abs(got[i] - ref).sum() <= 2e-6 * max(1.0, np.abs(ref).sum()), (b[i], a[i], n)
+                assert np.abs(got[i] - ref).sum() <= 1e-9 * max(1.0, np.abs(ref).sum()), (b[i], a[i], n)
+            if max(b.shape[-1], a.shape[-1]) <= cpu_kernels.IIR_MAX_TAPS:
+                # the kernel flushes a decaying state to 0 before it turns subnormal (slow arithmetic)
+                assert not ((got != 0) & (np.abs(got) < np.finfo(np.float64).tiny)).any(), (b, a, n)
     # one shared set gives one row; per-row sets one row each
     assert impulse_response(torch.tensor(PINK[0]), torch.tensor(PINK[1]), 10).shape == (1, 10)
+
+
+@pytest.mark.parametrize("path", ["numba", "torch", "gpu"])
+def test_filters_on_every_path_long_rows_empty_batches_and_1d_input(path):
+    """Each path (see the scipy test above) on what the op's own calls do not exercise:
+    200,000-sample rows through a 1 Hz, Q = 10 low- and high-pass at 48 kHz in float64
+    (within 1e-8 of the peak against scipy, forward and backward from each row's own end),
+    a batch of no rows, and a 1-D signal with one set of coefficients (its shape kept)."""
+    import contextlib
+
+    from scipy.signal import lfilter as sp_lfilter
+
+    from specstream.functional import cpu_kernels, dsp
+    from specstream.functional.dsp import biquad, filtfilt, lfilter
+
+    with contextlib.ExitStack() as paths:
+        if path != "numba":
+            paths.enter_context(cpu_kernels.torch_path())
+        if path == "gpu":
+            paths.enter_context(dsp.gpu_path_on_cpu())
+        g = torch.Generator().manual_seed(5)
+        N = 200000
+        L = torch.tensor([N, 150000])
+        x = torch.randn(2, N, generator=g, dtype=torch.float64) * (torch.arange(N)[None, :] < L[:, None])
+        for kind in ("lowpass", "highpass"):
+            b, a = biquad(kind, torch.tensor([1.0, 1.0], dtype=torch.float64), 48000, 10.0)
+            got = filtfilt(x, L, b, a).numpy()
+            for i in range(2):
+                n = int(L[i])
+                fwd = sp_lfilter(b[i].numpy(), a[i].numpy(), x[i, :n].numpy())
+                back = sp_lfilter(b[i].numpy(), a[i].numpy(), fwd[::-1])[::-1]
+                assert np.abs(got[i, :n] - back).max() <= 1e-8 * np.abs(back).max(), (path, kind, i)
+                assert (got[i, n:] == 0).all()
+        b, a = biquad("lowpass", torch.tensor([1000.0], dtype=torch.float64), SR, 0.7071)
+        empty = torch.zeros(0, 500)
+        assert lfilter(empty, b[:0], a[:0]).shape == (0, 500)
+        assert filtfilt(empty, torch.zeros(0, dtype=torch.int64), b[:0], a[:0]).shape == (0, 500)
+        one = torch.randn(100, generator=g)
+        got = lfilter(one, b[0], a[0])
+        assert got.shape == (100,)
+        np.testing.assert_allclose(got.numpy(), sp_lfilter(b[0].numpy(), a[0].numpy(), one.double().numpy()),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_filtfilt_and_lfilter_keep_gradients():
@@ -568,6 +622,12 @@ def test_filtfilt_and_lfilter_keep_gradients():
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
         (got.square().sum() + lfilter(xg, b, a).sum()).backward()
         assert xg.grad is not None and bool(torch.isfinite(xg.grad).all()) and bool(xg.grad.abs().sum() > 0)
+    # and to the coefficients
+    bg, ag = b.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    x = torch.randn(2, 800, dtype=torch.float64) * (torch.arange(800)[None, :] < L[:, None])
+    (filtfilt(x, L, bg, ag).square().sum() + lfilter(x, bg, ag).sum()).backward()
+    for c in (bg, ag):
+        assert c.grad is not None and bool(torch.isfinite(c.grad).all()) and bool(c.grad.abs().sum() > 0)
 
 
 def test_resample_kernel_equals_torchaudio():

@@ -2,6 +2,7 @@
 length on the way in and out)."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Tuple
 
@@ -12,6 +13,11 @@ import torchaudio.functional as AF
 from . import cpu_kernels
 from .frames import lengths_mask, zero_padding
 from .random import stream_uniform
+
+try:  # the recursion of torchaudio's lfilter (compiled; CPU and CUDA)
+    from torchaudio.functional.filtering import _lfilter_core_loop as _iir_loop
+except ImportError:  # pragma: no cover - another torchaudio layout: its public lfilter
+    _iir_loop = None
 
 
 def power(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -164,66 +170,109 @@ def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[tor
 
 def impulse_response(b: torch.Tensor, a: torch.Tensor, n: int) -> torch.Tensor:
     """The first ``n`` samples of the impulse response of the IIR filter b / a, float64,
-    [B, n] for per-row coefficients [B, taps] ([1, n] for one shared set [taps]), without a
-    sample-by-sample recursion. In the transposed direct form the state after the impulse
-    is z_0 = b[1:] - a[1:] b[0] (a normalised), then z_t = T z_{t-1} for the companion
-    matrix T, and h[t] = z_{t-1}[0]; the states come from log2(n) doublings
-    (z_{k..2k-1} = T^k z_{0..k-1} as one batched product, then T^k <- T^2k). The states are the
-    response's own size: a low-cut filter's state stays small, where the all-pole response
-    1 / a (thousands, at a 1 Hz pole pair) would be differenced down to it by the numerator.
-    Any order; no special case for repeated or real poles."""
-    f64 = torch.float64
-    b, a = b.to(f64), a.to(f64)
+    [B, n] for per-row coefficients [B, taps] ([1, n] for one shared set [taps]), on b's
+    device. Computed on the host by the filter's own recursion in float64 (the CPU kernel,
+    else torchaudio's loop): a few rows of scalar steps, where the recursion is cheap and as
+    exact as the filter itself. (Matrix-power shortcuts lose digits when the poles sit close
+    to 1 and to each other: a 1 Hz, Q = 10 biquad at 48 kHz.)"""
+    f64, cpu, device = torch.float64, torch.device("cpu"), b.device
+    b, a = b.detach().to(cpu, f64), a.detach().to(cpu, f64)
     if a.dim() == 1:
         b, a = b[None], a[None]
-    q = max(a.shape[1], b.shape[1]) - 1
-    bn = F.pad(b / a[:, :1], (0, q + 1 - b.shape[1]))
-    an = F.pad(a / a[:, :1], (0, q + 1 - a.shape[1]))
+    taps = max(a.shape[-1], b.shape[-1])
+    b, a = F.pad(b, (0, taps - b.shape[-1])), F.pad(a, (0, taps - a.shape[-1]))
     rows = max(a.shape[0], b.shape[0])
-    h = torch.zeros(rows, n, dtype=f64, device=a.device)
-    h[:, :1] = bn[:, :1]
-    if q == 0 or n <= 1:
-        return h
-    tk = torch.zeros(a.shape[0], q, q, dtype=f64, device=a.device)  # T: first column -a[1:], ones above the diagonal
-    tk[:, :, 0] = -an[:, 1:]
-    if q > 1:
-        tk[:, :-1, 1:] = torch.eye(q - 1, dtype=f64, device=a.device)
-    z = torch.empty(rows, q, n - 1, dtype=f64, device=a.device)  # row, state component, time
-    z[..., 0] = bn[:, 1:] - an[:, 1:] * bn[:, :1]
-    k = 1
-    while k < n - 1:  # z[..., k:2k] = T^k z[..., :k]: one batched product per doubling
-        m = min(k, n - 1 - k)
-        z[..., k:k + m] = torch.matmul(tk, z[..., :m])
-        tk = tk @ tk
-        k *= 2
-    h[:, 1:] = z[:, 0]
-    return h
+    b, a = b.expand(rows, taps).contiguous(), a.expand(rows, taps).contiguous()
+    impulse = torch.zeros(rows, n, dtype=f64)
+    impulse[:, :1] = 1.0
+    return _lfilter_cpu(impulse, b, a).to(device)
 
 
 def lfilter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Causal IIR filtering of [B, N] with per-row coefficients [B, order + 1] (or one shared
-    set [order + 1]) from rest, no clamping. On the CPU (with numba) one fused pass per row
-    (:func:`.cpu_kernels.iir_rows`, float64 state). Elsewhere (CUDA, no numba, a gradient)
-    the same from rest is an exact convolution with the filter's first N impulse-response
-    samples (:func:`impulse_response`), done as a real FFT product in float64: a handful of
-    batch-wide operations instead of N sequential steps per row, which on a GPU leave all
-    but B threads idle. Float64 throughout (in float32 a low cutoff's poles are lost). The
-    result has x's dtype."""
+    set [order + 1]) from rest, no clamping, in float64 (in float32 a low cutoff's poles are
+    lost); the result has x's dtype.
+
+    - On the CPU with numba: one fused pass per row (:func:`.cpu_kernels.iir_rows`).
+    - On the CPU without it: torchaudio's compiled recursion (after a shifted-row FIR).
+    - On a GPU: an exact convolution with the filter's first N impulse-response samples
+      (:func:`impulse_response`, computed on the host), as a real FFT product. torchaudio's
+      recursion there runs N sequential steps with one thread per row.
+    - With a gradient: torchaudio's differentiable lfilter."""
     if _fused(x, b, a):
         return cpu_kernels.iir_rows(x, b, a)
-    if x.shape[-1] == 0:
-        return x.clone()
-    return causal_convolve(x, impulse_response(b.to(x.device), a.to(x.device), x.shape[-1]))
+    if x.requires_grad or b.requires_grad or a.requires_grad:
+        f64 = torch.float64
+        return AF.lfilter(x.to(f64), a.to(f64), b.to(f64), clamp=False, batching=a.dim() == 2).to(x.dtype)
+    if _host(x) or x.numel() == 0:
+        return _lfilter_cpu(x, b, a)
+    return causal_convolve(x, impulse_response(b, a, x.shape[-1]).to(x.device))
+
+
+_GPU_PATH_ON_CPU = False  # tests: the CPU takes the GPU's path (see gpu_path_on_cpu)
+
+
+def _host(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and not _GPU_PATH_ON_CPU
+
+
+@contextlib.contextmanager
+def gpu_path_on_cpu():
+    """Within the block, CPU tensors take the GPU's filter path (FFT products with the
+    impulse response) instead of the CPU's recursion: tests compare the two on any machine.
+    Combine with :func:`.cpu_kernels.torch_path` to bypass the kernel too. Not for use while
+    other threads filter."""
+    global _GPU_PATH_ON_CPU
+    saved, _GPU_PATH_ON_CPU = _GPU_PATH_ON_CPU, True
+    try:
+        yield
+    finally:
+        _GPU_PATH_ON_CPU = saved
+
+
+def _lfilter_cpu(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """:func:`lfilter` on the CPU: the kernel when it applies, else torchaudio's compiled
+    recursion in float64 after the feed-forward part as order + 1 multiply-adds of shifted
+    rows (a short FIR; a grouped convolution costs far more for so few taps)."""
+    if _fused(x, b, a):
+        return cpu_kernels.iir_rows(x, b, a)
+    dtype, f64 = x.dtype, torch.float64
+    taps = max(a.shape[-1], b.shape[-1])  # torchaudio's lfilter wants as many of each
+    b, a = F.pad(b.to(f64), (0, taps - b.shape[-1])), F.pad(a.to(f64), (0, taps - a.shape[-1]))
+    if _iir_loop is None:
+        return AF.lfilter(x.to(f64), a, b, clamp=False, batching=a.dim() == 2).to(dtype)
+    x = x.to(f64).contiguous()
+    shared = a.dim() == 1
+    a0 = a[..., :1]
+    bn, an = b / a0, a / a0
+    order = a.shape[-1]
+    N = x.shape[-1]
+    if x.numel() == 0:
+        return x.to(dtype)
+
+    def coef(j):
+        return bn[j] if shared else bn[:, j:j + 1]
+
+    fir = x * coef(0)
+    for j in range(1, min(order, N)):
+        fir[..., j:].addcmul_(x[..., : N - j], coef(j))
+    inp = fir.reshape(-1, 1, N) if shared else fir.reshape(1, -1, N)
+    out = torch.zeros(inp.shape[:-1] + (N + order - 1,), dtype=x.dtype, device=x.device)
+    _iir_loop(inp, an.flip(-1).reshape(-1, order).contiguous(), out)
+    return out[..., order - 1:].reshape(x.shape).to(dtype)
 
 
 def causal_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """The first N outputs of convolving [B, N] with impulse responses [B or 1, >= N]
+    """The first N outputs of convolving [..., N] with impulse responses [B or 1, >= N]
     (float64, one real FFT product of a size with no circular wrap into them): a filter from
-    rest, given its response. The result has x's dtype."""
+    rest, given its response. The result has x's shape and dtype."""
     n = x.shape[-1]
+    if x.numel() == 0:
+        return x.clone()
     m = fast_fft_size(2 * n - 1)
     spectrum = torch.fft.rfft(h[..., :n].to(torch.float64), m)
-    return torch.fft.irfft(torch.fft.rfft(x.to(torch.float64), m) * spectrum, m)[..., :n].to(x.dtype)
+    y = torch.fft.irfft(torch.fft.rfft(x.to(torch.float64), m) * spectrum, m)[..., :n]
+    return y.reshape(x.shape).to(x.dtype)
 
 
 def _fused(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> bool:
@@ -237,18 +286,25 @@ def _fused(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> bool:
 def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Zero-phase IIR filtering with per-sample coefficients: forward, cut at each sample's
     length, then backward from each sample's *own* end, so the result equals filtering the
-    sample alone, whatever padding follows it (0 past each length). On the CPU (with numba)
-    both passes run in one kernel call, the backward one starting at each row's own end.
-    Elsewhere both are products with the impulse response's spectrum (see :func:`lfilter`):
-    the forward pass a convolution, cut at each length; the backward pass the correlation
-    (the conjugate spectrum), which reads only the sample's own forward output."""
+    sample alone, whatever padding follows it (0 past each length).
+
+    - On the CPU with numba both passes run in one kernel call, the backward one starting at
+      each row's own end.
+    - Elsewhere on the CPU (and with a gradient), :func:`lfilter` twice; the backward pass runs
+      on whole reversed rows: a sample's padding comes first there, and a filter at rest fed
+      zeros stays exactly at rest.
+    - On a GPU both passes are products with the impulse response's spectrum: the forward
+      pass a convolution, cut at each length; the backward pass the correlation (the
+      conjugate spectrum), which reads only the sample's own forward output."""
     if _fused(x, b, a):
         return cpu_kernels.iir_rows(x, b, a, lengths.to(torch.int64))
     n = x.shape[-1]
-    if n == 0:
-        return x.clone()
+    if _host(x) or x.requires_grad or b.requires_grad or a.requires_grad or x.numel() == 0:
+        x64 = x.to(torch.float64)  # both passes in float64, as the kernel
+        y = lfilter(x64, b, a) * lengths_mask(lengths.to(x.device), n).to(torch.float64)  # not in place: may be a view
+        return lfilter(y.flip(-1), b, a).flip(-1).to(x.dtype)
     m = fast_fft_size(2 * n - 1)  # neither pass wraps into the first n outputs
-    h = torch.fft.rfft(impulse_response(b.to(x.device), a.to(x.device), n), m)
+    h = torch.fft.rfft(impulse_response(b, a, n).to(x.device), m)
     valid = lengths_mask(lengths.to(x.device), n).to(torch.float64)
     y = torch.fft.irfft(torch.fft.rfft(x.to(torch.float64), m) * h, m)[..., :n] * valid
     return (torch.fft.irfft(torch.fft.rfft(y, m) * h.conj(), m)[..., :n] * valid).to(x.dtype)
@@ -278,7 +334,8 @@ def coloured_noise(keys: torch.Tensor, n: int, colour: torch.Tensor) -> torch.Te
             bt = torch.tensor(b, dtype=z.dtype, device=z.device)
             at = torch.tensor(a, dtype=z.dtype, device=z.device)
             zr = z[rows]
-            z[rows] = lfilter(zr, bt, at) if _fused(zr, bt, at) else causal_convolve(zr, _colour_response(c, bt, at, n))
+            # the CPU: the kernel or torchaudio's loop; a GPU: the kept response
+            z[rows] = lfilter(zr, bt, at) if _host(zr) else causal_convolve(zr, _colour_response(c, bt, at, n))
     return z
 
 
