@@ -319,6 +319,13 @@ def bench_kernels(args) -> None:
     tu = frames.bands(starts, widths, on, T) & (torch.arange(T)[None, :] < fl[:, None])
     from specstream.augment.core import Batch
     from specstream.augment.spec.masks import apply_masks
+    from specstream.features import LogMel, MelConfig
+
+    # the log-mel's power, mel sums and padding, after speed: 64 rows of 14,400-17,600 samples
+    logmel = LogMel(MelConfig())
+    ml = torch.randint(14400, 17601, (B,), generator=g)
+    mwave = 0.1 * torch.randn(B, 17600, generator=g) * (torch.arange(17600)[None, :] < ml[:, None])
+    vtlp_banks = mel.mel_fbanks(16000, 400, 80, alpha=alpha)
 
     cases = [
         (f"filtfilt, biquad [{rows}, {n}]", lambda: dsp.filtfilt(wave, wl, b, a)),
@@ -330,6 +337,8 @@ def bench_kernels(args) -> None:
         ("VTLP filterbanks [64, 80, 201]", lambda: mel.mel_fbanks(16000, 400, 80, alpha=alpha)),
         (f"masks, zero fill [{B}, 80, {T}]", lambda: apply_masks(Batch(feats, fl), [(fu, tu, None)], "zero")),
         (f"masks, mean fill [{B}, 80, {T}]", lambda: apply_masks(Batch(feats, fl), [(fu, tu, None)], "mean")),
+        (f"log-mel, one bank [{B}, 17600]", lambda: logmel(mwave, ml)),
+        (f"log-mel, VTLP banks [{B}, 17600]", lambda: logmel(mwave, ml, fbanks=vtlp_banks)),
     ]
 
     def torch_path(fn):

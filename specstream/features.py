@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import torch
 
+from .functional import cpu_kernels
 from .functional.frames import lengths_mask, zero_padding  # noqa: F401 - lengths_mask: public here too
 from .functional.mel import hz_to_mel, mel_fbanks, mel_to_hz, vtlp_warp  # noqa: F401 - public here too
 
@@ -136,19 +137,34 @@ class LogMel(torch.nn.Module):
     def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """|STFT|**power, [B, n_freqs, T] (the same transform as torchaudio's Spectrogram
         with center=False, computed as re**2 + im**2 rather than through a complex abs)."""
-        c = self.cfg
-        spec = torch.stft(wave, c.n_fft, c.hop_length, c.win_length or c.n_fft, self.window,
-                          center=False, return_complex=True)
-        r = torch.view_as_real(spec)
+        r = torch.view_as_real(self._stft(wave))
         re, im = r[..., 0], r[..., 1]
         p = re * re + im * im  # the same values as .pow(2).sum(-1), without its slow size-2 reduction
-        return p if c.power == 2.0 else p.pow(c.power / 2)
+        return p if self.cfg.power == 2.0 else p.pow(self.cfg.power / 2)
+
+    def _stft(self, wave: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        return torch.stft(wave, c.n_fft, c.hop_length, c.win_length or c.n_fft, self.window, center=False,
+                          return_complex=True)
+
+    @staticmethod
+    def _fused(wave: torch.Tensor, fb: torch.Tensor) -> bool:
+        """The CPU kernel applies: float32 CPU input and filterbanks, no gradient, numba."""
+        return (wave.device.type == "cpu" and wave.dtype == torch.float32 and fb.dtype == torch.float32
+                and fb.device.type == "cpu" and fb.dim() in (2, 3) and wave.dim() == 2
+                and not (wave.requires_grad or fb.requires_grad) and cpu_kernels.available())
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor, fbanks: Optional[torch.Tensor] = None):
         """``fbanks``: per-sample filterbanks [B, n_mels, n_freqs] (VTLP) instead of the fixed one."""
         if self.cfg.center:
             wave = self._center_pad(wave, lengths)
-        mel = torch.matmul(self.fbanks if fbanks is None else fbanks, self.power_spectrogram(wave))
+        fb = self.fbanks if fbanks is None else fbanks
+        if self._fused(wave, fb):  # power, mel sums and padding in one pass (the same values to roundoff)
+            spec = self._stft(wave)
+            frames = torch.clamp(self.cfg.num_frames(lengths), max=spec.shape[-1])
+            return cpu_kernels.mel_log(spec, fb if fb.dim() == 3 else fb[None], frames, self.cfg.power,
+                                       self.cfg.log_offset, self.cfg.log_floor == "clamp"), frames
+        mel = torch.matmul(fb, self.power_spectrogram(wave))
         if self.cfg.log_floor == "add":
             feats = torch.log(mel + self.cfg.log_offset)
         else:

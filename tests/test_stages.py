@@ -200,6 +200,42 @@ def _check_filterbanks(scale, norm):
                 np.testing.assert_allclose(got[b, m].numpy(), tri, rtol=1e-6, atol=1e-9 * max(1.0, tri.max()))
 
 
+@pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values")
+@pytest.mark.parametrize("opts", [
+    dict(), dict(power=1.0), dict(log_floor="clamp", log_offset=1e-10),
+    dict(n_fft=512, hop_length=128, n_mels=64, window="hamming", mel_scale="slaney", norm="slaney",
+         f_min=50.0, f_max=7000.0),
+    dict(n_fft=256, n_mels=128),  # filters narrower than a bin: some rows all zero
+])
+def test_logmel_kernel_equals_the_torch_path(opts):
+    """The CPU kernel (power, each mel filter summed over its own span of frequencies, the
+    padding) against the torch path (a dense filterbank product, which CUDA runs), on rows of
+    unequal lengths with garbage past them (one shorter than the centre pad, one of a single
+    sample), with the fixed filterbank and with per-sample VTLP banks: the same frames, the
+    same log-mel to float roundoff, 0 past each sample's frames."""
+    from specstream.features import LogMel, MelConfig
+    from specstream.functional import cpu_kernels
+    from specstream.functional.mel import mel_fbanks
+
+    assert cpu_kernels.available(), "numba is a dependency: the CPU kernel must be in use"
+    rng = np.random.default_rng(4)
+    lengths = [16000, 9000, 4321, 150, 1, 15999]
+    wave = torch.from_numpy(rng.standard_normal((len(lengths), 16000)).astype(np.float32) * 0.1)
+    L = torch.tensor(lengths)
+    mc = MelConfig(**opts)
+    lm = LogMel(mc)
+    alpha = torch.tensor([0.85, 0.9, 1.0, 1.05, 1.1, 1.15], dtype=torch.float64)
+    vtlp = mel_fbanks(mc.sample_rate, mc.n_fft, mc.n_mels, mc.f_min, mc.f_max, mc.mel_scale, mc.norm, alpha=alpha)
+    for fb in (None, vtlp):
+        got, frames = lm(wave, L, fbanks=fb)
+        with cpu_kernels.torch_path():
+            want, want_frames = lm(wave, L, fbanks=fb)
+        assert torch.equal(frames, want_frames) and got.shape == want.shape and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+        for i in range(len(lengths)):
+            assert (got[i, :, int(frames[i]):] == 0).all()
+
+
 def test_featurize_fixed_mode_zeroes_frames_past_length():
     stage = FeaturizeStage(cfg(), device="cpu")
     audio = np.zeros((2, 16000), np.float32)

@@ -8,6 +8,6 @@ featurizer are built from, testable on their own.
   coloured noise.
 - :mod:`.random`: the keyed counter-based generator (seed, epoch, key, op) -> uniforms.
 - :mod:`.cpu_kernels`: fused CPU kernels (numba) behind interpolation, IIR filters, the
-  keyed hashes, masks and per-sample filterbanks, each checked against the torch path it
-  replaces on the CPU.
+  keyed hashes, masks, per-sample filterbanks and the log-mel's mel sums, each checked
+  against the torch path it replaces on the CPU.
 """

@@ -267,3 +267,80 @@ def mask_rows(x, lengths, fmask, tmask, fill, out):
                     orow[t] = fb
         for t in range(n, T):
             orow[t] = 0
+
+
+@numba.njit(inline="always")
+def _span(row):
+    """(first, one past the last) non-zero entry of a filterbank row ((0, 0) when none)."""
+    first, last = row.shape[0], -1
+    for f in range(row.shape[0]):
+        if row[f] != 0.0:
+            if first == row.shape[0]:
+                first = f
+            last = f
+    return (first, last + 1) if last >= 0 else (0, 0)
+
+
+@numba.njit(inline="always")
+def _mel_out(v, offset, clamp):
+    return max(v, offset) if clamp else v + offset
+
+
+@_jit(parallel=True)
+def mel_rows(spec, fb, frames, half_power, offset, clamp, out):
+    """out[b, m, t] = sum_f fb[., m, f] |spec[b, f, t]|^(2 half_power) + offset (or
+    max(sum, offset) with ``clamp``) for each sample's first frames[b] frames, 1.0 after (0
+    once the caller takes the log in place): spec [B, F, T, 2] float32 (re, im), fb [1 or
+    B, M, F] float32. Each filter sums over its own span of non-zero weights only (a mel
+    triangle covers a few frequencies, so a frame costs about 2 F multiply-adds instead of
+    the dense product's M F). Sums in float64 in frequency order; four frames at a time, as
+    four independent sums whose additions overlap."""
+    B, F, T = spec.shape[0], spec.shape[1], spec.shape[2]
+    M = fb.shape[1]
+    shared = fb.shape[0] == 1
+    lo0 = np.zeros(M, np.int64)
+    hi0 = np.zeros(M, np.int64)
+    if shared:  # one bank: its spans once
+        for m in range(M):
+            lo0[m], hi0[m] = _span(fb[0, m])
+    for b in numba.prange(B):
+        g = fb[0] if shared else fb[b]
+        lo, hi = lo0, hi0
+        if not shared:
+            lo = np.empty(M, np.int64)
+            hi = np.empty(M, np.int64)
+            for m in range(M):
+                lo[m], hi[m] = _span(g[m])
+        p = np.zeros((F, 4), np.float64)
+        nf = min(max(frames[b], 0), T)
+        for t0 in range(0, nf, 4):
+            nt = min(4, nf - t0)
+            for j in range(nt):
+                for f in range(F):
+                    re = np.float64(spec[b, f, t0 + j, 0])
+                    im = np.float64(spec[b, f, t0 + j, 1])
+                    p[f, j] = re * re + im * im
+                if half_power != 1.0:
+                    for f in range(F):
+                        p[f, j] = p[f, j] ** half_power
+            for m in range(M):
+                a0 = 0.0
+                a1 = 0.0
+                a2 = 0.0
+                a3 = 0.0
+                for f in range(lo[m], hi[m]):
+                    w = np.float64(g[m, f])
+                    a0 += w * p[f, 0]
+                    a1 += w * p[f, 1]
+                    a2 += w * p[f, 2]
+                    a3 += w * p[f, 3]
+                out[b, m, t0] = _mel_out(a0, offset, clamp)
+                if nt > 1:
+                    out[b, m, t0 + 1] = _mel_out(a1, offset, clamp)
+                if nt > 2:
+                    out[b, m, t0 + 2] = _mel_out(a2, offset, clamp)
+                if nt > 3:
+                    out[b, m, t0 + 3] = _mel_out(a3, offset, clamp)
+        for m in range(M):
+            for t in range(nf, T):
+                out[b, m, t] = 1.0

@@ -9,7 +9,9 @@
   and of the parameter draws (one call instead of a dozen small numpy operations);
 - :func:`bands`: the union of per-sample intervals (mask bands) as a [B, size] row mask;
 - :func:`triangles`: per-sample (VTLP-warped) mel filterbanks, two weights per frequency;
-- :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass.
+- :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass;
+- :func:`mel_log`: a log-mel's power, mel sums (each filter over its own few frequencies,
+  not a dense product) and frame padding in one pass over the STFT.
 
 Linear interpolation along the time axis at per-sample positions (time warp, time
 stretch) is two gathers and a lerp in torch. Each is a separate pass over the batch, and
@@ -56,7 +58,7 @@ def _compile():
 
     return {"interp": k.interp_rows, "iir": k.iir_rows, "stream": k.stream_uniform_rows,
             "keyed": k.keyed_uniform_rows, "prefix": k.prefix_rows, "bands": k.band_rows,
-            "triangles": k.triangle_rows, "mask": k.mask_rows}
+            "triangles": k.triangle_rows, "mask": k.mask_rows, "mel": k.mel_rows}
 
 
 def _use_torch_openmp() -> None:
@@ -260,3 +262,18 @@ def apply_masks(x: torch.Tensor, lengths: torch.Tensor, fmask: torch.Tensor, tma
                 np.ascontiguousarray(fmask.numpy()), np.ascontiguousarray(tmask.numpy()),
                 np.ascontiguousarray(fill.to(x.dtype).numpy()), out.numpy())
     return out
+
+
+def mel_log(spec: torch.Tensor, fbanks: torch.Tensor, frames: torch.Tensor, power: float, offset: float,
+            clamp: bool) -> torch.Tensor:
+    """[B, M, T] float32: log(fbanks @ |spec|**power + offset) (log(max(., offset)) with
+    ``clamp``) for each sample's first ``frames`` [B] frames, 0 after; ``spec`` [B, F, T]
+    complex64 (an STFT, CPU), ``fbanks`` [1 or B, M, F] float32. The kernel writes the sums
+    (1.0 in the padding), torch's vectorised log runs in place. Requires :func:`available`."""
+    B, F, T = spec.shape
+    out = torch.empty((B, fbanks.shape[1], T), dtype=torch.float32)
+    if out.numel():
+        _launch("mel", torch.view_as_real(spec).numpy(), np.ascontiguousarray(fbanks.numpy(), dtype=np.float32),
+                np.ascontiguousarray(frames.numpy(), dtype=np.int64), float(power) / 2.0, float(offset),
+                bool(clamp), out.numpy())
+    return out.log_()
