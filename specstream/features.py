@@ -63,8 +63,11 @@ class MelConfig:
             raise ValueError("features: mel_scale must be 'htk' or 'slaney'")
         if self.norm not in (None, "slaney"):
             raise ValueError("features: norm must be null or 'slaney'")
-        if self.log_offset <= 0:
-            raise ValueError("features: log_offset must be positive")
+        if not self.log_offset >= 1.2e-38:
+            raise ValueError("features: log_offset must be at least 1.2e-38 (float32's smallest normal number: "
+                             "below it the floor is 0 in float32 and silence gives -inf)")
+        if not self.power > 0:
+            raise ValueError("features: power must be positive (2: power, 1: magnitude)")
         if self.pad_mode not in ("reflect", "constant"):
             raise ValueError("features: pad_mode must be 'reflect' or 'constant'")
         if self.window not in WINDOWS:
@@ -114,8 +117,9 @@ class LogMel(torch.nn.Module):
         alone, so a sample's features do not depend on what else is in the batch."""
         pad = self.cfg.n_fft // 2
         B, N = wave.shape
-        if self.cfg.pad_mode == "constant":  # zeros on both sides: padding is already 0
-            return torch.nn.functional.pad(wave, (pad, pad))
+        if self.cfg.pad_mode == "constant":  # zeros on both sides of each sample's own samples
+            out = torch.nn.functional.pad(wave, (pad, pad))
+            return zero_padding(out, lengths.to(wave.device) + pad, inplace=True)
         if N > pad and bool((lengths == N).all()):  # every sample fills the batch: plain reflect
             return torch.nn.functional.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
         if N > pad and lengths.numel() and bool(((lengths > pad) & (lengths <= N)).all()):
@@ -147,15 +151,21 @@ class LogMel(torch.nn.Module):
         return torch.stft(wave, c.n_fft, c.hop_length, c.win_length or c.n_fft, self.window, center=False,
                           return_complex=True)
 
-    @staticmethod
-    def _fused(wave: torch.Tensor, fb: torch.Tensor) -> bool:
-        """The CPU kernel applies: float32 CPU input and filterbanks, no gradient, numba."""
+    def _fused(self, wave: torch.Tensor, fb: torch.Tensor) -> bool:
+        """The CPU kernel applies: float32 CPU input and filterbanks of this transform's
+        frequencies (one bank, or one per sample), no gradient, numba. Anything else takes
+        the dense product (which raises on shapes that do not fit)."""
+        n_freqs = self.cfg.n_fft // 2 + 1
+        banks_fit = fb.shape[-1] == n_freqs and (fb.dim() == 2 or (fb.dim() == 3 and fb.shape[0] in (1, wave.shape[0])))
         return (wave.device.type == "cpu" and wave.dtype == torch.float32 and fb.dtype == torch.float32
-                and fb.device.type == "cpu" and fb.dim() in (2, 3) and wave.dim() == 2
+                and fb.device.type == "cpu" and wave.dim() == 2 and banks_fit
                 and not (wave.requires_grad or fb.requires_grad) and cpu_kernels.available())
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor, fbanks: Optional[torch.Tensor] = None):
         """``fbanks``: per-sample filterbanks [B, n_mels, n_freqs] (VTLP) instead of the fixed one."""
+        if wave.shape[0] == 0:  # no samples (torch.stft refuses an empty batch)
+            T = int(self.cfg.num_frames(torch.tensor(wave.shape[-1])).clamp(min=0))
+            return wave.new_zeros((0, self.cfg.n_mels, T)), lengths.new_zeros(0)
         if self.cfg.center:
             wave = self._center_pad(wave, lengths)
         fb = self.fbanks if fbanks is None else fbanks

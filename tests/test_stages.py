@@ -236,6 +236,43 @@ def test_logmel_kernel_equals_the_torch_path(opts):
             assert (got[i, :, int(frames[i]):] == 0).all()
 
 
+def test_logmel_edge_inputs_on_both_paths():
+    """Filterbanks that do not fit the transform raise on the kernel path as on the dense one
+    (the kernel reads without bounds checks: it must never see them); an empty batch gives
+    an empty result; constant centre padding ignores garbage past each sample's length (a
+    sample alone = the same sample in a batch); invalid power and floors are refused."""
+    import contextlib
+
+    from specstream.features import LogMel, MelConfig
+    from specstream.functional import cpu_kernels
+
+    rng = np.random.default_rng(7)
+    wave = torch.from_numpy(rng.standard_normal((4, 4000)).astype(np.float32))
+    L = torch.tensor([4000, 3000, 2000, 1000])
+    for path in ("kernel", "torch"):
+        with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+            lm = LogMel(MelConfig())
+            for bad in (torch.rand(2, 80, 201), torch.rand(6, 80, 201), torch.rand(1, 80, 257), torch.rand(80, 129)):
+                with pytest.raises(RuntimeError):
+                    lm(wave, L, fbanks=bad)
+            feats, frames = lm(wave[:0], L[:0])
+            assert feats.shape == (0, 80, 26) and frames.shape == (0,)
+            const = LogMel(MelConfig(pad_mode="constant"))
+            garbage = wave.clone()
+            garbage[1:, 3000:] = 7.0
+            together, fr = const(garbage, L)
+            for i in range(4):
+                n = int(L[i])
+                alone, _ = const(wave[i:i + 1, :n], L[i:i + 1])
+                torch.testing.assert_close(together[i, :, : int(fr[i])], alone[0], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="mel_log: filterbanks"):
+        spec = torch.stft(wave, 400, 160, window=torch.hann_window(400), center=False, return_complex=True)
+        cpu_kernels.mel_log(spec, torch.rand(2, 80, 201), torch.tensor([20, 20, 10, 4]), 2.0, 1e-6, False)
+    for bad in (dict(power=0.0), dict(power=-1.0), dict(log_offset=1e-50), dict(log_offset=0.0)):
+        with pytest.raises(ValueError):
+            MelConfig(**bad).validate()
+
+
 def test_featurize_fixed_mode_zeroes_frames_past_length():
     stage = FeaturizeStage(cfg(), device="cpu")
     audio = np.zeros((2, 16000), np.float32)

@@ -605,6 +605,25 @@ def test_filters_on_every_path_long_rows_empty_batches_and_1d_input(path):
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_iir_kernel_keeps_nan_and_inf_like_the_torch_path():
+    """The kernel's flush of tiny states (every 64 steps) leaves NaN and inf alone: a NaN in a
+    row poisons what follows it there as on the torch path, not just up to the next flush."""
+    from specstream.functional import cpu_kernels
+    from specstream.functional.dsp import biquad, filtfilt, lfilter
+
+    b, a = biquad("lowpass", torch.tensor([1000.0], dtype=torch.float64), SR, 0.7071)
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(1, 2000, generator=torch.Generator().manual_seed(8))
+        x[0, 100] = bad
+        L = torch.tensor([2000])
+        got = (lfilter(x, b, a), filtfilt(x, L, b, a))
+        with cpu_kernels.torch_path():
+            want = (lfilter(x, b, a), filtfilt(x, L, b, a))
+        for g, w in zip(got, want):
+            assert torch.equal(torch.isfinite(g), torch.isfinite(w)), bad
+        assert not bool(torch.isfinite(got[0][0, 100:]).any())
+
+
 def test_filtfilt_and_lfilter_keep_gradients():
     """With a gradient wanted (the torch path, through torchaudio's lfilter): the same values
     as without, and a gradient flows back to the input (an in-place write on torchaudio's

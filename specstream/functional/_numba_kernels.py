@@ -89,8 +89,9 @@ TINY = 1e-290  # a filter state below this is 0: a decaying state (silence, zero
 
 @numba.njit(inline="always")
 def ftz(v):
-    """v, or 0 where |v| < TINY (a flush to zero above the subnormal range)."""
-    return v if abs(v) >= TINY else 0.0
+    """v, or 0 where |v| < TINY (a flush to zero above the subnormal range; NaN and inf
+    stay)."""
+    return 0.0 if abs(v) < TINY else v
 
 
 @numba.njit(inline="always")

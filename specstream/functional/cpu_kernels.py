@@ -271,6 +271,9 @@ def mel_log(spec: torch.Tensor, fbanks: torch.Tensor, frames: torch.Tensor, powe
     complex64 (an STFT, CPU), ``fbanks`` [1 or B, M, F] float32. The kernel writes the sums
     (1.0 in the padding), torch's vectorised log runs in place. Requires :func:`available`."""
     B, F, T = spec.shape
+    if fbanks.dim() != 3 or fbanks.shape[0] not in (1, B) or fbanks.shape[-1] != F:
+        raise ValueError(f"mel_log: filterbanks {tuple(fbanks.shape)} for an STFT of {B} rows and {F} frequencies "
+                         f"(need [1 or {B}, n_mels, {F}])")
     out = torch.empty((B, fbanks.shape[1], T), dtype=torch.float32)
     if out.numel():
         _launch("mel", torch.view_as_real(spec).numpy(), np.ascontiguousarray(fbanks.numpy(), dtype=np.float32),
