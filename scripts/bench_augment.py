@@ -291,9 +291,8 @@ def main(argv=None) -> int:
 def bench_kernels(args) -> None:
     """Each fused CPU kernel (numba) against the torch path it replaces (what the CPU runs
     without numba; CUDA too, but for the filters: FFT products there), on the same inputs in
-    the same run, at the sizes the featurize
-    stage hands them: 19 rows (p = 0.3 of a batch of 64) of 17,800 samples (1.1 s after
-    speed), a batch of 64 for the rest."""
+    the same run, at the sizes the featurize stage hands them: 19 rows (p = 0.3 of a batch
+    of 64) of 17,800 samples (1.1 s after speed), a batch of 64 for the rest."""
     from specstream.functional import dsp, frames, mel
     from specstream.functional import random as R
 
