@@ -8,7 +8,7 @@ from typing import List, Optional
 import torch
 
 from .functional import cpu_kernels
-from .functional.frames import lengths_mask, zero_padding  # noqa: F401 - lengths_mask: public here too
+from .functional.frames import lengths_mask, zero_padding
 from .functional.mel import hz_to_mel, mel_fbanks, mel_to_hz, vtlp_warp  # noqa: F401 - public here too
 
 WINDOWS = {
@@ -141,7 +141,10 @@ class LogMel(torch.nn.Module):
     def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """|STFT|**power, [B, n_freqs, T] (the same transform as torchaudio's Spectrogram
         with center=False, computed as re**2 + im**2 rather than through a complex abs)."""
-        r = torch.view_as_real(self._stft(wave))
+        return self._power(self._stft(wave))
+
+    def _power(self, spec: torch.Tensor) -> torch.Tensor:
+        r = torch.view_as_real(spec)
         re, im = r[..., 0], r[..., 1]
         p = re * re + im * im  # the same values as .pow(2).sum(-1), without its slow size-2 reduction
         return p if self.cfg.power == 2.0 else p.pow(self.cfg.power / 2)
@@ -169,19 +172,17 @@ class LogMel(torch.nn.Module):
         if self.cfg.center:
             wave = self._center_pad(wave, lengths)
         fb = self.fbanks if fbanks is None else fbanks
+        spec = self._stft(wave)
+        frames = torch.clamp(self.cfg.num_frames(lengths), max=spec.shape[-1])
         if self._fused(wave, fb):  # power, mel sums and padding in one pass (the same values to roundoff)
-            spec = self._stft(wave)
-            frames = torch.clamp(self.cfg.num_frames(lengths), max=spec.shape[-1])
             return cpu_kernels.mel_log(spec, fb if fb.dim() == 3 else fb[None], frames, self.cfg.power,
                                        self.cfg.log_offset, self.cfg.log_floor == "clamp"), frames
-        mel = torch.matmul(fb, self.power_spectrogram(wave))
+        mel = torch.matmul(fb, self._power(spec))
         if self.cfg.log_floor == "add":
             feats = torch.log(mel + self.cfg.log_offset)
         else:
             feats = torch.log(mel.clamp(min=self.cfg.log_offset))
-        frames = torch.clamp(self.cfg.num_frames(lengths), max=feats.shape[-1])
-        valid = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]
-        return feats * valid[:, None, :], frames
+        return feats * lengths_mask(frames, feats.shape[-1])[:, None, :], frames
 
 
 def finalize(feats: torch.Tensor, lengths: torch.Tensor, cfg: MelConfig) -> torch.Tensor:

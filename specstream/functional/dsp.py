@@ -270,9 +270,14 @@ def causal_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     if x.numel() == 0:
         return x.clone()
     m = fast_fft_size(2 * n - 1)
-    spectrum = torch.fft.rfft(h[..., :n].to(torch.float64), m)
-    y = torch.fft.irfft(torch.fft.rfft(x.to(torch.float64), m) * spectrum, m)[..., :n]
-    return y.reshape(x.shape).to(x.dtype)
+    return _times_spectrum(x, torch.fft.rfft(h[..., :n].to(torch.float64), m), m).reshape(x.shape).to(x.dtype)
+
+
+def _times_spectrum(x: torch.Tensor, spectrum: torch.Tensor, m: int) -> torch.Tensor:
+    """The first N samples (float64) of x [..., N] times ``spectrum`` (a real FFT of size m
+    >= 2N - 1): a convolution from rest, or with a conjugate spectrum a correlation."""
+    n = x.shape[-1]
+    return torch.fft.irfft(torch.fft.rfft(x.to(torch.float64), m) * spectrum, m)[..., :n]
 
 
 def _fused(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> bool:
@@ -306,8 +311,8 @@ def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.T
     m = fast_fft_size(2 * n - 1)  # neither pass wraps into the first n outputs
     h = torch.fft.rfft(impulse_response(b, a, n).to(x.device), m)
     valid = lengths_mask(lengths.to(x.device), n).to(torch.float64)
-    y = torch.fft.irfft(torch.fft.rfft(x.to(torch.float64), m) * h, m)[..., :n] * valid
-    return (torch.fft.irfft(torch.fft.rfft(y, m) * h.conj(), m)[..., :n] * valid).to(x.dtype)
+    y = _times_spectrum(x, h, m) * valid
+    return (_times_spectrum(y, h.conj(), m) * valid).to(x.dtype)
 
 
 # Pink (1/f power) noise from white noise: Paul Kellet's / J. O. Smith's 3-pole, 3-zero
