@@ -825,6 +825,10 @@ def test_cpu_kernels_load_from_numbas_cache_in_a_new_process():
         "s = torch.stft(torch.randn(2, 800), 400, 160, window=torch.hann_window(400), center=False,\n"
         "               return_complex=True)\n"
         "ck.mel_log(s, torch.rand(1, 4, 201), torch.tensor([3, 2]), 2.0, 1e-6, False)\n"
+        "w, n = torch.randn(2, 30), torch.tensor([30, 7])\n"
+        "ck.snr_mix(w, torch.randn(2, 30), n, torch.zeros(2)); ck.level(w, w, n, True)\n"
+        "ck.segment_mix(w, n, torch.randn(100), torch.tensor([[0], [50]]), torch.tensor([1, 1]), torch.zeros(2))\n"
+        "ck.center_pad(w, n, 4, True)\n"
         "used = [f for f in vars(k).values() if hasattr(f, 'stats') and f.signatures]\n"
         "print(len(used), sum(sum(f.stats.cache_misses.values()) for f in used))\n"
     )
@@ -832,7 +836,7 @@ def test_cpu_kernels_load_from_numbas_cache_in_a_new_process():
             for _ in range(2)]
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
-    assert runs[1].stdout.split() == ["9", "0"], runs[1].stdout  # 9 kernels called, none compiled again
+    assert runs[1].stdout.split() == ["13", "0"], runs[1].stdout  # 13 kernels called, none compiled again
 
 
 def test_cpu_kernel_in_a_forked_child_falls_back_to_the_torch_path():
@@ -874,3 +878,31 @@ def test_specstream_numba_0_turns_the_cpu_kernel_off():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["False", "False", "True"], out.stdout
+
+
+def test_randint_scalar_bounds_equal_the_tensor_formula():
+    """randint's shortcut for integer bounds gives the values (and dtype) of the general
+    formula, at the ends of [0, 1) too, and the high bound where high < low."""
+    from specstream.augment.core import randint
+
+    u = torch.rand(50000, generator=torch.Generator().manual_seed(0))
+    u[:4] = torch.tensor([0.0, 1 - 2 ** -24, 0.5, 1e-9])
+    for lo, hi in ((0, 2), (0, 0), (3, 19), (-5, 5), (0, 26), (4, 1)):
+        got = randint(u, lo, hi)
+        want = randint(u, torch.tensor(lo), torch.tensor(hi))
+        assert got.dtype == want.dtype == torch.int64 and torch.equal(got, want), (lo, hi)
+        assert int(got.min()) == min(lo, hi) and int(got.max()) == hi
+
+
+def test_gaussian_stream_kernel_equals_the_torch_path_bit_for_bit():
+    """The noise streams' kernel (2u - 1, clamped, written by the hash kernel) gives torch's
+    values exactly, so recorded noise keys replay the same noise on either path."""
+    from specstream.functional import cpu_kernels
+    from specstream.functional.dsp import gaussian_stream
+
+    keys = torch.tensor([0, 1, 7, 2 ** 31 + 5, -3])
+    got = gaussian_stream(keys, 20001)
+    with cpu_kernels.torch_path():
+        want = gaussian_stream(keys, 20001)
+    assert torch.equal(got, want)
+    assert abs(float(got.std()) - 1.0) < 0.02 and abs(float(got.mean())) < 0.02

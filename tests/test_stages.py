@@ -138,12 +138,45 @@ def test_featurize_matches_torchaudio_per_sample_whatever_the_batch():
     assert out["target"].tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("path", ["numba", "torch"])
 @pytest.mark.parametrize("short", [False, True])
-def test_logmel_reflect_pads_each_sample_at_its_own_end(short):
-    """LogMel's per-sample centre padding, both ways it is built: every sample longer than
-    the pad (one copy, each row's reflected tail written at its own end) and a batch with a
-    sample shorter than the pad (the gather path). Each long sample's features equal
-    torchaudio's on the sample alone, whatever garbage the batch holds past its length."""
+def test_logmel_reflect_pads_each_sample_at_its_own_end(short, path):
+    """LogMel's per-sample centre padding, every way it is built: the CPU kernel (one pass),
+    and on the torch path every sample longer than the pad (one copy, each row's reflected
+    tail written at its own end) and a batch with a sample shorter than the pad (the gather
+    path). Each long sample's features equal torchaudio's on the sample alone, whatever
+    garbage the batch holds past its length."""
+    import contextlib
+
+    from specstream.features import LogMel, MelConfig
+    from specstream.functional import cpu_kernels
+
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        _check_reflect_padding(short)
+
+
+def test_centre_padding_kernel_equals_the_torch_paths_bit_for_bit():
+    """The centre-padding kernel writes what the torch paths write, in both pad modes, for
+    lengths 0, 1, below and above the pad, full rows and rows shorter than the pad, with
+    garbage past every length."""
+    from specstream.features import LogMel, MelConfig
+    from specstream.functional import cpu_kernels
+
+    assert cpu_kernels.available(), "numba is a dependency: the CPU kernel must be in use"
+    g = torch.Generator().manual_seed(5)
+    for mode in ("reflect", "constant"):
+        lm = LogMel(MelConfig(pad_mode=mode))
+        for N, lengths in ((3000, [3000] * 3), (3000, [3000, 2999, 1000, 201]), (3000, [3000, 150, 1, 0, 200, 201]),
+                           (150, [150, 10, 0, 1]), (1, [1, 0])):
+            L = torch.tensor(lengths)
+            w = torch.randn(len(lengths), N, generator=g)
+            got = lm._center_pad(w, L)
+            with cpu_kernels.torch_path():
+                want = lm._center_pad(w, L)
+            assert torch.equal(got, want), (mode, N, lengths)
+
+
+def _check_reflect_padding(short):
     from specstream.features import LogMel, MelConfig
 
     rng = np.random.default_rng(3)

@@ -691,3 +691,90 @@ def test_reverb_with_cached_rir_spectra_equals_direct_convolution(rir_dir):
     rirs = op.rirs(x.device)
     ref = fft_convolve(x, rirs.rirs[p["rir"]])[:, rirs.pre:rirs.pre + 3000] * (torch.arange(3000)[None, :] < L[:, None])
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_mixing_kernels_match_a_numpy_reference_per_sample(path):
+    """mix_at_snr, mix_segments_at_snr and match_power (the CPU kernels: powers in float64,
+    one pass per row; or the torch path) against float64 numpy on each sample alone:
+    lengths 0, 1 and full, garbage past each length in the noise and in strided views,
+    silent noise (no noise added) and silent samples. The drawn SNR is what comes out."""
+    import contextlib
+
+    from specstream.functional import cpu_kernels, dsp
+
+    assert cpu_kernels.available(), "numba is a dependency: the CPU kernels must be in use"
+    g = torch.Generator().manual_seed(1)
+    L = torch.tensor([3000, 1, 0, 2999, 1700, 3000, 640])
+    B, N = len(L), 3000
+    inside = torch.arange(N)[None, :] < L[:, None]
+    x = torch.randn(B, N, generator=g) * 0.2 * inside
+    x[5] = 0  # a silent sample: g = 0
+    noise = torch.randn(B, N, generator=g) + 9.0 * ~inside  # garbage past each length
+    noise[6, :640] = 0  # silent noise: nothing added
+    snr = torch.tensor([0.0, 10.0, 5.0, -5.0, 30.0, 3.0, 12.0])
+    data = torch.randn(20000, generator=g)
+    starts = torch.randint(0, 20000 - N, (B, 3), generator=g)
+    count = torch.tensor([1, 3, 2, 0, 2, 3, 1])
+    wide = torch.randn(B, N + 700, generator=g)
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        mixed = dsp.mix_at_snr(x, noise.clone(), L, snr)
+        seg_mixed = dsp.mix_segments_at_snr(x, L, data, starts, count, snr)
+        matched = dsp.match_power(wide[:, 300:300 + N], x + 0.5 * inside, L, True)
+        cut = dsp.match_power(wide[:, 300:300 + N].clone(), x, L, False, inplace=True)
+    X, Nz, D, W = (t.double().numpy() for t in (x, noise, data, wide))
+
+    def mix_ref(xr, nr, db):
+        ps, pn = (xr ** 2).mean() if len(xr) else 0.0, (nr ** 2).mean() if len(nr) else 0.0
+        return xr + (np.sqrt(ps / (pn * 10 ** (db / 10))) if pn > 0 else 0.0) * nr
+
+    for b in range(B):
+        n = int(L[b])
+        np.testing.assert_allclose(mixed[b, :n].numpy(), mix_ref(X[b, :n], Nz[b, :n], float(snr[b])),
+                                   rtol=1e-5, atol=1e-6)
+        segs = [D[s:s + n] / max(np.sqrt((D[s:s + n] ** 2).mean()) if n else 0.0, 1e-10)
+                for s in starts[b, :int(count[b])].tolist()]
+        want = mix_ref(X[b, :n], np.sum(segs, 0) if segs else np.zeros(n), float(snr[b]))
+        np.testing.assert_allclose(seg_mixed[b, :n].numpy(), want, rtol=1e-5, atol=1e-5)
+        ref = X[b, :n] + 0.5
+        gain = np.sqrt((ref ** 2).mean() / max((W[b, 300:300 + n] ** 2).mean(), 1e-20)) if n else 1.0
+        np.testing.assert_allclose(matched[b, :n].numpy(), W[b, 300:300 + n] * gain, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(cut[b, :n].numpy(), wide[b, 300:300 + n].numpy())
+        for t in (mixed, seg_mixed, matched, cut):
+            assert (t[b, n:] == 0).all()
+        if n > 100 and b not in (5, 6) and int(count[b]) > 0:
+            achieved = 10 * np.log10((X[b, :n] ** 2).mean() / ((seg_mixed[b, :n].double().numpy() - X[b, :n]) ** 2).mean())
+            assert abs(achieved - float(snr[b])) < 1e-3
+    assert (mixed[5] == 0).all() and torch.equal(mixed[6], x[6])  # silent sample: g = 0; silent noise: none added
+    if path == "numba":
+        with pytest.raises(ValueError, match="do not fit"):
+            dsp.mix_segments_at_snr(x, L, data, starts + 20000, count, snr)
+
+
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_filter_rows_in_place_touches_only_its_rows(path):
+    """filter_rows_ (the kernel reads and writes the listed rows where they are) equals
+    filtfilt / lfilter of the gathered rows; every other row stays bit for bit."""
+    import contextlib
+
+    from specstream.functional import cpu_kernels, dsp
+
+    g = torch.Generator().manual_seed(2)
+    L = torch.tensor([2000, 1500, 7, 0, 2000, 999])
+    x = torch.randn(6, 2000, generator=g) * (torch.arange(2000)[None, :] < L[:, None])
+    rows = torch.tensor([4, 0, 2, 3])
+    b, a = dsp.biquad("highpass", torch.tensor([300.0, 80.0, 1000.0, 50.0], dtype=torch.float64), SR, 0.7071)
+    bp, ap = (torch.tensor(c) for c in dsp.PINK)
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        zero_phase = dsp.filter_rows_(x.clone(), b, a, rows, L)
+        causal = dsp.filter_rows_(x.clone(), bp, ap, rows)
+        want_zp = dsp.filtfilt(x[rows], L[rows], b, a)
+        want_c = dsp.lfilter(x[rows], bp, ap)
+    torch.testing.assert_close(zero_phase[rows], want_zp, rtol=0, atol=1e-6)
+    torch.testing.assert_close(causal[rows], want_c, rtol=0, atol=1e-6)
+    others = torch.tensor([1, 5])
+    assert torch.equal(zero_phase[others], x[others]) and torch.equal(causal[others], x[others])
+    assert not torch.equal(zero_phase[0], x[0])
+    if path == "numba":
+        with pytest.raises(ValueError, match="distinct"):
+            dsp.filter_rows_(x.clone(), bp, ap, torch.tensor([1, 1]))

@@ -236,6 +236,8 @@ class Context:
 
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:
     """Integers in [low, high] (inclusive, broadcast) from uniforms in [0, 1)."""
+    if isinstance(low, int) and isinstance(high, int) and high >= low:  # the same values, fewer operations
+        return torch.floor(u * (high - low + 1)).to(torch.int64).clamp_(max=high - low).add_(low)
     low = torch.as_tensor(low, device=u.device)
     high = torch.as_tensor(high, device=u.device)
     span = (high - low + 1).clamp(min=1)

@@ -103,18 +103,20 @@ def ftz12(p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3):
 
 
 @_jit(parallel=True)
-def iir_rows(x, coef, n, zero_phase, out):
-    """Each row of x [R, N] through its filter coef[r] = (b0..b3, a1..a3) (order <= 3,
-    a0 = 1) from rest, in float64. ``zero_phase``: forward over the row's first n[r]
+def iir_rows(x, coef, n, zero_phase, rows, out):
+    """Row rows[r] of x [., N] through filter coef[r] = (b0..b3, a1..a3) (order <= 3,
+    a0 = 1) from rest, in float64, into row rows[r] of out (out may be x: a row is read
+    whole before it is written). ``zero_phase``: forward over the row's first n[r]
     samples, then backward from its own end (filtfilt), 0 after; else causal over the
     whole row. Four rows per unit of work, through a private float64 scratch. States below
     TINY are flushed to 0 every 64 steps (see :func:`ftz12`)."""
-    R, N = x.shape
+    R = rows.shape[0]
+    N = x.shape[1]
     for u in numba.prange((R + 3) // 4):
         r0 = 4 * u
         r1, r2, r3 = min(r0 + 1, R - 1), min(r0 + 2, R - 1), min(r0 + 3, R - 1)  # repeats: not stored
         c0, c1, c2, c3 = coef[r0], coef[r1], coef[r2], coef[r3]
-        x0, x1, x2, x3 = x[r0], x[r1], x[r2], x[r3]
+        x0, x1, x2, x3 = x[rows[r0]], x[rows[r1]], x[rows[r2]], x[rows[r3]]
         m0 = m1 = m2 = m3 = N
         if zero_phase:
             m0, m1 = min(max(n[r0], 0), N), min(max(n[r1], 0), N)
@@ -146,7 +148,7 @@ def iir_rows(x, coef, n, zero_phase, out):
                                                                            s0, s1, s2, s3)
         for j in range(min(4, R - r0)):
             mj = (m0, m1, m2, m3)[j]
-            orow = out[r0 + j]
+            orow = out[rows[r0 + j]]
             for t in range(mj):
                 orow[t] = tmp[j, t]
             for t in range(mj, N):
@@ -174,15 +176,21 @@ def unit(h):
 
 
 @_jit(parallel=True)
-def stream_uniform_rows(keys, out):
+def stream_uniform_rows(keys, signed, out):
     """out[b, t] = unit_float(hash32([keys[b], t])), in uint64 arithmetic kept to 32
-    bits (the products wrap as numpy's uint32 ones do)."""
+    bits (the products wrap as numpy's uint32 ones do). ``signed``: 2 u - 1 clamped to
+    [-1 + 1e-6, 1 - 1e-6] instead (float32, exact: the inverse-CDF normals' input)."""
     B, n = out.shape
+    lo, hi = np.float32(-1 + 1e-6), np.float32(1 - 1e-6)
     for b in numba.prange(B):
         h = fmix32(np.uint64(keys[b] & 0xFFFFFFFF) ^ np.uint64(0x9E3779B9))
         orow = out[b]
-        for t in range(n):
-            orow[t] = unit(mix(h, np.uint64(t)))
+        if signed:
+            for t in range(n):
+                orow[t] = min(max(unit(mix(h, np.uint64(t))) * np.float32(2) - np.float32(1), lo), hi)
+        else:
+            for t in range(n):
+                orow[t] = unit(mix(h, np.uint64(t)))
 
 
 @_jit()
@@ -345,3 +353,112 @@ def mel_rows(spec, fb, frames, half_power, offset, clamp, out):
         for m in range(M):
             for t in range(nf, T):
                 out[b, m, t] = 1.0
+
+
+# ----------------------------------------------------------------------------- mixing rows
+
+@_jit(fastmath={"reassoc", "contract"})
+def sum_squares(a, n):
+    """sum_t<n a[t]**2 in float64 (a float32 row): a reduction, so its additions may be
+    reordered (vectorised); nothing else is compiled with fast-math here."""
+    s = 0.0
+    for t in range(n):
+        v = np.float64(a[t])
+        s += v * v
+    return s
+
+
+@numba.njit(inline="always")
+def snr_gain(ps, pn, snr_db):
+    """The gain g with ps / (g**2 pn) = 10**(snr_db / 10) (float32), 0 for silent noise."""
+    if pn > 0.0:
+        return np.float32(np.sqrt(ps / (max(pn, 1e-20) * 10.0 ** (snr_db / 10.0))))
+    return np.float32(0.0)
+
+
+@_jit(parallel=True, fastmath={"contract"})
+def snr_mix_rows(x, noise, lengths, snr_db, out):
+    """out[b] = x[b] + g_b noise[b] over each row's first lengths[b] samples, x[b] after
+    (where x is 0 by the batch contract); g_b gives the SNR snr_db[b] with both powers
+    taken over the row's own length (float64 sums)."""
+    B, N = x.shape
+    for b in numba.prange(B):
+        n = min(max(lengths[b], 0), N)
+        d = max(n, 1)
+        xr, nr, orow = x[b], noise[b], out[b]
+        g = snr_gain(sum_squares(xr, n) / d, sum_squares(nr, n) / d, snr_db[b])
+        for t in range(n):
+            orow[t] = xr[t] + g * nr[t]
+        for t in range(n, N):
+            orow[t] = xr[t]
+
+
+@_jit(parallel=True, fastmath={"contract"})
+def segment_mix_rows(x, lengths, data, starts, count, snr_db, out):
+    """snr_mix_rows with the noise of row b built here: the sum of its first count[b]
+    segments data[starts[b, k]:][:lengths[b]], each scaled to unit power over the row's
+    length first (float32, summed in order k = 0, 1, ...)."""
+    B, N = x.shape
+    for b in numba.prange(B):
+        n = min(max(lengths[b], 0), N)
+        d = max(n, 1)
+        noise = np.zeros(n, np.float32)
+        for k in range(count[b]):
+            seg = data[starts[b, k]:starts[b, k] + n]
+            level = np.float32(1.0 / np.sqrt(max(sum_squares(seg, n) / d, 1e-20)))
+            for t in range(n):
+                noise[t] = noise[t] + seg[t] * level
+        xr, orow = x[b], out[b]
+        g = snr_gain(sum_squares(xr, n) / d, sum_squares(noise, n) / d, snr_db[b])
+        for t in range(n):
+            orow[t] = xr[t] + g * noise[t]
+        for t in range(n, N):
+            orow[t] = xr[t]
+
+
+@_jit(parallel=True)
+def level_rows(flat, offset, stride, ref, lengths, keep, out):
+    """out[b] = y[b] g_b over each row's first lengths[b] samples, 0 after, where row b of
+    y is flat[offset + b stride:] (a contiguous row of any 2-D view); with ``keep`` g_b
+    brings y[b]'s power over the length to ref[b]'s (float64 sums), else g_b = 1."""
+    B, N = out.shape
+    for b in numba.prange(B):
+        n = min(max(lengths[b], 0), N)
+        s = offset + b * stride
+        yr, orow = flat[s:s + N], out[b]
+        g = np.float32(1.0)
+        if keep:
+            d = max(n, 1)
+            g = np.float32(np.sqrt((sum_squares(ref[b], n) / d) / max(sum_squares(yr, n) / d, 1e-20)))
+        for t in range(n):
+            orow[t] = yr[t] * g
+        for t in range(n, N):
+            orow[t] = 0
+
+
+@_jit(parallel=True)
+def center_pad_rows(wave, lengths, pad, reflect, out):
+    """Each row of wave [B, N] padded by ``pad`` at both ends of its own length L (0 <= L
+    <= N) into out [B, N + 2 pad]: sample t - pad at t in [pad, pad + L); around it, with
+    ``reflect``, the reflection |t - pad| at 0 and 2 (L - 1) - (t - pad) at L - 1 (L taken
+    as at least 1, indices clamped to [0, N - 1]), else zeros; 0 from L + 2 pad on."""
+    B, N = wave.shape
+    W = out.shape[1]
+    for b in numba.prange(B):
+        L = min(max(lengths[b], 0), N)
+        if reflect:
+            L = max(L, 1)
+        xr, orow = wave[b], out[b]
+        for j in range(pad):
+            i = pad - j
+            if i >= L:
+                i = 2 * (L - 1) - i
+            orow[j] = xr[min(max(i, 0), N - 1)] if reflect else 0
+        for j in range(pad, pad + L):
+            orow[j] = xr[j - pad]
+        end = min(L + 2 * pad, W)
+        for j in range(pad + L, end):
+            i = 2 * (L - 1) - (j - pad)
+            orow[j] = xr[min(max(i, 0), N - 1)] if reflect else 0
+        for j in range(end, W):
+            orow[j] = 0

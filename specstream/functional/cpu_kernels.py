@@ -58,7 +58,9 @@ def _compile():
 
     return {"interp": k.interp_rows, "iir": k.iir_rows, "stream": k.stream_uniform_rows,
             "keyed": k.keyed_uniform_rows, "prefix": k.prefix_rows, "bands": k.band_rows,
-            "triangles": k.triangle_rows, "mask": k.mask_rows, "mel": k.mel_rows}
+            "triangles": k.triangle_rows, "mask": k.mask_rows, "mel": k.mel_rows,
+            "snr_mix": k.snr_mix_rows, "segment_mix": k.segment_mix_rows, "level": k.level_rows,
+            "center_pad": k.center_pad_rows}
 
 
 def _use_torch_openmp() -> None:
@@ -176,35 +178,48 @@ def _launch(name: str, *args) -> None:
             _kernel[name](*args)
 
 
-def iir_rows(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, n: Optional[torch.Tensor] = None
-             ) -> torch.Tensor:
+def iir_rows(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, n: Optional[torch.Tensor] = None,
+             rows: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Rows of x [R, N] (contiguous CPU float) filtered by b / a (both [R, K], or both one
     shared [K]; K <= 4, any scale of a[0]) from rest, in float64 state: causal over the whole row, or
     with ``n`` [R] zero-phase (forward over each row's first n[r] samples, then backward
-    from its own end; 0 after). Requires :func:`available`."""
+    from its own end; 0 after). With ``rows`` (distinct int64 indices) only those rows of
+    x are filtered, b / a and n given per listed row, and written to the same rows of
+    ``out`` (x's shape and dtype, contiguous; x itself for in place), the other rows of out
+    left as they are. Requires :func:`available`."""
     R, N = x.shape
-    out = torch.empty_like(x)
-    if out.numel() == 0:
+    if rows is None:
+        out = torch.empty_like(x)
+        sel = np.arange(R, dtype=np.int64)
+    else:
+        sel = np.ascontiguousarray(rows.numpy(), dtype=np.int64)
+        if out is None or out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
+            raise ValueError("iir_rows: rows need out, contiguous, of x's shape and dtype")
+        if sel.size and (sel.min() < 0 or sel.max() >= R or np.unique(sel).size != sel.size):
+            raise ValueError(f"iir_rows: rows must be distinct indices below {R}")
+    if out.numel() == 0 or sel.size == 0:
         return out
-    a = a.to(torch.float64)
-    b = b.to(torch.float64) / a[..., :1]
+    a = a.numpy().astype(np.float64)
+    b = b.numpy().astype(np.float64) / a[..., :1]
     a = a / a[..., :1]
     if max(a.shape[-1], b.shape[-1]) > IIR_MAX_TAPS:
         raise ValueError(f"iir_rows: at most {IIR_MAX_TAPS} coefficients (order 3)")
-    pad = torch.nn.functional.pad
-    coef = torch.cat([pad(b, (0, 4 - b.shape[-1])), pad(a[..., 1:], (0, 4 - a.shape[-1]))], -1)
-    coef = coef.expand(R, 7).contiguous()
-    nn = np.zeros(R, np.int64) if n is None else np.ascontiguousarray(n.numpy(), dtype=np.int64)
-    _launch("iir", x.numpy(), coef.numpy(), nn, n is not None, out.numpy())
+    coef = np.zeros(a.shape[:-1] + (7,), np.float64)
+    coef[..., : b.shape[-1]] = b
+    coef[..., 4:3 + a.shape[-1]] = a[..., 1:]
+    coef = np.ascontiguousarray(np.broadcast_to(coef, (sel.size, 7)))
+    nn = np.zeros(sel.size, np.int64) if n is None else np.ascontiguousarray(n.numpy(), dtype=np.int64)
+    _launch("iir", x.numpy(), coef, nn, n is not None, sel, out.numpy())
     return out
 
 
-def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:
+def stream_uniform(keys: torch.Tensor, n: int, signed: bool = False) -> torch.Tensor:
     """[B, n] float32: :func:`..random.stream_uniform` of int64 ``keys`` [B] (CPU), the
-    same values in one pass. Requires :func:`available`."""
+    same values in one pass; ``signed``: 2 u - 1 clamped to [-1 + 1e-6, 1 - 1e-6] (the
+    same float32 values as torch's ``mul_(2).sub_(1).clamp_(...)``). Requires :func:`available`."""
     out = torch.empty((keys.shape[0], n), dtype=torch.float32)
     if out.numel():
-        _launch("stream", np.ascontiguousarray(keys.numpy(), dtype=np.int64), out.numpy())
+        _launch("stream", np.ascontiguousarray(keys.numpy(), dtype=np.int64), bool(signed), out.numpy())
     return out
 
 
@@ -280,3 +295,70 @@ def mel_log(spec: torch.Tensor, fbanks: torch.Tensor, frames: torch.Tensor, powe
                 np.ascontiguousarray(frames.numpy(), dtype=np.int64), float(power) / 2.0, float(offset),
                 bool(clamp), out.numpy())
     return out.log_()
+
+
+def _rows_f32(*xs: torch.Tensor) -> bool:
+    return all(x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad for x in xs)
+
+
+def mixable(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """The mixing kernels apply: CPU float32 rows [B, N] (the same shape), no gradient,
+    numba available."""
+    return (x.dim() == 2 and all(o.shape == x.shape for o in others) and _rows_f32(x, *others)
+            and available())
+
+
+def snr_mix(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """:func:`..dsp.mix_at_snr` of float32 CPU rows [B, N] in one pass per row (the powers
+    in float64); ``noise`` is read, not written. Requires :func:`mixable`."""
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if out.numel():
+        _launch("snr_mix", x.numpy(), noise.numpy(), np.ascontiguousarray(lengths.numpy(), dtype=np.int64),
+                np.ascontiguousarray(snr_db.numpy(), dtype=np.float64), out.numpy())
+    return out
+
+
+def segment_mix(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor, starts: torch.Tensor,
+                count: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """:func:`..dsp.mix_segments_at_snr` of float32 CPU rows [B, N] with the noise built
+    per row in the kernel (no [B, N] noise or segment tensors). Requires :func:`mixable`."""
+    B, N = x.shape
+    starts = np.ascontiguousarray(starts.numpy(), dtype=np.int64).reshape(B, -1)
+    count = np.ascontiguousarray(count.numpy(), dtype=np.int64).clip(0, starts.shape[1])
+    if B and starts.size and ((starts < 0).any() or (starts + N > data.numel()).any()):
+        raise ValueError(f"segment_mix: segments of {N} samples from starts {starts.min()}..{starts.max()} "
+                         f"do not fit in {data.numel()} samples")
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if out.numel():
+        _launch("segment_mix", x.numpy(), np.ascontiguousarray(lengths.numpy(), dtype=np.int64),
+                np.ascontiguousarray(data.numpy()), starts, count,
+                np.ascontiguousarray(snr_db.numpy(), dtype=np.float64), out.numpy())
+    return out
+
+
+def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool) -> torch.Tensor:
+    """[B, N] contiguous float32: y (CPU float32 rows, each contiguous: e.g. a slice of a
+    wider result) cut at each length, and with ``keep`` scaled to ref's power over it
+    (:func:`..dsp.match_power`). Requires :func:`available`."""
+    if y.dim() != 2 or (y.shape[-1] > 1 and y.stride(-1) != 1):
+        raise ValueError(f"level: rows with unit stride, not strides {y.stride()}")
+    out = torch.empty(y.shape, dtype=y.dtype)
+    if out.numel():
+        storage = y.untyped_storage()
+        flat = y.new_empty(0).set_(storage, 0, (storage.nbytes() // y.element_size(),))
+        _launch("level", flat.numpy(), int(y.storage_offset()), int(y.stride(0)), ref.contiguous().numpy(),
+                np.ascontiguousarray(lengths.numpy(), dtype=np.int64), bool(keep), out.numpy())
+    return out
+
+
+def center_pad(wave: torch.Tensor, lengths: torch.Tensor, pad: int, reflect: bool) -> torch.Tensor:
+    """[B, N + 2 pad]: each row of wave (contiguous CPU float) padded at both ends of its own
+    length as ``torch.stft(center=True)`` pads a sample alone (reflect, or zeros), 0 after
+    (:meth:`specstream.features.LogMel._center_pad`), in one pass. Lengths must lie in
+    [0, N]. Requires :func:`available`."""
+    B, N = wave.shape
+    out = torch.empty((B, N + 2 * pad), dtype=wave.dtype)
+    if out.numel():
+        _launch("center_pad", wave.numpy(), np.ascontiguousarray(lengths.numpy(), dtype=np.int64), int(pad),
+                bool(reflect), out.numpy())
+    return out

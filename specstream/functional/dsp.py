@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from . import cpu_kernels
+from . import random as _random
 from .frames import lengths_mask, zero_padding
 from .random import stream_uniform
 
@@ -29,12 +30,52 @@ def power(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 def mix_at_snr(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
     """x + g * noise with g per sample such that power(x) / power(g * noise), both over the
     sample's own length, equals 10 ** (snr_db / 10). A silent sample (or silent noise) gets
-    no noise: its SNR is undefined. ``noise`` is scratch: it is cut at each length in place."""
+    no noise: its SNR is undefined. ``noise`` is scratch: it may be cut at each length in
+    place. On the CPU (float32, numba) one kernel pass per row, the powers in float64."""
+    if cpu_kernels.mixable(x, noise) and x.is_contiguous() and noise.is_contiguous():
+        return cpu_kernels.snr_mix(x, noise, lengths, snr_db)
     zero_padding(noise, lengths, inplace=True)
     ps, pn = power(x, lengths), power(noise, lengths)
     g = torch.sqrt(ps / (pn.clamp(min=1e-20) * 10.0 ** (snr_db / 10.0)))
     g = torch.where(pn > 0, g, torch.zeros_like(g))
     return torch.addcmul(x, g[:, None].to(x.dtype), noise)
+
+
+def mix_segments_at_snr(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor, starts: torch.Tensor,
+                        count: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """:func:`mix_at_snr` of x [B, N] with noise read from ``data`` (1-D): sample b's noise
+    is the sum of its first count[b] segments data[starts[b, k] : starts[b, k] + N]
+    (``starts`` [B, K]), each brought to unit power over the sample's own length before
+    summing. On the CPU (float32, numba) the noise is built row by row inside one kernel."""
+    if cpu_kernels.mixable(x) and x.is_contiguous() and data.dtype == torch.float32 and data.device.type == "cpu":
+        return cpu_kernels.segment_mix(x, lengths, data, starts, count, snr_db)
+    windows = data.unfold(0, x.shape[-1], 1)
+    noise = unit_power_sum(lambda k: windows.index_select(0, starts[:, k]), lengths, count, x)
+    return mix_at_snr(x, noise, lengths, snr_db)
+
+
+def unit_power_sum(segment, lengths: torch.Tensor, count: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B, N] (like ``like``): the sum over k < count[b] of ``segment(k)`` (a new [B, N]
+    tensor) with each row cut at its length and brought to unit power over it first."""
+    noise = like.new_zeros(like.shape)
+    for k in range(int(count.max()) if count.numel() else 0):
+        seg = zero_padding(segment(k).to(like.dtype), lengths, inplace=True)
+        level = torch.rsqrt(power(seg, lengths).clamp(min=1e-20))
+        noise.addcmul_(seg, (level * (k < count).to(like.dtype))[:, None])
+    return noise
+
+
+def match_power(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool = True,
+                inplace: bool = False) -> torch.Tensor:
+    """y [B, N] (any row stride) cut at each sample's length and, with ``keep``, scaled so
+    that its power over the length equals ref's. ``inplace``: y is scratch (cut where it
+    is). On the CPU (float32, numba) one kernel pass per row into a new tensor."""
+    if cpu_kernels.mixable(y, ref) and (y.shape[-1] < 2 or y.stride(-1) == 1):
+        return cpu_kernels.level(y, ref, lengths, keep)
+    y = zero_padding(y, lengths, inplace=inplace)
+    if keep:
+        y = y * torch.sqrt(power(ref, lengths) / power(y, lengths).clamp(min=1e-20))[:, None]
+    return y
 
 
 def fast_fft_size(n: int) -> int:
@@ -68,7 +109,7 @@ def fft_convolve_spectra(x: torch.Tensor, spectra: torch.Tensor, k: int, m: int)
     ``spectra`` [B, m // 2 + 1] at size ``m`` (= ``fast_fft_size(N + k - 1)``): for a fixed
     bank of filters, transformed once."""
     n = x.shape[-1] + k - 1
-    return torch.fft.irfft(torch.fft.rfft(x, m) * spectra, m)[..., :n]
+    return torch.fft.irfft(torch.fft.rfft(x, m).mul_(spectra), m)[..., :n]
 
 
 try:  # torchaudio's own sinc kernel (sinc_interp_hann), so the result is resample()'s
@@ -288,6 +329,20 @@ def _fused(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> bool:
             and b.device.type == "cpu" and a.device.type == "cpu" and cpu_kernels.available())
 
 
+def filter_rows_(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, rows: torch.Tensor,
+                 lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """In place: rows ``rows`` (distinct indices) of x [B, N] filtered by b / a (one shared
+    set, or one per listed row): causal from rest as :func:`lfilter`, or with ``lengths``
+    ([B]) zero-phase within each row's length as :func:`filtfilt` (0 after); the other rows
+    untouched. Returns x. On the CPU with numba the kernel reads and writes the rows where
+    they are; elsewhere the rows are gathered, filtered and written back."""
+    n = None if lengths is None else lengths.to(torch.int64)[rows]
+    if _fused(x, b, a) and rows.device.type == "cpu":
+        return cpu_kernels.iir_rows(x, b, a, n, rows=rows, out=x)
+    y = lfilter(x[rows], b, a) if n is None else filtfilt(x[rows], n, b, a)
+    return x.index_copy_(0, rows, y)
+
+
 def filtfilt(x: torch.Tensor, lengths: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Zero-phase IIR filtering with per-sample coefficients: forward, cut at each sample's
     length, then backward from each sample's *own* end, so the result equals filtering the
@@ -325,8 +380,11 @@ NOISE_COLOURS = ("white", "pink", "brown")
 
 def gaussian_stream(keys: torch.Tensor, n: int) -> torch.Tensor:
     """[B, n] standard normals of streams ``keys`` (inverse CDF of keyed uniforms)."""
-    z = stream_uniform(keys, n)
-    return z.mul_(2).sub_(1).clamp_(-1 + 1e-6, 1 - 1e-6).erfinv_().mul_(math.sqrt(2.0))
+    if keys.device.type == "cpu" and _random._HOST and cpu_kernels.available():
+        z = cpu_kernels.stream_uniform(keys.reshape(-1).to(torch.int64), n, signed=True)  # 2u - 1, clamped
+    else:
+        z = stream_uniform(keys, n).mul_(2).sub_(1).clamp_(-1 + 1e-6, 1 - 1e-6)
+    return z.erfinv_().mul_(math.sqrt(2.0))
 
 
 def coloured_noise(keys: torch.Tensor, n: int, colour: torch.Tensor) -> torch.Tensor:
@@ -338,9 +396,10 @@ def coloured_noise(keys: torch.Tensor, n: int, colour: torch.Tensor) -> torch.Te
         if rows.numel():
             bt = torch.tensor(b, dtype=z.dtype, device=z.device)
             at = torch.tensor(a, dtype=z.dtype, device=z.device)
-            zr = z[rows]
-            # the CPU: the kernel or torchaudio's loop; a GPU: the kept response
-            z[rows] = lfilter(zr, bt, at) if _host(zr) else causal_convolve(zr, _colour_response(c, bt, at, n))
+            if _host(z):  # the kernel (in place) or torchaudio's loop
+                filter_rows_(z, bt, at, rows)
+            else:  # a GPU: the kept response
+                z[rows] = causal_convolve(z[rows], _colour_response(c, bt, at, n))
     return z
 
 

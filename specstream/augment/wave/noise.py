@@ -6,8 +6,7 @@ from typing import Sequence, Tuple, Union
 
 import torch
 
-from ...functional.dsp import NOISE_COLOURS, coloured_noise, mix_at_snr, power
-from ...functional.frames import zero_padding
+from ...functional.dsp import NOISE_COLOURS, coloured_noise, mix_at_snr, mix_segments_at_snr, unit_power_sum
 from ..core import Context, Params, WaveBatch, check, check_range, lerp, randint
 from .base import BankOp, WaveOp, bank_segments, looped_bank
 
@@ -76,16 +75,15 @@ class BackgroundNoise(BankOp):
         bank = self.loaded(x.device)
         N = x.shape[-1]
         count, clip, offset = params["count"], params["clip"], params["offset"]
-        noise = x.new_zeros(x.shape[0], N)
         looped = self._looped
         if looped is None or looped[0] is not bank or looped[1] is None or looped[1][0] < N:
             # the bank laid out so that every segment is a contiguous row (kept; exact copies)
             self._looped = looped = (bank, looped_bank(bank, N))
-        for k in range(int(count.max())):
-            seg = zero_padding(bank_segments(bank, clip[:, k], offset[:, k], N, looped[1]).to(x.dtype), L,
-                               inplace=True)
-            level = torch.rsqrt(power(seg, L).clamp(min=1e-20))
-            noise.addcmul_(seg, (level * (k < count).to(x.dtype))[:, None])
+        if looped[1] is not None:  # segments are slices of the looped copy: mixed without gathering them
+            _, data, begin = looped[1]
+            return batch.replace(audio=mix_segments_at_snr(x, L, data, begin[clip] + offset, count,
+                                                           params["snr_db"]))
+        noise = unit_power_sum(lambda k: bank_segments(bank, clip[:, k], offset[:, k], N), L, count, x)
         return batch.replace(audio=mix_at_snr(x, noise, L, params["snr_db"]))
 
 

@@ -8,8 +8,7 @@ from typing import List, Optional
 import torch
 
 from ...errors import BankError
-from ...functional.dsp import fast_fft_size, fft_convolve_spectra, power
-from ...functional.frames import zero_padding
+from ...functional.dsp import fast_fft_size, fft_convolve_spectra, match_power
 from ..core import Context, Params, WaveBatch, check, check_choice, check_number, randint
 from .base import BankOp
 
@@ -112,7 +111,5 @@ class Reverb(BankOp):
         N, K = x.shape[-1], bank.rirs.shape[-1]
         m = fast_fft_size(N + K - 1)
         wet = fft_convolve_spectra(x, self._rir_spectra(bank, params["rir"], m, x.dtype), K, m)
-        wet = zero_padding(wet[:, bank.pre:bank.pre + N], L, inplace=True)  # a view of a fresh result
-        if self.keep_level:
-            wet = wet * torch.sqrt(power(x, L) / power(wet, L).clamp(min=1e-20))[:, None]
-        return batch.replace(audio=wet)
+        # cut at each length (a view of a fresh result), level kept with keep_level
+        return batch.replace(audio=match_power(wet[:, bank.pre:bank.pre + N], x, L, self.keep_level, inplace=True))

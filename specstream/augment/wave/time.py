@@ -24,13 +24,18 @@ def _groups(factor: torch.Tensor):
 def _assemble(x: torch.Tensor, lengths: torch.Tensor, groups) -> Tuple[torch.Tensor, torch.Tensor]:
     """One zero-padded batch from per-group outputs [(rows, y [b, n], new lengths [b])];
     rows in no group (factor 1) keep their audio."""
-    n_out = max([x.shape[-1]] + [int(nl.max()) for _, _, nl in groups])
-    out = pad_to(x, n_out)
-    out = out.clone() if out is x else out  # pad_to made a new tensor already when it padded
+    B, N = x.shape
+    n_out = max([N] + [int(nl.max()) for _, _, nl in groups])
+    out = x.new_empty(B, n_out)  # every element written once below (plus the groups' rows again)
+    out[:, :N] = x
+    out[:, N:] = 0
     new_len = lengths.clone()
     for rows, y, nl in groups:
-        y = zero_padding(pad_to(y, n_out), nl, inplace=True)  # y: the op's own result (or pad_to's copy)
-        out.index_copy_(0, rows, y)
+        y = zero_padding(y[:, :n_out], nl, inplace=True)  # y: the op's own result (or a view of it)
+        ny = y.shape[-1]
+        out[:, :ny].index_copy_(0, rows, y)
+        if ny < n_out:
+            out[:, ny:].index_fill_(0, rows, 0)
         new_len[rows] = nl
     n_used = int(new_len.max()) if new_len.numel() else 0
     return out[:, : max(n_used, 1)], new_len
