@@ -334,6 +334,34 @@ def test_gated_rows_alone_equal_inside_a_padded_batch(name, clips, banks):
     assert bool((out.features.masked_select(past[:, None, :]) == 0).all())
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_gated_rows_in_a_batch_the_chain_owns(name, clips, banks):
+    """p < 1 on a batch the caller hands over (owned: a policy's chain after its first op)
+    and on one it keeps: the same output bit for bit, the kept batch never written. An op
+    that transforms its rows in place (``in_place``) writes the owned tensor itself, with
+    no gathered copy (so this runs its transform_rows)."""
+    op = build(name, {}, banks)
+    if op.domain == "filterbank":
+        return  # acts in the log-mel's filterbanks: no batch to own (covered through featurize)
+    op.p = 0.5
+    params = augment(op, clips, ORDER, EXTRA).params[0]
+    if op.domain == "wave":
+        w, n, _, _ = clips.wave_batch(ORDER, EXTRA)
+        make = lambda data: WaveBatch(data, n, SR, clips.targets[ORDER])  # noqa: E731
+    else:
+        x, n, ft = clips.spec_batch(ORDER, EXTRA)
+        w = x
+        make = lambda data: Batch(data, n, clips.targets[ORDER], ft, FeatureDomain.from_mel(CFG))  # noqa: E731
+    kept, given = w.clone(), w.clone()
+    a = op.apply(make(kept), params, owned=False, clean=True)
+    b = op.apply(make(given), params, owned=True, clean=True)
+    assert torch.equal(kept, w), f"{name}: wrote the caller's batch"
+    assert torch.equal(a.data, b.data) and torch.equal(a.lengths, b.lengths), f"{name}: owned and kept differ"
+    if op.in_place:
+        assert b.data is given, f"{name}: in_place, yet the owned batch was not written where it is"
+        assert not torch.equal(given, w)
+
+
 # ----------------------------------------------------------------------------- 2. padding, lengths
 
 @pytest.mark.parametrize("name,kw", CASES)

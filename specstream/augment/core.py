@@ -19,6 +19,10 @@ zero padding itself sets ``zero_padded`` (the zeroing pass is then skipped when 
 active); one whose output is 0 past its lengths when its input was (a gain, a mix, a
 filter from rest) sets ``keeps_zero_padding``, and the pass is skipped when the caller
 vouches that the input was zero-padded (``apply(clean=True)``: a policy's waveform chain).
+An op that changes only the features, moves no frames and keeps the zero padding may set
+``in_place`` and write ``transform_rows(batch, params, rows)``: on a batch the caller owns
+(a policy's chain after its first op) the active rows are then transformed where they
+are, without the gathered copy and the write-back.
 
 A batch is padded data [B, ..., T] with per-sample ``lengths``: log-mel features
 [B, n_mels, frames] (:class:`Batch`) or waveforms [B, samples] (:class:`WaveBatch`).
@@ -334,6 +338,10 @@ class Op:
     # input (apply(clean=True)). The registry-wide test checks the padding of every op
     # either way, with clean and with dirty input.
     keeps_zero_padding: ClassVar[bool] = False
+    # True: transform_rows() is implemented (an op that changes only the features, moves no
+    # frames and keeps the zero padding): on a batch the chain owns, the active rows are
+    # transformed where they are, with no gathered copy to write back
+    in_place: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -344,6 +352,10 @@ class Op:
             REGISTRY[cls.name] = cls
         if cls.domain not in DOMAINS or not cls.changes <= CHANGES or cls.rows not in ("active", "all"):
             raise TypeError(f"{cls.__qualname__}: bad op declaration (domain, changes or rows)")
+        if cls.in_place and (cls.changes != {"features"} or not cls.keeps_zero_padding or cls.rows != "active"
+                             or cls.frame_source is not Op.frame_source):
+            raise TypeError(f"{cls.__qualname__}: in_place needs an op that changes only the features, keeps "
+                            f"the zero padding, is gated by the contract and moves no frames")
 
     def __init__(self, p: float = 1.0):
         self.p = check_number(self.name, "p", p, 0.0, 1.0)
@@ -353,6 +365,12 @@ class Op:
         raise NotImplementedError
 
     def transform(self, batch, params: Params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def transform_rows(self, batch, params: Params, rows: torch.Tensor):  # pragma: no cover - abstract
+        """For ``in_place`` ops: ``transform`` of rows ``rows`` (distinct, int64; ``params``
+        hold those rows' values only), written into ``batch``'s data tensor where they are
+        (the caller owns it); the other rows stay as they are. Returns the batch."""
         raise NotImplementedError
 
     def frame_source(self, batch, params: Params, out) -> Optional[torch.Tensor]:
@@ -392,10 +410,15 @@ class Op:
                     return out
             else:
                 rows = active.nonzero()[:, 0]
-                sub = batch.take(rows)
                 sp = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in params.items()}
-                out = batch.put(rows, self._moved(sub, sp, self._checked(sub, self.transform(sub, sp))),
-                                inplace=owned)
+                if self.in_place and owned and batch.data.is_contiguous():
+                    out = self._checked(batch, self.transform_rows(batch, sp, rows))
+                    if out.data is not batch.data:
+                        raise RuntimeError(f"op {self.name!r}: transform_rows must write the batch's own data")
+                else:
+                    sub = batch.take(rows)
+                    out = batch.put(rows, self._moved(sub, sp, self._checked(sub, self.transform(sub, sp))),
+                                    inplace=owned)
                 if clean and (self.zero_padded or self.keeps_zero_padding):
                     return out  # the inactive rows as they came: 0 past their lengths
         same = out.data.untyped_storage().data_ptr() == batch.data.untyped_storage().data_ptr()

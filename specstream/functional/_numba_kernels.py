@@ -377,16 +377,18 @@ def snr_gain(ps, pn, snr_db):
 
 
 @_jit(parallel=True, fastmath={"contract"})
-def snr_mix_rows(x, noise, lengths, snr_db, out):
-    """out[b] = x[b] + g_b noise[b] over each row's first lengths[b] samples, x[b] after
-    (where x is 0 by the batch contract); g_b gives the SNR snr_db[b] with both powers
-    taken over the row's own length (float64 sums)."""
-    B, N = x.shape
-    for b in numba.prange(B):
-        n = min(max(lengths[b], 0), N)
+def snr_mix_rows(x, noise, lengths, snr_db, rows, out):
+    """out[rows[i]] = x[rows[i]] + g_i noise[i] over the row's first lengths[i] samples,
+    x[rows[i]] after (where x is 0 by the batch contract); g_i gives the SNR snr_db[i]
+    with both powers taken over that length (float64 sums). out may be x (each element is
+    read before it is written)."""
+    R = rows.shape[0]
+    N = x.shape[1]
+    for i in numba.prange(R):
+        n = min(max(lengths[i], 0), N)
         d = max(n, 1)
-        xr, nr, orow = x[b], noise[b], out[b]
-        g = snr_gain(sum_squares(xr, n) / d, sum_squares(nr, n) / d, snr_db[b])
+        xr, nr, orow = x[rows[i]], noise[i], out[rows[i]]
+        g = snr_gain(sum_squares(xr, n) / d, sum_squares(nr, n) / d, snr_db[i])
         for t in range(n):
             orow[t] = xr[t] + g * nr[t]
         for t in range(n, N):
@@ -394,22 +396,23 @@ def snr_mix_rows(x, noise, lengths, snr_db, out):
 
 
 @_jit(parallel=True, fastmath={"contract"})
-def segment_mix_rows(x, lengths, data, starts, count, snr_db, out):
-    """snr_mix_rows with the noise of row b built here: the sum of its first count[b]
-    segments data[starts[b, k]:][:lengths[b]], each scaled to unit power over the row's
-    length first (float32, summed in order k = 0, 1, ...)."""
-    B, N = x.shape
-    for b in numba.prange(B):
-        n = min(max(lengths[b], 0), N)
+def segment_mix_rows(x, lengths, data, starts, count, snr_db, rows, out):
+    """snr_mix_rows with the noise of listed row i built here: the sum of its first
+    count[i] segments data[starts[i, k]:][:lengths[i]], each scaled to unit power over the
+    row's length first (float32, summed in order k = 0, 1, ...)."""
+    R = rows.shape[0]
+    N = x.shape[1]
+    for i in numba.prange(R):
+        n = min(max(lengths[i], 0), N)
         d = max(n, 1)
         noise = np.zeros(n, np.float32)
-        for k in range(count[b]):
-            seg = data[starts[b, k]:starts[b, k] + n]
+        for k in range(count[i]):
+            seg = data[starts[i, k]:starts[i, k] + n]
             level = np.float32(1.0 / np.sqrt(max(sum_squares(seg, n) / d, 1e-20)))
             for t in range(n):
                 noise[t] = noise[t] + seg[t] * level
-        xr, orow = x[b], out[b]
-        g = snr_gain(sum_squares(xr, n) / d, sum_squares(noise, n) / d, snr_db[b])
+        xr, orow = x[rows[i]], out[rows[i]]
+        g = snr_gain(sum_squares(xr, n) / d, sum_squares(noise, n) / d, snr_db[i])
         for t in range(n):
             orow[t] = xr[t] + g * noise[t]
         for t in range(n, N):
@@ -417,19 +420,20 @@ def segment_mix_rows(x, lengths, data, starts, count, snr_db, out):
 
 
 @_jit(parallel=True)
-def level_rows(flat, offset, stride, ref, lengths, keep, out):
-    """out[b] = y[b] g_b over each row's first lengths[b] samples, 0 after, where row b of
-    y is flat[offset + b stride:] (a contiguous row of any 2-D view); with ``keep`` g_b
-    brings y[b]'s power over the length to ref[b]'s (float64 sums), else g_b = 1."""
-    B, N = out.shape
-    for b in numba.prange(B):
-        n = min(max(lengths[b], 0), N)
-        s = offset + b * stride
-        yr, orow = flat[s:s + N], out[b]
+def level_rows(flat, offset, stride, ref, lengths, keep, rows, out):
+    """out[rows[i]] = y[i] g_i over the row's first lengths[i] samples, 0 after, where y[i]
+    is flat[offset + i stride:] (a contiguous row of any 2-D view); with ``keep`` g_i
+    brings y[i]'s power over the length to ref[i]'s (float64 sums), else g_i = 1."""
+    R = rows.shape[0]
+    N = out.shape[1]
+    for i in numba.prange(R):
+        n = min(max(lengths[i], 0), N)
+        s = offset + i * stride
+        yr, orow = flat[s:s + N], out[rows[i]]
         g = np.float32(1.0)
         if keep:
             d = max(n, 1)
-            g = np.float32(np.sqrt((sum_squares(ref[b], n) / d) / max(sum_squares(yr, n) / d, 1e-20)))
+            g = np.float32(np.sqrt((sum_squares(ref[i], n) / d) / max(sum_squares(yr, n) / d, 1e-20)))
         for t in range(n):
             orow[t] = yr[t] * g
         for t in range(n, N):

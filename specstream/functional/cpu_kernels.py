@@ -11,7 +11,12 @@
 - :func:`triangles`: per-sample (VTLP-warped) mel filterbanks, two weights per frequency;
 - :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass;
 - :func:`mel_log`: a log-mel's power, mel sums (each filter over its own few frequencies,
-  not a dense product) and frame padding in one pass over the STFT.
+  not a dense product) and frame padding in one pass over the STFT;
+- :func:`snr_mix`, :func:`segment_mix`, :func:`level`: mixing at an SNR (generated noise,
+  or recorded segments summed at unit power inside the kernel) and rescaling to a power,
+  each one pass per row with the powers in float64, on all rows into a new tensor or on a
+  row list in place (the active rows of a batch the op chain owns);
+- :func:`center_pad`: a log-mel's per-sample centre padding (reflect or zeros) in one pass.
 
 Linear interpolation along the time axis at per-sample positions (time warp, time
 stretch) is two gathers and a lerp in torch. Each is a separate pass over the batch, and
@@ -302,52 +307,77 @@ def _rows_f32(*xs: torch.Tensor) -> bool:
 
 
 def mixable(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """The mixing kernels apply: CPU float32 rows [B, N] (the same shape), no gradient,
-    numba available."""
-    return (x.dim() == 2 and all(o.shape == x.shape for o in others) and _rows_f32(x, *others)
-            and available())
+    """The mixing kernels apply: CPU float32 rows [., N] (the same row length), no
+    gradient, numba available."""
+    return (x.dim() == 2 and all(o.dim() == 2 and o.shape[-1] == x.shape[-1] for o in others)
+            and _rows_f32(x, *others) and available())
 
 
-def snr_mix(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
-    """:func:`..dsp.mix_at_snr` of float32 CPU rows [B, N] in one pass per row (the powers
-    in float64); ``noise`` is read, not written. Requires :func:`mixable`."""
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if out.numel():
-        _launch("snr_mix", x.numpy(), noise.numpy(), np.ascontiguousarray(lengths.numpy(), dtype=np.int64),
-                np.ascontiguousarray(snr_db.numpy(), dtype=np.float64), out.numpy())
+def _row_list(rows: Optional[torch.Tensor], B: int, out: Optional[torch.Tensor], like: torch.Tensor):
+    """(int64 row indices, output tensor): all B rows into a new tensor, or ``rows``
+    (distinct, checked: the kernels have no bounds checks) into ``out``."""
+    if rows is None:
+        return np.arange(B, dtype=np.int64), torch.empty(like.shape, dtype=like.dtype)
+    sel = np.ascontiguousarray(rows.numpy(), dtype=np.int64)
+    if out is None or out.dim() != 2 or out.shape[-1] != like.shape[-1] or out.dtype != like.dtype \
+            or not out.is_contiguous():
+        raise ValueError("rows need out: contiguous rows of the input's length and dtype")
+    if sel.size and (sel.min() < 0 or sel.max() >= out.shape[0] or np.unique(sel).size != sel.size):
+        raise ValueError(f"rows must be distinct indices below {out.shape[0]}")
+    return sel, out
+
+
+def _per_row(t: torch.Tensor, dtype) -> np.ndarray:
+    return np.ascontiguousarray(t.numpy(), dtype=dtype)
+
+
+def snr_mix(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor,
+            rows: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`..dsp.mix_at_snr` of float32 CPU rows [B, N] (contiguous) in one pass per row
+    (the powers in float64), into a new tensor; ``noise`` is read, not written. With
+    ``rows``: rows rows[i] of x get noise[i] (lengths, snr_db given per listed row) and are
+    written to the same rows of ``out`` (x itself: in place); its other rows are left as
+    they are. Requires :func:`mixable`."""
+    sel, out = _row_list(rows, x.shape[0], out, x)
+    if sel.size and x.shape[-1]:
+        _launch("snr_mix", x.numpy(), noise.numpy(), _per_row(lengths, np.int64), _per_row(snr_db, np.float64),
+                sel, out.numpy())
     return out
 
 
 def segment_mix(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor, starts: torch.Tensor,
-                count: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+                count: torch.Tensor, snr_db: torch.Tensor, rows: Optional[torch.Tensor] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`..dsp.mix_segments_at_snr` of float32 CPU rows [B, N] with the noise built
-    per row in the kernel (no [B, N] noise or segment tensors). Requires :func:`mixable`."""
-    B, N = x.shape
-    starts = np.ascontiguousarray(starts.numpy(), dtype=np.int64).reshape(B, -1)
-    count = np.ascontiguousarray(count.numpy(), dtype=np.int64).clip(0, starts.shape[1])
-    if B and starts.size and ((starts < 0).any() or (starts + N > data.numel()).any()):
+    per row in the kernel (no [B, N] noise or segment tensors); ``rows`` / ``out`` as in
+    :func:`snr_mix`. Requires :func:`mixable`."""
+    N = x.shape[-1]
+    sel, out = _row_list(rows, x.shape[0], out, x)
+    starts = _per_row(starts, np.int64).reshape(sel.size, -1)
+    count = _per_row(count, np.int64).clip(0, starts.shape[1])
+    if sel.size and starts.size and ((starts < 0).any() or (starts + N > data.numel()).any()):
         raise ValueError(f"segment_mix: segments of {N} samples from starts {starts.min()}..{starts.max()} "
                          f"do not fit in {data.numel()} samples")
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if out.numel():
-        _launch("segment_mix", x.numpy(), np.ascontiguousarray(lengths.numpy(), dtype=np.int64),
-                np.ascontiguousarray(data.numpy()), starts, count,
-                np.ascontiguousarray(snr_db.numpy(), dtype=np.float64), out.numpy())
+    if sel.size and N:
+        _launch("segment_mix", x.numpy(), _per_row(lengths, np.int64), np.ascontiguousarray(data.numpy()), starts,
+                count, _per_row(snr_db, np.float64), sel, out.numpy())
     return out
 
 
-def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool) -> torch.Tensor:
-    """[B, N] contiguous float32: y (CPU float32 rows, each contiguous: e.g. a slice of a
-    wider result) cut at each length, and with ``keep`` scaled to ref's power over it
-    (:func:`..dsp.match_power`). Requires :func:`available`."""
+def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool,
+          rows: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y (CPU float32 rows [R, N], each contiguous: e.g. a slice of a wider result) cut at
+    each length, and with ``keep`` scaled to ref's power over it (:func:`..dsp.match_power`),
+    into a new contiguous tensor; with ``rows``, into rows rows[i] of ``out``. Requires
+    :func:`available`."""
     if y.dim() != 2 or (y.shape[-1] > 1 and y.stride(-1) != 1):
         raise ValueError(f"level: rows with unit stride, not strides {y.stride()}")
-    out = torch.empty(y.shape, dtype=y.dtype)
-    if out.numel():
+    sel, out = _row_list(rows, y.shape[0], out, y)
+    if sel.size and y.shape[-1]:
         storage = y.untyped_storage()
         flat = y.new_empty(0).set_(storage, 0, (storage.nbytes() // y.element_size(),))
         _launch("level", flat.numpy(), int(y.storage_offset()), int(y.stride(0)), ref.contiguous().numpy(),
-                np.ascontiguousarray(lengths.numpy(), dtype=np.int64), bool(keep), out.numpy())
+                _per_row(lengths, np.int64), bool(keep), sel, out.numpy())
     return out
 
 

@@ -41,13 +41,38 @@ def mix_at_snr(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_
     return torch.addcmul(x, g[:, None].to(x.dtype), noise)
 
 
+def mix_at_snr_(x: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor,
+                snr_db: torch.Tensor) -> torch.Tensor:
+    """In place: rows ``rows`` (distinct) of x [B, N] become :func:`mix_at_snr` of them with
+    ``noise`` [len(rows), N] (``lengths``, ``snr_db`` per listed row); the other rows are
+    untouched. Returns x. On the CPU (float32, numba) the kernel mixes the rows where they
+    are; elsewhere they are gathered, mixed and written back."""
+    if cpu_kernels.mixable(x, noise) and x.is_contiguous() and noise.is_contiguous() and rows.device.type == "cpu":
+        return cpu_kernels.snr_mix(x, noise, lengths, snr_db, rows=rows, out=x)
+    return x.index_copy_(0, rows, mix_at_snr(x.index_select(0, rows), noise, lengths, snr_db))
+
+
+def mix_segments_at_snr_(x: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor,
+                         starts: torch.Tensor, count: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """In place: rows ``rows`` (distinct) of x become :func:`mix_segments_at_snr` of them
+    (``lengths``, ``starts``, ``count``, ``snr_db`` per listed row); the other rows are
+    untouched. Returns x."""
+    if _segments_fused(x, data) and rows.device.type == "cpu":
+        return cpu_kernels.segment_mix(x, lengths, data, starts, count, snr_db, rows=rows, out=x)
+    return x.index_copy_(0, rows, mix_segments_at_snr(x.index_select(0, rows), lengths, data, starts, count, snr_db))
+
+
+def _segments_fused(x: torch.Tensor, data: torch.Tensor) -> bool:
+    return cpu_kernels.mixable(x) and x.is_contiguous() and data.dtype == torch.float32 and data.device.type == "cpu"
+
+
 def mix_segments_at_snr(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor, starts: torch.Tensor,
                         count: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
     """:func:`mix_at_snr` of x [B, N] with noise read from ``data`` (1-D): sample b's noise
     is the sum of its first count[b] segments data[starts[b, k] : starts[b, k] + N]
     (``starts`` [B, K]), each brought to unit power over the sample's own length before
     summing. On the CPU (float32, numba) the noise is built row by row inside one kernel."""
-    if cpu_kernels.mixable(x) and x.is_contiguous() and data.dtype == torch.float32 and data.device.type == "cpu":
+    if _segments_fused(x, data):
         return cpu_kernels.segment_mix(x, lengths, data, starts, count, snr_db)
     windows = data.unfold(0, x.shape[-1], 1)
     noise = unit_power_sum(lambda k: windows.index_select(0, starts[:, k]), lengths, count, x)
@@ -76,6 +101,17 @@ def match_power(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep:
     if keep:
         y = y * torch.sqrt(power(ref, lengths) / power(y, lengths).clamp(min=1e-20))[:, None]
     return y
+
+
+def match_power_(out: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor,
+                 keep: bool = True) -> torch.Tensor:
+    """In place: rows ``rows`` (distinct) of ``out`` [B, N] become :func:`match_power` of
+    y and ref (both [len(rows), N], ``lengths`` per listed row); the other rows are
+    untouched. Returns out."""
+    if (cpu_kernels.mixable(out, y, ref) and out.is_contiguous() and (y.shape[-1] < 2 or y.stride(-1) == 1)
+            and rows.device.type == "cpu"):
+        return cpu_kernels.level(y, ref, lengths, keep, rows=rows, out=out)
+    return out.index_copy_(0, rows, match_power(y, ref, lengths, keep))
 
 
 def fast_fft_size(n: int) -> int:

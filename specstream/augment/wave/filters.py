@@ -56,16 +56,21 @@ class Filter(WaveOp):
         hi = torch.where(kind == 0, lerp(self.lowpass_hz, u[:, 2]), lerp(self.bandpass_hz[1], u[:, 2]))
         return {"kind": kind, "low_hz": lo, "high_hz": hi}
 
+    in_place = True
+
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
-        x, L, sr = batch.audio, batch.lengths, batch.sample_rate
+        out = batch.replace(audio=batch.audio.contiguous().clone())  # ours to write: filtered in place
+        return self.transform_rows(out, params, torch.arange(out.audio.shape[0], device=out.audio.device))
+
+    def transform_rows(self, batch: WaveBatch, params: Params, rows: torch.Tensor) -> WaveBatch:
+        sr = batch.sample_rate
         nyq = sr / 2 * 0.999
         kind = params["kind"]
-        out = x.contiguous().clone()  # ours to write: each edge filters its rows in place
         # high-pass edge (kinds highpass and bandpass), then low-pass edge (lowpass, bandpass)
         for edge, use, f in (("highpass", kind >= 1, params["low_hz"]),
                              ("lowpass", (kind == 0) | (kind == 2), params["high_hz"])):
-            rows = use.nonzero()[:, 0]
-            if rows.numel():
-                b, a = biquad(edge, f[rows].clamp(1.0, nyq).to(torch.float64), sr, self.q)
-                filter_rows_(out, b, a, rows, L)
-        return batch.replace(audio=out)
+            which = use.nonzero()[:, 0]
+            if which.numel():
+                b, a = biquad(edge, f[which].clamp(1.0, nyq).to(torch.float64), sr, self.q)
+                filter_rows_(batch.audio, b, a, rows[which], batch.lengths)
+        return batch

@@ -6,7 +6,8 @@ from typing import Sequence, Tuple, Union
 
 import torch
 
-from ...functional.dsp import NOISE_COLOURS, coloured_noise, mix_at_snr, mix_segments_at_snr, unit_power_sum
+from ...functional.dsp import (NOISE_COLOURS, coloured_noise, mix_at_snr, mix_at_snr_, mix_segments_at_snr,
+                              mix_segments_at_snr_, unit_power_sum)
 from ..core import Context, Params, WaveBatch, check, check_range, lerp, randint
 from .base import BankOp, WaveOp, bank_segments, looped_bank
 
@@ -36,10 +37,18 @@ class Noise(WaveOp):
         return {"snr_db": lerp(self.snr_db, u[:, 0]), "colour": codes[randint(u[:, 1], 0, len(codes) - 1)],
                 "stream": ctx.stream_keys()}
 
+    in_place = True
+
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
         x = batch.audio
         noise = coloured_noise(params["stream"], x.shape[-1], params["colour"]).to(x.dtype)
         return batch.replace(audio=mix_at_snr(x, noise, batch.lengths, params["snr_db"]))
+
+    def transform_rows(self, batch: WaveBatch, params: Params, rows: torch.Tensor) -> WaveBatch:
+        x = batch.audio
+        noise = coloured_noise(params["stream"], x.shape[-1], params["colour"]).to(x.dtype)
+        mix_at_snr_(x, rows, noise, batch.lengths[rows], params["snr_db"])
+        return batch
 
 
 class BackgroundNoise(BankOp):
@@ -70,21 +79,41 @@ class BackgroundNoise(BankOp):
         return {"snr_db": lerp(self.snr_db, u[:, 0]), "count": randint(u[:, 1], self.count[0], self.count[1]),
                 "clip": clip, "offset": offset}
 
-    def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
-        x, L = batch.audio, batch.lengths
-        bank = self.loaded(x.device)
-        N = x.shape[-1]
-        count, clip, offset = params["count"], params["clip"], params["offset"]
+    in_place = True
+
+    def _segments(self, bank, N: int):
+        """The bank laid out so that every segment of N samples is a contiguous slice
+        (:func:`looped_bank`, kept; exact copies), or None when that copy would be large."""
         looped = self._looped
         if looped is None or looped[0] is not bank or looped[1] is None or looped[1][0] < N:
-            # the bank laid out so that every segment is a contiguous row (kept; exact copies)
             self._looped = looped = (bank, looped_bank(bank, N))
-        if looped[1] is not None:  # segments are slices of the looped copy: mixed without gathering them
-            _, data, begin = looped[1]
-            return batch.replace(audio=mix_segments_at_snr(x, L, data, begin[clip] + offset, count,
-                                                           params["snr_db"]))
-        noise = unit_power_sum(lambda k: bank_segments(bank, clip[:, k], offset[:, k], N), L, count, x)
-        return batch.replace(audio=mix_at_snr(x, noise, L, params["snr_db"]))
+        return looped[1]
+
+    def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
+        return batch.replace(audio=self._mix(batch, params, None))
+
+    def transform_rows(self, batch: WaveBatch, params: Params, rows: torch.Tensor) -> WaveBatch:
+        self._mix(batch, params, rows)
+        return batch
+
+    def _mix(self, batch: WaveBatch, params: Params, rows) -> torch.Tensor:
+        """The mixed audio (rows None: every row, into a new tensor; else rows ``rows`` of the
+        batch's own audio, in place, ``params`` holding theirs)."""
+        x = batch.audio
+        L = batch.lengths if rows is None else batch.lengths[rows]
+        bank = self.loaded(x.device)
+        N = x.shape[-1]
+        count, clip, offset, snr = params["count"], params["clip"], params["offset"], params["snr_db"]
+        looped = self._segments(bank, N)
+        if looped is not None:  # segments are slices of the looped copy: mixed without gathering them
+            _, data, begin = looped
+            starts = begin[clip] + offset
+            if rows is None:
+                return mix_segments_at_snr(x, L, data, starts, count, snr)
+            return mix_segments_at_snr_(x, rows, L, data, starts, count, snr)
+        noise = unit_power_sum(lambda k: bank_segments(bank, clip[:, k], offset[:, k], N), L, count,
+                               x if rows is None else x.new_empty(len(rows), N))
+        return mix_at_snr(x, noise, L, snr) if rows is None else mix_at_snr_(x, rows, noise, L, snr)
 
 
 class Babble(BackgroundNoise):

@@ -8,7 +8,7 @@ from typing import List, Optional
 import torch
 
 from ...errors import BankError
-from ...functional.dsp import fast_fft_size, fft_convolve_spectra, match_power
+from ...functional.dsp import fast_fft_size, fft_convolve_spectra, match_power, match_power_
 from ..core import Context, Params, WaveBatch, check, check_choice, check_number, randint
 from .base import BankOp
 
@@ -105,11 +105,22 @@ class Reverb(BankOp):
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
         return {"rir": randint(ctx.uniform(1)[:, 0], 0, len(self.rirs(ctx.device)) - 1)}
 
-    def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
-        x, L = batch.audio, batch.lengths
+    in_place = True
+
+    def _wet(self, x: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
+        """x [b, N] convolved with the RIRs ``rir``, aligned on the direct path: [b, N], a
+        view of a fresh result, not yet cut at the lengths."""
         bank = self.rirs(x.device)
         N, K = x.shape[-1], bank.rirs.shape[-1]
         m = fast_fft_size(N + K - 1)
-        wet = fft_convolve_spectra(x, self._rir_spectra(bank, params["rir"], m, x.dtype), K, m)
+        return fft_convolve_spectra(x, self._rir_spectra(bank, rir, m, x.dtype), K, m)[:, bank.pre:bank.pre + N]
+
+    def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
+        x, L = batch.audio, batch.lengths
         # cut at each length (a view of a fresh result), level kept with keep_level
-        return batch.replace(audio=match_power(wet[:, bank.pre:bank.pre + N], x, L, self.keep_level, inplace=True))
+        return batch.replace(audio=match_power(self._wet(x, params["rir"]), x, L, self.keep_level, inplace=True))
+
+    def transform_rows(self, batch: WaveBatch, params: Params, rows: torch.Tensor) -> WaveBatch:
+        x = batch.audio.index_select(0, rows)
+        match_power_(batch.audio, rows, self._wet(x, params["rir"]), x, batch.lengths[rows], self.keep_level)
+        return batch
