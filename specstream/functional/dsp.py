@@ -181,6 +181,21 @@ def resample(x: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
     return y[:, :target]
 
 
+def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """[B, n + hop (T - 1)]: frames [B, n, T] (frame j's n samples in column j) added at
+    hop j: ``F.fold``'s overlap-add. When hop divides n, as n / hop shifted adds of
+    [B, T, hop] blocks (fold runs a scalar col2im loop on the CPU)."""
+    B, n, T = frames.shape
+    size = n + hop * (T - 1)
+    if n % hop or T == 0:
+        return F.fold(frames, (1, size), (1, n), stride=(1, hop))[:, 0, 0]
+    R = n // hop
+    out = frames.new_zeros(B, T + R - 1, hop)
+    for k in range(R):
+        out[:, k:k + T].add_(frames[:, k * hop:(k + 1) * hop].transpose(1, 2))
+    return out.reshape(B, size)
+
+
 PV_QUIET = 1e-3  # phase_vocoder: cells below this fraction of the sample's peak magnitude (-60 dB) are "quiet"
 
 
@@ -195,18 +210,25 @@ def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor, 
         return spec
     shape = spec.shape
     spec = spec.reshape((-1,) + tuple(shape[-2:]))
-    T = spec.shape[-1]
+    S, Fq, T = spec.shape
     steps = torch.arange(int(math.ceil(T / rate)) + 1, device=spec.device, dtype=torch.float64) * rate
     steps = steps[steps < T]
     i0 = steps.floor().to(torch.int64)
     real = spec.real.dtype
-    alphas = (steps - i0.to(torch.float64)).to(real)
+    alphas = (steps - i0.to(torch.float64)).to(real)[:, None]
+    # time-major real and imaginary planes [2, T + 2, S * Fq] (one copy): reading frames i0,
+    # i0 + 1 is then a gather of whole rows, and every step below a contiguous pass that
+    # torch vectorises (complex angle, abs and polar are scalar loops on the CPU; along
+    # time, the last axis, each read was a strided gather)
+    planes = torch.view_as_real(spec).permute(3, 2, 0, 1).reshape(2, T, S * Fq)
+    planes = torch.nn.functional.pad(planes, [0, 0, 0, 2])
+    re, im = planes[0], planes[1]
+    advance = torch.broadcast_to(phase_advance, (S, Fq, 1)).reshape(1, S * Fq).to(real)
     # angle and magnitude once per input frame (then real gathers), not per output frame
-    spec = torch.nn.functional.pad(spec, [0, 2])
-    ang, norm = spec.angle(), spec.abs()
-    phase_0 = ang[..., :1]
-    a0, a1 = ang.index_select(-1, i0), ang.index_select(-1, i0 + 1)
-    phase = a1.sub_(a0).sub_(phase_advance)
+    ang, norm = torch.atan2(im, re), torch.hypot(re, im)
+    phase_0 = ang[:1]
+    a0, a1 = ang.index_select(0, i0), ang.index_select(0, i0 + 1)
+    phase = a1.sub_(a0).sub_(advance)
     phase = phase - 2 * math.pi * torch.round(phase / (2 * math.pi))
     # The angle of a cell far below its sample's peak is mostly float noise, which differs
     # between FFT implementations (CPU and CUDA), and the running phase sum keeps every
@@ -214,20 +236,20 @@ def phase_vocoder(spec: torch.Tensor, rate: float, phase_advance: torch.Tensor, 
     # blended towards none (the bin's nominal advance), as unit phasors, smoothly in the cell's
     # level (weight m^2 / (m^2 + floor^2), floor QUIET of the sample's peak): cells well
     # above the floor keep their measured deviation, and no threshold flips.
-    floor = quiet * norm.amax(dim=(-2, -1), keepdim=True)
-    m = torch.minimum(norm.index_select(-1, i0), norm.index_select(-1, i0 + 1))
-    w = m.square_()
+    peak = norm.reshape(T + 2, S, Fq).amax(dim=(0, 2))  # [S]
+    floor = (quiet * peak)[:, None].expand(S, Fq).reshape(1, S * Fq)
+    n0, n1 = norm.index_select(0, i0), norm.index_select(0, i0 + 1)
+    w = torch.minimum(n0, n1).square_()
     w = w.div_((w + floor * floor).clamp_(min=torch.finfo(w.dtype).tiny))  # a silent sample: 0 / 0 -> 0
     phase = torch.atan2(w * torch.sin(phase), (w * torch.cos(phase)).add_(1 - w))
-    phase = torch.cat([phase_0, (phase + phase_advance)[..., :-1]], dim=-1)
-    n0 = norm.index_select(-1, i0)
-    mag = n0.add_(alphas * (norm.index_select(-1, i0 + 1) - n0))
+    phase = torch.cat([phase_0, (phase + advance)[:-1]], dim=0)
+    mag = n1.sub_(n0).mul_(alphas).add_(n0)
     # the running phase reaches pi * hop * frames (tens of thousands of radians): summed in
     # float32 it keeps ~1e-2 rad, and the sum's rounding depends on the device's scan order.
     # Summed in float64 and wrapped to [0, 2 pi) it is exact to float32 on every device.
-    acc = torch.remainder(torch.cumsum(phase.to(torch.float64), -1), 2 * math.pi).to(real)
-    out = torch.polar(mag, acc)
-    return out.reshape(tuple(shape[:-1]) + (out.shape[-1],))
+    acc = torch.remainder(torch.cumsum(phase.to(torch.float64), 0), 2 * math.pi).to(real)
+    out = torch.complex(mag * torch.cos(acc), mag.mul_(torch.sin(acc)))  # polar, vectorised: [T_out, S * Fq]
+    return out.reshape(-1, S, Fq).permute(1, 2, 0).reshape(tuple(shape[:-1]) + (out.shape[0],))
 
 
 def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -6,9 +6,8 @@ import math
 from typing import Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from ...functional.dsp import phase_vocoder, resample
+from ...functional.dsp import overlap_add, phase_vocoder, resample
 from ...functional.frames import lengths_mask, pad_to, zero_padding
 from ..core import Context, Params, WaveBatch, check, check_number, randint
 from .base import WaveOp
@@ -112,19 +111,18 @@ class Tempo(_FactorOp):
         frames = L // hop + 1  # a sample's own STFT frames (as torch.stft of it alone)
         # masked_fill, not a multiply: 0 * (negative real) is -0.0, whose angle is pi, and the
         # phase vocoder reads the angle of the first frame past the end
-        spec = spec.masked_fill(~lengths_mask(frames, spec.shape[-1])[:, None, :], 0)
+        spec.masked_fill_(~lengths_mask(frames, spec.shape[-1])[:, None, :], 0)  # in place: keeps stft's time-major memory
         advance = torch.linspace(0, math.pi * hop, n_fft // 2 + 1, device=x.device)[..., None]
         stretched = phase_vocoder(spec, v, advance)  # [b, bins, T_out], steps i * v exact per frame
         T_out = stretched.shape[-1]
         own = torch.ceil(frames.to(torch.float64) / v).to(torch.int64)  # output frames alone
         on = lengths_mask(own, T_out).to(x.dtype)[:, None, :]
         seg = torch.fft.irfft(stretched, n=n_fft, dim=1).mul_(window[None, :, None] * on)  # [b, n_fft, T_out]
-        size = n_fft + hop * (T_out - 1)
-        ola = F.fold(seg, (1, size), (1, n_fft), stride=(1, hop))[:, 0, 0]
+        ola = overlap_add(seg, hop)
         # the window envelope depends only on a sample's own frame count: one per distinct count
         counts, which = torch.unique(own, return_inverse=True)
         on_u = lengths_mask(counts, T_out).to(x.dtype)[:, None, :]
-        env = F.fold((window ** 2)[None, :, None] * on_u, (1, size), (1, n_fft), stride=(1, hop))[:, 0, 0][which]
+        env = overlap_add((window ** 2)[None, :, None] * on_u, hop)[which]
         y = torch.where(env > 1e-11, ola / env.clamp(min=1e-11), torch.zeros_like(ola))
         return y[:, n_fft // 2:]
 
