@@ -326,6 +326,17 @@ def bench_kernels(args) -> None:
     ml = torch.randint(14400, 17601, (B,), generator=g)
     mwave = 0.1 * torch.randn(B, 17600, generator=g) * (torch.arange(17600)[None, :] < ml[:, None])
     vtlp_banks = mel.mel_fbanks(16000, 400, 80, alpha=alpha)
+    # mixing as the noise ops hand it: 50 rows (p = 0.8 of 64), recorded noise as two
+    # segments of a 4 s bank; reverb's level on the convolution's own (strided) rows
+    mixed = 0.1 * torch.randn(50, n, generator=g)
+    ml50 = torch.randint(14000, n + 1, (50,), generator=g)
+    mixed = mixed * (torch.arange(n)[None, :] < ml50[:, None])
+    noise = torch.randn(50, n, generator=g)
+    snr = 20 * torch.rand(50, generator=g)
+    bank = torch.randn(64000 + n, generator=g)
+    seg_starts = torch.randint(0, 64000, (50, 2), generator=g)
+    seg_count = torch.randint(1, 3, (50,), generator=g)
+    wide = torch.randn(50, 2 * n, generator=g)
 
     cases = [
         (f"filtfilt, biquad [{rows}, {n}]", lambda: dsp.filtfilt(wave, wl, b, a)),
@@ -339,6 +350,12 @@ def bench_kernels(args) -> None:
         (f"masks, mean fill [{B}, 80, {T}]", lambda: apply_masks(Batch(feats, fl), [(fu, tu, None)], "mean")),
         (f"log-mel, one bank [{B}, 17600]", lambda: logmel(mwave, ml)),
         (f"log-mel, VTLP banks [{B}, 17600]", lambda: logmel(mwave, ml, fbanks=vtlp_banks)),
+        (f"centre padding [{B}, 17600]", lambda: logmel._center_pad(mwave, ml)),
+        (f"gaussian noise [{rows}, {n}]", lambda: dsp.gaussian_stream(ids[:rows], n)),
+        (f"mix at SNR [50, {n}]", lambda: dsp.mix_at_snr(mixed, noise, ml50, snr)),
+        (f"recorded noise, 1-2 segments [50, {n}]",
+         lambda: dsp.mix_segments_at_snr(mixed, ml50, bank, seg_starts, seg_count, snr)),
+        (f"reverb level, strided rows [50, {n}]", lambda: dsp.match_power(wide[:, 40:40 + n], mixed, ml50)),
     ]
 
     def torch_path(fn):

@@ -117,7 +117,8 @@ class LogMel(torch.nn.Module):
         alone, so a sample's features do not depend on what else is in the batch."""
         pad = self.cfg.n_fft // 2
         B, N = wave.shape
-        if (wave.device.type == "cpu" and wave.is_contiguous() and N > 0 and not wave.requires_grad
+        if (wave.device.type == "cpu" and wave.dtype in (torch.float32, torch.float64) and wave.is_contiguous()
+                and N > 0 and not wave.requires_grad and lengths.numel() in (1, B)
                 and lengths.device.type == "cpu" and cpu_kernels.available()
                 and bool(((lengths >= 0) & (lengths <= N)).all())):  # one pass, the same values
             return cpu_kernels.center_pad(wave, lengths, pad, self.cfg.pad_mode == "reflect")

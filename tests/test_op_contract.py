@@ -335,7 +335,7 @@ def test_gated_rows_alone_equal_inside_a_padded_batch(name, clips, banks):
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_gated_rows_in_a_batch_the_chain_owns(name, clips, banks):
+def test_gated_rows_in_a_batch_the_chain_owns(name, clips, banks, monkeypatch):
     """p < 1 on a batch the caller hands over (owned: a policy's chain after its first op)
     and on one it keeps: the same output bit for bit, the kept batch never written. An op
     that transforms its rows in place (``in_place``) writes the owned tensor itself, with
@@ -353,13 +353,17 @@ def test_gated_rows_in_a_batch_the_chain_owns(name, clips, banks):
         w = x
         make = lambda data: Batch(data, n, clips.targets[ORDER], ft, FeatureDomain.from_mel(CFG))  # noqa: E731
     kept, given = w.clone(), w.clone()
+    takes = []  # the gathered copies of the active rows (the take/put path)
+    cls = type(make(w))
+    monkeypatch.setattr(cls, "take", lambda self, rows, _f=cls.take: takes.append(1) or _f(self, rows))
     a = op.apply(make(kept), params, owned=False, clean=True)
+    gathered = len(takes)
     b = op.apply(make(given), params, owned=True, clean=True)
     assert torch.equal(kept, w), f"{name}: wrote the caller's batch"
     assert torch.equal(a.data, b.data) and torch.equal(a.lengths, b.lengths), f"{name}: owned and kept differ"
     if op.in_place:
-        assert b.data is given, f"{name}: in_place, yet the owned batch was not written where it is"
-        assert not torch.equal(given, w)
+        assert gathered == 1 and len(takes) == 1, f"{name}: in_place, yet the owned batch went through take/put"
+        assert b.data is given and not torch.equal(given, w)
 
 
 # ----------------------------------------------------------------------------- 2. padding, lengths

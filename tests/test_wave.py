@@ -768,6 +768,7 @@ def test_filter_rows_in_place_touches_only_its_rows(path):
     with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
         zero_phase = dsp.filter_rows_(x.clone(), b, a, rows, L)
         causal = dsp.filter_rows_(x.clone(), bp, ap, rows)
+    with cpu_kernels.torch_path():  # the reference: the gathered rows through torchaudio's recursion
         want_zp = dsp.filtfilt(x[rows], L[rows], b, a)
         want_c = dsp.lfilter(x[rows], bp, ap)
     torch.testing.assert_close(zero_phase[rows], want_zp, rtol=0, atol=1e-6)
@@ -778,3 +779,46 @@ def test_filter_rows_in_place_touches_only_its_rows(path):
     if path == "numba":
         with pytest.raises(ValueError, match="distinct"):
             dsp.filter_rows_(x.clone(), bp, ap, torch.tensor([1, 1]))
+
+
+def test_mixing_kernels_broadcast_like_the_torch_path_and_refuse_what_does_not_fit():
+    """One SNR or count for every row is broadcast as the torch path broadcasts it; per-row arguments of another size are refused (the kernels read
+    without bounds checks); empty batches give empty results; LogMel takes half-precision
+    waves (the centre padding kernel is for float32/64 only)."""
+    from specstream.features import LogMel, MelConfig
+    from specstream.functional import cpu_kernels, dsp
+
+    g = torch.Generator().manual_seed(3)
+    L = torch.tensor([500, 300, 0, 512])
+    x = torch.randn(4, 512, generator=g) * (torch.arange(512)[None, :] < L[:, None])
+    noise = torch.randn(4, 512, generator=g)
+    data = torch.randn(4000, generator=g)
+    cases = {
+        "scalar snr": lambda: dsp.mix_at_snr(x, noise.clone(), L, torch.tensor(10.0)),
+        "scalar count": lambda: dsp.mix_segments_at_snr(x, L, data, torch.tensor([[0, 9], [5, 7], [1, 2], [3, 3]]),
+                                                        torch.tensor(2), torch.full((4,), 6.0)),
+    }
+    for what, fn in cases.items():
+        got = fn()
+        with cpu_kernels.torch_path():
+            want = fn()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=what)
+    with pytest.raises(ValueError, match="values for 4 rows"):
+        dsp.mix_at_snr(x, noise, L, torch.zeros(3))
+    with pytest.raises(ValueError, match="for 4 rows"):
+        dsp.mix_at_snr(x, noise[:2].contiguous(), L, torch.zeros(4))
+    with pytest.raises(ValueError, match="values for 4 rows"):
+        dsp.match_power(noise, x, L[:2])
+    with pytest.raises(ValueError, match="for 4 rows"):  # a row's data is cut at that row's length
+        dsp.match_power(noise, x[:1], L)
+    empty = x[:0]
+    assert dsp.mix_segments_at_snr(empty, L[:0], data, torch.zeros(0, 2, dtype=torch.int64), L[:0],
+                                   torch.zeros(0)).shape == (0, 512)
+    assert dsp.mix_at_snr(empty, noise[:0], L[:0], torch.zeros(0)).shape == (0, 512)
+    lm = LogMel(MelConfig())
+    wave = torch.randn(2, 3000, generator=g)
+    for dtype in (torch.float16, torch.bfloat16):
+        feats, _ = lm(wave.to(dtype), torch.tensor([3000, 2000]))
+        with cpu_kernels.torch_path():
+            want, _ = lm(wave.to(dtype), torch.tensor([3000, 2000]))
+        assert torch.isfinite(feats).all() and torch.equal(feats, want)

@@ -197,15 +197,15 @@ def iir_rows(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, n: Optional[torc
         out = torch.empty_like(x)
         sel = np.arange(R, dtype=np.int64)
     else:
-        sel = np.ascontiguousarray(rows.numpy(), dtype=np.int64)
+        sel = _per_row(rows, torch.int64, rows.numel(), "rows")
         if out is None or out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
             raise ValueError("iir_rows: rows need out, contiguous, of x's shape and dtype")
         if sel.size and (sel.min() < 0 or sel.max() >= R or np.unique(sel).size != sel.size):
             raise ValueError(f"iir_rows: rows must be distinct indices below {R}")
     if out.numel() == 0 or sel.size == 0:
         return out
-    a = a.numpy().astype(np.float64)
-    b = b.numpy().astype(np.float64) / a[..., :1]
+    a = a.detach().to(torch.float64).numpy()
+    b = b.detach().to(torch.float64).numpy() / a[..., :1]
     a = a / a[..., :1]
     if max(a.shape[-1], b.shape[-1]) > IIR_MAX_TAPS:
         raise ValueError(f"iir_rows: at most {IIR_MAX_TAPS} coefficients (order 3)")
@@ -213,7 +213,7 @@ def iir_rows(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, n: Optional[torc
     coef[..., : b.shape[-1]] = b
     coef[..., 4:3 + a.shape[-1]] = a[..., 1:]
     coef = np.ascontiguousarray(np.broadcast_to(coef, (sel.size, 7)))
-    nn = np.zeros(sel.size, np.int64) if n is None else np.ascontiguousarray(n.numpy(), dtype=np.int64)
+    nn = np.zeros(sel.size, np.int64) if n is None else _per_row(n, torch.int64, sel.size, "n")
     _launch("iir", x.numpy(), coef, nn, n is not None, sel, out.numpy())
     return out
 
@@ -313,22 +313,36 @@ def mixable(x: torch.Tensor, *others: torch.Tensor) -> bool:
             and _rows_f32(x, *others) and available())
 
 
-def _row_list(rows: Optional[torch.Tensor], B: int, out: Optional[torch.Tensor], like: torch.Tensor):
-    """(int64 row indices, output tensor): all B rows into a new tensor, or ``rows``
-    (distinct, checked: the kernels have no bounds checks) into ``out``."""
+def _row_list(rows: Optional[torch.Tensor], x: torch.Tensor, out: Optional[torch.Tensor], like: torch.Tensor):
+    """(int64 row indices, output tensor): all rows of x into a new tensor shaped like
+    ``like``, or ``rows`` (distinct, checked: the kernels have no bounds checks) of x into
+    the same rows of ``out`` (x's shape)."""
     if rows is None:
-        return np.arange(B, dtype=np.int64), torch.empty(like.shape, dtype=like.dtype)
-    sel = np.ascontiguousarray(rows.numpy(), dtype=np.int64)
-    if out is None or out.dim() != 2 or out.shape[-1] != like.shape[-1] or out.dtype != like.dtype \
-            or not out.is_contiguous():
-        raise ValueError("rows need out: contiguous rows of the input's length and dtype")
+        return np.arange(x.shape[0], dtype=np.int64), torch.empty(like.shape, dtype=like.dtype)
+    sel = _per_row(rows, torch.int64, rows.numel(), "rows")
+    if (out is None or out.shape != x.shape or out.dtype != like.dtype or not out.is_contiguous()):
+        raise ValueError(f"rows need out: contiguous, of the input's shape {tuple(x.shape)} and dtype")
     if sel.size and (sel.min() < 0 or sel.max() >= out.shape[0] or np.unique(sel).size != sel.size):
         raise ValueError(f"rows must be distinct indices below {out.shape[0]}")
     return sel, out
 
 
-def _per_row(t: torch.Tensor, dtype) -> np.ndarray:
-    return np.ascontiguousarray(t.numpy(), dtype=dtype)
+def _per_row(t, dtype: torch.dtype, n: int, what: str) -> np.ndarray:
+    """[n] contiguous numpy values of t (one per row, or one for all: broadcast as the torch
+    paths broadcast it); anything else is refused, since the kernels read without bounds
+    checks."""
+    t = torch.as_tensor(t).detach().to(dtype).reshape(-1)
+    if t.numel() not in (1, n):
+        raise ValueError(f"{what}: {t.numel()} values for {n} rows")
+    return np.ascontiguousarray(t.expand(n).numpy())
+
+
+def _row_block(t: torch.Tensor, n: int, what: str) -> np.ndarray:
+    """t [n, ...] as a contiguous numpy array (one row per listed row: a row's data is cut
+    at that row's length, so one row cannot stand for all)."""
+    if t.dim() == 0 or t.shape[0] != n:
+        raise ValueError(f"{what}: {tuple(t.shape)} for {n} rows")
+    return np.ascontiguousarray(t.numpy())
 
 
 def snr_mix(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor,
@@ -337,11 +351,13 @@ def snr_mix(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db:
     (the powers in float64), into a new tensor; ``noise`` is read, not written. With
     ``rows``: rows rows[i] of x get noise[i] (lengths, snr_db given per listed row) and are
     written to the same rows of ``out`` (x itself: in place); its other rows are left as
-    they are. Requires :func:`mixable`."""
-    sel, out = _row_list(rows, x.shape[0], out, x)
-    if sel.size and x.shape[-1]:
-        _launch("snr_mix", x.numpy(), noise.numpy(), _per_row(lengths, np.int64), _per_row(snr_db, np.float64),
-                sel, out.numpy())
+    they are. One noise row, length or SNR serves every row. Requires :func:`mixable`."""
+    sel, out = _row_list(rows, x, out, x)
+    n = sel.size
+    args = (_row_block(noise, n, "noise"), _per_row(lengths, torch.int64, n, "lengths"),
+            _per_row(snr_db, torch.float64, n, "snr_db"))
+    if n and x.shape[-1]:
+        _launch("snr_mix", x.numpy(), *args, sel, out.numpy())
     return out
 
 
@@ -352,15 +368,19 @@ def segment_mix(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor, star
     per row in the kernel (no [B, N] noise or segment tensors); ``rows`` / ``out`` as in
     :func:`snr_mix`. Requires :func:`mixable`."""
     N = x.shape[-1]
-    sel, out = _row_list(rows, x.shape[0], out, x)
-    starts = _per_row(starts, np.int64).reshape(sel.size, -1)
-    count = _per_row(count, np.int64).clip(0, starts.shape[1])
-    if sel.size and starts.size and ((starts < 0).any() or (starts + N > data.numel()).any()):
+    sel, out = _row_list(rows, x, out, x)
+    n = sel.size
+    if n == 0:
+        return out
+    starts = _row_block(torch.as_tensor(starts).to(torch.int64).reshape(starts.shape[0], -1), n, "starts")
+    count = _per_row(count, torch.int64, n, "count").clip(0, starts.shape[1])
+    if starts.size and ((starts < 0).any() or (starts + N > data.numel()).any()):
         raise ValueError(f"segment_mix: segments of {N} samples from starts {starts.min()}..{starts.max()} "
                          f"do not fit in {data.numel()} samples")
-    if sel.size and N:
-        _launch("segment_mix", x.numpy(), _per_row(lengths, np.int64), np.ascontiguousarray(data.numpy()), starts,
-                count, _per_row(snr_db, np.float64), sel, out.numpy())
+    if N:
+        _launch("segment_mix", x.numpy(), _per_row(lengths, torch.int64, n, "lengths"),
+                np.ascontiguousarray(data.reshape(-1).numpy()), starts, count,
+                _per_row(snr_db, torch.float64, n, "snr_db"), sel, out.numpy())
     return out
 
 
@@ -368,16 +388,23 @@ def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool,
           rows: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y (CPU float32 rows [R, N], each contiguous: e.g. a slice of a wider result) cut at
     each length, and with ``keep`` scaled to ref's power over it (:func:`..dsp.match_power`),
-    into a new contiguous tensor; with ``rows``, into rows rows[i] of ``out``. Requires
-    :func:`available`."""
+    into a new contiguous tensor; with ``rows`` (R of them), into those rows of ``out``.
+    Requires :func:`available`."""
     if y.dim() != 2 or (y.shape[-1] > 1 and y.stride(-1) != 1):
         raise ValueError(f"level: rows with unit stride, not strides {y.stride()}")
-    sel, out = _row_list(rows, y.shape[0], out, y)
-    if sel.size and y.shape[-1]:
+    if rows is None:
+        sel, out = _row_list(None, y, None, y)
+    else:
+        if rows.numel() != y.shape[0]:
+            raise ValueError(f"level: {rows.numel()} rows for {y.shape[0]} rows of y")
+        sel, out = _row_list(rows, out if out is not None else y, out, y)
+    n = sel.size
+    args = (_row_block(ref.contiguous(), n, "ref"), _per_row(lengths, torch.int64, n, "lengths"))
+    if n and y.shape[-1]:
         storage = y.untyped_storage()
         flat = y.new_empty(0).set_(storage, 0, (storage.nbytes() // y.element_size(),))
-        _launch("level", flat.numpy(), int(y.storage_offset()), int(y.stride(0)), ref.contiguous().numpy(),
-                _per_row(lengths, np.int64), bool(keep), sel, out.numpy())
+        _launch("level", flat.numpy(), int(y.storage_offset()), int(y.stride(0)), *args, bool(keep), sel,
+                out.numpy())
     return out
 
 
@@ -389,6 +416,6 @@ def center_pad(wave: torch.Tensor, lengths: torch.Tensor, pad: int, reflect: boo
     B, N = wave.shape
     out = torch.empty((B, N + 2 * pad), dtype=wave.dtype)
     if out.numel():
-        _launch("center_pad", wave.numpy(), np.ascontiguousarray(lengths.numpy(), dtype=np.int64), int(pad),
+        _launch("center_pad", wave.numpy(), _per_row(lengths, torch.int64, B, "lengths"), int(pad),
                 bool(reflect), out.numpy())
     return out
