@@ -51,17 +51,15 @@ class Distortion(WaveOp):
         x, L = batch.audio, batch.lengths
         peak = x.abs().amax(-1, keepdim=True).clamp(min=1e-12)
         g = (10.0 ** (params["drive_db"] / 20.0))[:, None].to(x.dtype)
-        xn = x / peak
-        if self.kind == "tanh":
-            y = torch.tanh(g * xn) / torch.tanh(g)
-        elif self.kind == "clip":
-            y = torch.clamp(g * xn, -1.0, 1.0)
-        else:
-            y = torch.tanh(g * (xn + self.bias))
+        if self.kind != "asymmetric":
+            # tanh(0) = clamp(0) = 0: a sample's padding stays 0 (the contract zeroes it if it
+            # came dirty); the output's peak is set to the input's by one rescale
+            y = x * (g / peak)
+            y = y.tanh_() if self.kind == "tanh" else y.clamp_(-1.0, 1.0)
+            return batch.replace(audio=y.mul_(peak / y.abs().amax(-1, keepdim=True).clamp(min=1e-12)))
+        y = torch.tanh(g * (x / peak + self.bias))
         valid = lengths_mask(L, x.shape[-1]).to(x.dtype)
         y = y * valid
-        if self.kind != "asymmetric":
-            return batch.replace(audio=y * (peak / y.abs().amax(-1, keepdim=True).clamp(min=1e-12)))
         # remove the DC the bias added: the output keeps the input's own mean m, and its
         # deviations d from m are scaled so that the peak |m + c d| is the input's peak
         n = L.clamp(min=1).to(x.dtype)[:, None]
