@@ -334,12 +334,18 @@ def test_gated_rows_alone_equal_inside_a_padded_batch(name, clips, banks):
     assert bool((out.features.masked_select(past[:, None, :]) == 0).all())
 
 
+@pytest.mark.parametrize("path", ["kernels", "torch"])
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_gated_rows_in_a_batch_the_chain_owns(name, clips, banks, monkeypatch):
+def test_gated_rows_in_a_batch_the_chain_owns(name, path, clips, banks, monkeypatch):
     """p < 1 on a batch the caller hands over (owned: a policy's chain after its first op)
     and on one it keeps: the same output bit for bit, the kept batch never written. An op
     that transforms its rows in place (``in_place``) writes the owned tensor itself, with
-    no gathered copy (so this runs its transform_rows)."""
+    no gathered copy (so this runs its transform_rows): with the CPU kernels, and on the
+    torch path (what CUDA runs: the rows gathered, transformed and written back)."""
+    from specstream.functional import cpu_kernels
+
+    if path == "torch":
+        monkeypatch.setattr(cpu_kernels, "_kernel", False)  # cpu_kernels.torch_path() for the whole test
     op = build(name, {}, banks)
     if op.domain == "filterbank":
         return  # acts in the log-mel's filterbanks: no batch to own (covered through featurize)
