@@ -46,6 +46,16 @@ def good_sample(key: str, label: int, sr: int = 16000, seconds: float = 1.0) -> 
             "json": json.dumps({"label": label}).encode()}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernels_compiled_once():
+    """The numba kernels compiled (or loaded from numba's cache) once, before any Ray
+    worker or subprocess starts: those then load them from the cache instead of each
+    compiling them (tens of seconds in a fresh checkout, on shared cores)."""
+    from specstream.functional import cpu_kernels
+
+    cpu_kernels.warm_up()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One Ray cluster for the whole suite, with two nodes (ray.cluster_utils.Cluster, both

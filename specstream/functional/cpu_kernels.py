@@ -142,6 +142,36 @@ def _first_launch(kernel):
             torch.set_num_threads(threads)
 
 
+def warm_up() -> bool:
+    """Call every kernel once on tiny inputs of the types the augmentation and the log-mel
+    hand them, so that each is compiled (or loaded from numba's on-disk cache) now. A
+    process that starts many worker processes at once (a test session, a driver before its
+    Ray workers on the same machine) can call it first: the workers then load the kernels
+    from the cache instead of each compiling them. False when the kernels are off."""
+    if not available():
+        return False
+    x, n = torch.randn(5, 40), torch.tensor([40, 3, 0, 9, 40])
+    iir_rows(x, torch.tensor([1.0, 0.5]), torch.tensor([1.0, -0.5]), n)
+    iir_rows(x, torch.tensor([1.0, 0.5]), torch.tensor([1.0, -0.5]), rows=torch.tensor([1, 3]), out=x.clone())
+    interp_time(torch.randn(2, 3, 8), torch.zeros(2, 8, dtype=torch.int64), torch.zeros(2, 8), torch.tensor([8, 4]), 8)
+    apply_masks(torch.randn(2, 3, 10), torch.tensor([10, 5]), torch.zeros(2, 3, dtype=torch.bool),
+                torch.zeros(2, 10, dtype=torch.bool), torch.zeros(2))
+    stream_uniform(torch.arange(3), 10)
+    stream_uniform(torch.arange(3), 10, signed=True)
+    keyed_uniform(torch.arange(3), 5, 2)
+    keyed_prefix(1, torch.arange(3), torch.arange(3))
+    bands(torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.bool), 5)
+    triangles(torch.rand(2, 5).double(), torch.linspace(0, 1, 6).double(), 4, False)
+    spec = torch.stft(torch.randn(2, 800), 400, 160, window=torch.hann_window(400), center=False, return_complex=True)
+    mel_log(spec, torch.rand(1, 4, 201), torch.tensor([3, 2]), 2.0, 1e-6, False)
+    snr_mix(x, torch.randn(5, 40), n, torch.zeros(5))
+    level(x, x, n, True)
+    segment_mix(x, n, torch.randn(100), torch.zeros(5, 1, dtype=torch.int64), torch.ones(5, dtype=torch.int64),
+                torch.zeros(5))
+    center_pad(x, n, 4, True)
+    return True
+
+
 @contextlib.contextmanager
 def torch_path():
     """Within the block :func:`available` is false, so callers take the torch path (tests
