@@ -21,6 +21,7 @@ class Filter(WaveOp):
 
     name = "filter"
     keeps_zero_padding = True  # 0 past each length when the input is
+    in_place = True  # transform_rows: the active rows of an owned batch, where they are
     KINDS = ("lowpass", "highpass", "bandpass")
 
     def __init__(self, kind: str = "random", lowpass_hz: Range = (2000.0, 7000.0),
@@ -55,8 +56,6 @@ class Filter(WaveOp):
         lo = torch.where(kind == 1, lerp(self.highpass_hz, u[:, 1]), lerp(self.bandpass_hz[0], u[:, 1]))
         hi = torch.where(kind == 0, lerp(self.lowpass_hz, u[:, 2]), lerp(self.bandpass_hz[1], u[:, 2]))
         return {"kind": kind, "low_hz": lo, "high_hz": hi}
-
-    in_place = True
 
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
         out = batch.replace(audio=batch.audio.contiguous().clone())  # ours to write: filtered in place

@@ -20,6 +20,7 @@ class Noise(WaveOp):
 
     name = "noise"
     keeps_zero_padding = True  # 0 past each length when the input is
+    in_place = True  # transform_rows: the active rows of an owned batch, where they are
 
     def __init__(self, snr_db: Tuple[float, float] = (5.0, 30.0), colour: Union[str, Sequence[str]] = "white",
                  p: float = 1.0):
@@ -36,8 +37,6 @@ class Noise(WaveOp):
         codes = self._codes.to(ctx.device)
         return {"snr_db": lerp(self.snr_db, u[:, 0]), "colour": codes[randint(u[:, 1], 0, len(codes) - 1)],
                 "stream": ctx.stream_keys()}
-
-    in_place = True
 
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
         x = batch.audio
@@ -59,6 +58,7 @@ class BackgroundNoise(BankOp):
 
     name = "background_noise"
     keeps_zero_padding = True  # 0 past each length when the input is
+    in_place = True  # transform_rows: the active rows of an owned batch, where they are
 
     def __init__(self, bank, snr_db: Tuple[float, float] = (0.0, 20.0), count: Tuple[int, int] = (1, 1),
                  p: float = 1.0):
@@ -78,8 +78,6 @@ class BackgroundNoise(BankOp):
         offset = torch.floor(ctx.uniform(K) * bank.lengths[clip].to(torch.float32)).to(torch.int64)
         return {"snr_db": lerp(self.snr_db, u[:, 0]), "count": randint(u[:, 1], self.count[0], self.count[1]),
                 "clip": clip, "offset": offset}
-
-    in_place = True
 
     def _segments(self, bank, N: int):
         """The bank laid out so that every segment of N samples is a contiguous slice

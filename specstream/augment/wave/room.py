@@ -70,6 +70,7 @@ class Reverb(BankOp):
 
     name = "reverb"
     keeps_zero_padding = True  # 0 past each length when the input is
+    in_place = True  # transform_rows: the active rows of an owned batch, where they are
 
     def __init__(self, bank, normalize: str = "direct", max_seconds: float = 1.0, keep_level: bool = True,
                  p: float = 1.0):
@@ -104,8 +105,6 @@ class Reverb(BankOp):
 
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
         return {"rir": randint(ctx.uniform(1)[:, 0], 0, len(self.rirs(ctx.device)) - 1)}
-
-    in_place = True
 
     def _wet(self, x: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
         """x [b, N] convolved with the RIRs ``rir``, aligned on the direct path: [b, N], a
