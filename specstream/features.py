@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import torch
 
-from .functional import cpu_kernels
+from .functional import cpu_kernels, cpu_mixing
 from .functional.frames import lengths_mask, zero_padding
 from .functional.mel import hz_to_mel, mel_fbanks, mel_to_hz, vtlp_warp  # noqa: F401 - public here too
 
@@ -121,7 +121,7 @@ class LogMel(torch.nn.Module):
                 and N > 0 and not wave.requires_grad and lengths.numel() in (1, B)
                 and lengths.device.type == "cpu" and cpu_kernels.available()
                 and bool(((lengths >= 0) & (lengths <= N)).all())):  # one pass, the same values
-            return cpu_kernels.center_pad(wave, lengths, pad, self.cfg.pad_mode == "reflect")
+            return cpu_mixing.center_pad(wave, lengths, pad, self.cfg.pad_mode == "reflect")
         if self.cfg.pad_mode == "constant":  # zeros on both sides of each sample's own samples
             out = torch.nn.functional.pad(wave, (pad, pad))
             return zero_padding(out, lengths.to(wave.device) + pad, inplace=True)

@@ -810,9 +810,9 @@ def test_cpu_kernels_load_from_numbas_cache_in_a_new_process():
     import sys
 
     code = (
-        "from specstream.functional import cpu_kernels as ck, _numba_kernels as k\n"
+        "from specstream.functional import cpu_kernels as ck, _numba_kernels as k, _numba_mixing as m\n"
         "assert ck.warm_up()\n"
-        "used = [f for f in vars(k).values() if hasattr(f, 'stats') and f.signatures]\n"
+        "used = [f for mod in (k, m) for f in vars(mod).values() if hasattr(f, 'stats') and f.signatures]\n"
         "print(len(ck._kernel), len(used), sum(sum(f.stats.cache_misses.values()) for f in used))\n"
     )
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

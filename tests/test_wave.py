@@ -652,7 +652,7 @@ def test_filtfilt_and_lfilter_keep_gradients():
 def test_resample_kernel_equals_torchaudio():
     import torchaudio.functional as AF
 
-    from specstream.functional.dsp import resample
+    from specstream.functional.timescale import resample
 
     x = torch.randn(3, 5001, generator=torch.Generator().manual_seed(1))
     for orig, new in ((14400, 16000), (17600, 16000), (3, 2), (16000, 16000)):

@@ -6,8 +6,10 @@ featurizer are built from, testable on their own.
 - :mod:`.mel`: Hz <-> mel, (VTLP-warped) mel filterbanks, mel-scale noise colours.
 - :mod:`.dsp`: power, SNR mixing, FFT convolution, biquads and zero-phase filtering,
   coloured noise.
+- :mod:`.timescale`: band-limited resampling, the phase vocoder, overlap-add.
 - :mod:`.random`: the keyed counter-based generator (seed, epoch, key, op) -> uniforms.
 - :mod:`.cpu_kernels`: fused CPU kernels (numba) behind interpolation, IIR filters, the
   keyed hashes, masks, per-sample filterbanks and the log-mel's mel sums, each checked
-  against the torch path it replaces on the CPU.
+  against the torch path it replaces on the CPU; :mod:`.cpu_mixing`: the same for mixing
+  rows at an SNR, rescaling to a power and the log-mel's centre padding.
 """

@@ -7,7 +7,7 @@ from typing import Sequence, Tuple
 
 import torch
 
-from ...functional.dsp import overlap_add, phase_vocoder, resample
+from ...functional.timescale import overlap_add, phase_vocoder, resample
 from ...functional.frames import lengths_mask, pad_to, zero_padding
 from ..core import Context, Params, WaveBatch, check, check_number, randint
 from .base import WaveOp

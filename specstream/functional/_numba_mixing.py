@@ -1,0 +1,119 @@
+"""The numba kernels behind :mod:`.cpu_mixing` (imported by :mod:`.cpu_kernels` on first
+use): mixing at an SNR, rescaling to a power, and a log-mel's per-sample centre padding,
+each one pass per row. Module-level functions (numba's on-disk cache finds them again in a
+new process); only :func:`sum_squares` (a reduction) may reorder its additions."""
+import numba
+import numpy as np
+
+from ._numba_kernels import _jit
+
+
+@_jit(fastmath={"reassoc", "contract"})
+def sum_squares(a, n):
+    """sum_t<n a[t]**2 in float64 (a float32 row): a reduction, so its additions may be
+    reordered (vectorised); nothing else is compiled with fast-math here."""
+    s = 0.0
+    for t in range(n):
+        v = np.float64(a[t])
+        s += v * v
+    return s
+
+
+@numba.njit(inline="always")
+def snr_gain(ps, pn, snr_db):
+    """The gain g with ps / (g**2 pn) = 10**(snr_db / 10) (float32), 0 for silent noise."""
+    if pn > 0.0:
+        return np.float32(np.sqrt(ps / (max(pn, 1e-20) * 10.0 ** (snr_db / 10.0))))
+    return np.float32(0.0)
+
+
+@_jit(parallel=True, fastmath={"contract"})
+def snr_mix_rows(x, noise, lengths, snr_db, rows, out):
+    """out[rows[i]] = x[rows[i]] + g_i noise[i] over the row's first lengths[i] samples,
+    x[rows[i]] after (where x is 0 by the batch contract); g_i gives the SNR snr_db[i]
+    with both powers taken over that length (float64 sums). out may be x (each element is
+    read before it is written)."""
+    R = rows.shape[0]
+    N = x.shape[1]
+    for i in numba.prange(R):
+        n = min(max(lengths[i], 0), N)
+        d = max(n, 1)
+        xr, nr, orow = x[rows[i]], noise[i], out[rows[i]]
+        g = snr_gain(sum_squares(xr, n) / d, sum_squares(nr, n) / d, snr_db[i])
+        for t in range(n):
+            orow[t] = xr[t] + g * nr[t]
+        for t in range(n, N):
+            orow[t] = xr[t]
+
+
+@_jit(parallel=True, fastmath={"contract"})
+def segment_mix_rows(x, lengths, data, starts, count, snr_db, rows, out):
+    """snr_mix_rows with the noise of listed row i built here: the sum of its first
+    count[i] segments data[starts[i, k]:][:lengths[i]], each scaled to unit power over the
+    row's length first (float32, summed in order k = 0, 1, ...)."""
+    R = rows.shape[0]
+    N = x.shape[1]
+    for i in numba.prange(R):
+        n = min(max(lengths[i], 0), N)
+        d = max(n, 1)
+        noise = np.zeros(n, np.float32)
+        for k in range(count[i]):
+            seg = data[starts[i, k]:starts[i, k] + n]
+            level = np.float32(1.0 / np.sqrt(max(sum_squares(seg, n) / d, 1e-20)))
+            for t in range(n):
+                noise[t] = noise[t] + seg[t] * level
+        xr, orow = x[rows[i]], out[rows[i]]
+        g = snr_gain(sum_squares(xr, n) / d, sum_squares(noise, n) / d, snr_db[i])
+        for t in range(n):
+            orow[t] = xr[t] + g * noise[t]
+        for t in range(n, N):
+            orow[t] = xr[t]
+
+
+@_jit(parallel=True)
+def level_rows(flat, offset, stride, ref, lengths, keep, rows, out):
+    """out[rows[i]] = y[i] g_i over the row's first lengths[i] samples, 0 after, where y[i]
+    is flat[offset + i stride:] (a contiguous row of any 2-D view); with ``keep`` g_i
+    brings y[i]'s power over the length to ref[i]'s (float64 sums), else g_i = 1."""
+    R = rows.shape[0]
+    N = out.shape[1]
+    for i in numba.prange(R):
+        n = min(max(lengths[i], 0), N)
+        s = offset + i * stride
+        yr, orow = flat[s:s + N], out[rows[i]]
+        g = np.float32(1.0)
+        if keep:
+            d = max(n, 1)
+            g = np.float32(np.sqrt((sum_squares(ref[i], n) / d) / max(sum_squares(yr, n) / d, 1e-20)))
+        for t in range(n):
+            orow[t] = yr[t] * g
+        for t in range(n, N):
+            orow[t] = 0
+
+
+@_jit(parallel=True)
+def center_pad_rows(wave, lengths, pad, reflect, out):
+    """Each row of wave [B, N] padded by ``pad`` at both ends of its own length L (0 <= L
+    <= N) into out [B, N + 2 pad]: sample t - pad at t in [pad, pad + L); around it, with
+    ``reflect``, the reflection |t - pad| at 0 and 2 (L - 1) - (t - pad) at L - 1 (L taken
+    as at least 1, indices clamped to [0, N - 1]), else zeros; 0 from L + 2 pad on."""
+    B, N = wave.shape
+    W = out.shape[1]
+    for b in numba.prange(B):
+        L = min(max(lengths[b], 0), N)
+        if reflect:
+            L = max(L, 1)
+        xr, orow = wave[b], out[b]
+        for j in range(pad):
+            i = pad - j
+            if i >= L:
+                i = 2 * (L - 1) - i
+            orow[j] = xr[min(max(i, 0), N - 1)] if reflect else 0
+        for j in range(pad, pad + L):
+            orow[j] = xr[j - pad]
+        end = min(L + 2 * pad, W)
+        for j in range(pad + L, end):
+            i = 2 * (L - 1) - (j - pad)
+            orow[j] = xr[min(max(i, 0), N - 1)] if reflect else 0
+        for j in range(end, W):
+            orow[j] = 0

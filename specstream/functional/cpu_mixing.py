@@ -1,0 +1,126 @@
+"""CPU kernels (numba, :mod:`._numba_mixing`) for mixing rows of padded waveform
+batches: at an SNR (:func:`snr_mix`: generated noise; :func:`segment_mix`: recorded
+segments summed at unit power inside the kernel), rescaled to a power (:func:`level`), and
+a log-mel's per-sample centre padding (:func:`center_pad`). Each is one pass per row with
+the powers in float64, on all rows into a new tensor or on a list of rows in place (the
+active rows of a batch an op chain owns). The kernels read without bounds checks: the
+wrappers check every per-row argument. Callers use them where :func:`mixable` (or
+:func:`.cpu_kernels.available`) says so; the torch paths in :mod:`.dsp` and
+:class:`specstream.features.LogMel` are the reference."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .cpu_kernels import _launch, _per_row, available
+
+
+def _rows_f32(*xs: torch.Tensor) -> bool:
+    return all(x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad for x in xs)
+
+
+def mixable(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """The mixing kernels apply: CPU float32 rows [., N] (the same row length), no
+    gradient, numba available."""
+    return (x.dim() == 2 and all(o.dim() == 2 and o.shape[-1] == x.shape[-1] for o in others)
+            and _rows_f32(x, *others) and available())
+
+
+def _row_list(rows: Optional[torch.Tensor], x: torch.Tensor, out: Optional[torch.Tensor], like: torch.Tensor):
+    """(int64 row indices, output tensor): all rows of x into a new tensor shaped like
+    ``like``, or ``rows`` (distinct, checked: the kernels have no bounds checks) of x into
+    the same rows of ``out`` (x's shape)."""
+    if rows is None:
+        return np.arange(x.shape[0], dtype=np.int64), torch.empty(like.shape, dtype=like.dtype)
+    sel = _per_row(rows, torch.int64, rows.numel(), "rows")
+    if (out is None or out.shape != x.shape or out.dtype != like.dtype or not out.is_contiguous()):
+        raise ValueError(f"rows need out: contiguous, of the input's shape {tuple(x.shape)} and dtype")
+    if sel.size and (sel.min() < 0 or sel.max() >= out.shape[0] or np.unique(sel).size != sel.size):
+        raise ValueError(f"rows must be distinct indices below {out.shape[0]}")
+    return sel, out
+
+
+def _row_block(t: torch.Tensor, n: int, what: str) -> np.ndarray:
+    """t [n, ...] as a contiguous numpy array (one row per listed row: a row's data is cut
+    at that row's length, so one row cannot stand for all)."""
+    if t.dim() == 0 or t.shape[0] != n:
+        raise ValueError(f"{what}: {tuple(t.shape)} for {n} rows")
+    return np.ascontiguousarray(t.numpy())
+
+
+def snr_mix(x: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor,
+            rows: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`..dsp.mix_at_snr` of float32 CPU rows [B, N] (contiguous) in one pass per row
+    (the powers in float64), into a new tensor; ``noise`` is read, not written. With
+    ``rows``: rows rows[i] of x get noise[i] (lengths, snr_db given per listed row) and are
+    written to the same rows of ``out`` (x itself: in place); its other rows are left as
+    they are. One noise row, length or SNR serves every row. Requires :func:`mixable`."""
+    sel, out = _row_list(rows, x, out, x)
+    n = sel.size
+    args = (_row_block(noise, n, "noise"), _per_row(lengths, torch.int64, n, "lengths"),
+            _per_row(snr_db, torch.float64, n, "snr_db"))
+    if n and x.shape[-1]:
+        _launch("snr_mix", x.numpy(), *args, sel, out.numpy())
+    return out
+
+
+def segment_mix(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor, starts: torch.Tensor,
+                count: torch.Tensor, snr_db: torch.Tensor, rows: Optional[torch.Tensor] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`..dsp.mix_segments_at_snr` of float32 CPU rows [B, N] with the noise built
+    per row in the kernel (no [B, N] noise or segment tensors); ``rows`` / ``out`` as in
+    :func:`snr_mix`. Requires :func:`mixable`."""
+    N = x.shape[-1]
+    sel, out = _row_list(rows, x, out, x)
+    n = sel.size
+    if n == 0:
+        return out
+    starts = _row_block(torch.as_tensor(starts).to(torch.int64).reshape(starts.shape[0], -1), n, "starts")
+    count = _per_row(count, torch.int64, n, "count").clip(0, starts.shape[1])
+    if starts.size and ((starts < 0).any() or (starts + N > data.numel()).any()):
+        raise ValueError(f"segment_mix: segments of {N} samples from starts {starts.min()}..{starts.max()} "
+                         f"do not fit in {data.numel()} samples")
+    if N:
+        _launch("segment_mix", x.numpy(), _per_row(lengths, torch.int64, n, "lengths"),
+                np.ascontiguousarray(data.reshape(-1).numpy()), starts, count,
+                _per_row(snr_db, torch.float64, n, "snr_db"), sel, out.numpy())
+    return out
+
+
+def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool,
+          rows: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y (CPU float32 rows [R, N], each contiguous: e.g. a slice of a wider result) cut at
+    each length, and with ``keep`` scaled to ref's power over it (:func:`..dsp.match_power`),
+    into a new contiguous tensor; with ``rows`` (R of them), into those rows of ``out``.
+    Requires :func:`available`."""
+    if y.dim() != 2 or (y.shape[-1] > 1 and y.stride(-1) != 1):
+        raise ValueError(f"level: rows with unit stride, not strides {y.stride()}")
+    if rows is None:
+        sel, out = _row_list(None, y, None, y)
+    else:
+        if rows.numel() != y.shape[0]:
+            raise ValueError(f"level: {rows.numel()} rows for {y.shape[0]} rows of y")
+        sel, out = _row_list(rows, out if out is not None else y, out, y)
+    n = sel.size
+    args = (_row_block(ref.contiguous(), n, "ref"), _per_row(lengths, torch.int64, n, "lengths"))
+    if n and y.shape[-1]:
+        storage = y.untyped_storage()
+        flat = y.new_empty(0).set_(storage, 0, (storage.nbytes() // y.element_size(),))
+        _launch("level", flat.numpy(), int(y.storage_offset()), int(y.stride(0)), *args, bool(keep), sel,
+                out.numpy())
+    return out
+
+
+def center_pad(wave: torch.Tensor, lengths: torch.Tensor, pad: int, reflect: bool) -> torch.Tensor:
+    """[B, N + 2 pad]: each row of wave (contiguous CPU float) padded at both ends of its own
+    length as ``torch.stft(center=True)`` pads a sample alone (reflect, or zeros), 0 after
+    (:meth:`specstream.features.LogMel._center_pad`), in one pass. Lengths must lie in
+    [0, N]. Requires :func:`available`."""
+    B, N = wave.shape
+    out = torch.empty((B, N + 2 * pad), dtype=wave.dtype)
+    if out.numel():
+        _launch("center_pad", wave.numpy(), _per_row(lengths, torch.int64, B, "lengths"), int(pad),
+                bool(reflect), out.numpy())
+    return out
