@@ -80,9 +80,10 @@ def mix_segments_at_snr(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tens
 
 
 def unit_power_sum(segment, lengths: torch.Tensor, count: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[B, N] (like ``like``): the sum over k < count[b] of ``segment(k)`` (a new [B, N]
-    tensor) with each row cut at its length and brought to unit power over it first."""
-    noise = like.new_zeros(like.shape)
+    """[B, N] (B = len(lengths), N and dtype those of ``like``): the sum over k < count[b]
+    of ``segment(k)`` (a new [B, N] tensor) with each row cut at its length and brought to
+    unit power over it first."""
+    noise = like.new_zeros(lengths.shape[0], like.shape[-1])
     for k in range(int(count.max()) if count.numel() else 0):
         seg = zero_padding(segment(k).to(like.dtype), lengths, inplace=True)
         level = torch.rsqrt(power(seg, lengths).clamp(min=1e-20))

@@ -58,7 +58,7 @@ class Filter(WaveOp):
         return {"kind": kind, "low_hz": lo, "high_hz": hi}
 
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
-        out = batch.replace(audio=batch.audio.contiguous().clone())  # ours to write: filtered in place
+        out = batch.replace(audio=batch.audio.clone(memory_format=torch.contiguous_format))  # ours: filtered in place
         return self.transform_rows(out, params, torch.arange(out.audio.shape[0], device=out.audio.device))
 
     def transform_rows(self, batch: WaveBatch, params: Params, rows: torch.Tensor) -> WaveBatch:

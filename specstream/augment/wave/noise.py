@@ -109,8 +109,7 @@ class BackgroundNoise(BankOp):
             if rows is None:
                 return mix_segments_at_snr(x, L, data, starts, count, snr)
             return mix_segments_at_snr_(x, rows, L, data, starts, count, snr)
-        noise = unit_power_sum(lambda k: bank_segments(bank, clip[:, k], offset[:, k], N), L, count,
-                               x if rows is None else x.new_empty(len(rows), N))
+        noise = unit_power_sum(lambda k: bank_segments(bank, clip[:, k], offset[:, k], N), L, count, x)
         return mix_at_snr(x, noise, L, snr) if rows is None else mix_at_snr_(x, rows, noise, L, snr)
 
 
