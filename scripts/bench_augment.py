@@ -332,6 +332,7 @@ def bench_kernels(args) -> None:
     ml = torch.randint(14400, 17601, (B,), generator=g)
     mwave = 0.1 * torch.randn(B, 17600, generator=g) * (torch.arange(17600)[None, :] < ml[:, None])
     vtlp_banks = mel.mel_fbanks(16000, 400, 80, alpha=alpha)
+    vtlp_pairs = mel.mel_fbanks(16000, 400, 80, alpha=alpha, pairs=True)  # what the featurizer hands the log-mel
     # mixing as the noise ops hand it: 50 rows (p = 0.8 of 64), recorded noise as two
     # segments of a 4 s bank; reverb's level on the convolution's own (strided) rows
     mixed = 0.1 * torch.randn(50, n, generator=g)
@@ -352,10 +353,12 @@ def bench_kernels(args) -> None:
         ("hash prefix [64]", lambda: R.keyed_prefix(0, 3, ids)),
         (f"mask bands [{B}, {T}]", lambda: frames.bands(starts, widths, on, T)),
         ("VTLP filterbanks [64, 80, 201]", lambda: mel.mel_fbanks(16000, 400, 80, alpha=alpha)),
+        ("VTLP filter pairs [64, 201]", lambda: mel.mel_fbanks(16000, 400, 80, alpha=alpha, pairs=True)),
         (f"masks, zero fill [{B}, 80, {T}]", lambda: apply_masks(Batch(feats, fl), [(fu, tu, None)], "zero")),
         (f"masks, mean fill [{B}, 80, {T}]", lambda: apply_masks(Batch(feats, fl), [(fu, tu, None)], "mean")),
         (f"log-mel, one bank [{B}, 17600]", lambda: logmel(mwave, ml)),
         (f"log-mel, VTLP banks [{B}, 17600]", lambda: logmel(mwave, ml, fbanks=vtlp_banks)),
+        (f"log-mel, VTLP pairs [{B}, 17600]", lambda: logmel(mwave, ml, fbanks=vtlp_pairs)),
         (f"centre padding [{B}, 17600]", lambda: logmel._center_pad(mwave, ml)),
         (f"gaussian noise [{rows}, {n}]", lambda: dsp.gaussian_stream(ids[:rows], n)),
         (f"mix at SNR [50, {n}]", lambda: dsp.mix_at_snr(mixed, noise, ml50, snr)),

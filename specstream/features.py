@@ -9,7 +9,7 @@ import torch
 
 from .functional import cpu_kernels, cpu_mixing
 from .functional.frames import lengths_mask, zero_padding
-from .functional.mel import hz_to_mel, mel_fbanks, mel_to_hz, vtlp_warp  # noqa: F401 - public here too
+from .functional.mel import FilterPairs, hz_to_mel, mel_fbanks, mel_to_hz, vtlp_warp  # noqa: F401 - public here too
 
 WINDOWS = {
     "hann": torch.hann_window,
@@ -159,18 +159,24 @@ class LogMel(torch.nn.Module):
         return torch.stft(wave, c.n_fft, c.hop_length, c.win_length or c.n_fft, self.window, center=False,
                           return_complex=True)
 
-    def _fused(self, wave: torch.Tensor, fb: torch.Tensor) -> bool:
+    def _fused(self, wave: torch.Tensor, fb) -> bool:
         """The CPU kernel applies: float32 CPU input and filterbanks of this transform's
-        frequencies (one bank, or one per sample), no gradient, numba. Anything else takes
-        the dense product (which raises on shapes that do not fit)."""
+        frequencies (one bank, one per sample, or per-sample :class:`FilterPairs`), no
+        gradient, numba. Anything else takes the dense product (which raises on shapes
+        that do not fit)."""
         n_freqs = self.cfg.n_fft // 2 + 1
-        banks_fit = fb.shape[-1] == n_freqs and (fb.dim() == 2 or (fb.dim() == 3 and fb.shape[0] in (1, wave.shape[0])))
+        if isinstance(fb, FilterPairs):
+            banks_fit = fb.shape[0] == wave.shape[0] and fb.shape[-1] == n_freqs
+            fb = fb.weights
+        else:
+            banks_fit = fb.shape[-1] == n_freqs and (fb.dim() == 2 or (fb.dim() == 3 and fb.shape[0] in (1, wave.shape[0])))
         return (wave.device.type == "cpu" and wave.dtype == torch.float32 and fb.dtype == torch.float32
                 and fb.device.type == "cpu" and wave.dim() == 2 and banks_fit
                 and not (wave.requires_grad or fb.requires_grad) and cpu_kernels.available())
 
-    def forward(self, wave: torch.Tensor, lengths: torch.Tensor, fbanks: Optional[torch.Tensor] = None):
-        """``fbanks``: per-sample filterbanks [B, n_mels, n_freqs] (VTLP) instead of the fixed one."""
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor, fbanks=None):
+        """``fbanks``: per-sample filterbanks [B, n_mels, n_freqs] (VTLP), or the same as
+        :class:`FilterPairs`, instead of the fixed one."""
         if wave.shape[0] == 0:  # no samples (torch.stft refuses an empty batch)
             T = int(self.cfg.num_frames(torch.tensor(wave.shape[-1])).clamp(min=0))
             return wave.new_zeros((0, self.cfg.n_mels, T)), lengths.new_zeros(0)
@@ -180,8 +186,12 @@ class LogMel(torch.nn.Module):
         spec = self._stft(wave)
         frames = torch.clamp(self.cfg.num_frames(lengths), max=spec.shape[-1])
         if self._fused(wave, fb):  # power, mel sums and padding in one pass (the same values to roundoff)
-            return cpu_kernels.mel_log(spec, fb if fb.dim() == 3 else fb[None], frames, self.cfg.power,
-                                       self.cfg.log_offset, self.cfg.log_floor == "clamp"), frames
+            floor = (self.cfg.power, self.cfg.log_offset, self.cfg.log_floor == "clamp")
+            if isinstance(fb, FilterPairs):
+                return cpu_kernels.mel_log(spec, None, frames, *floor, pairs=(fb.first, fb.weights, fb.n_mels)), frames
+            return cpu_kernels.mel_log(spec, fb if fb.dim() == 3 else fb[None], frames, *floor), frames
+        if isinstance(fb, FilterPairs):
+            fb = fb.dense()
         mel = torch.matmul(fb, self._power(spec))
         if self.cfg.log_floor == "add":
             feats = torch.log(mel + self.cfg.log_offset)
@@ -227,9 +237,9 @@ def utterance_mvn(feats: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5)
 
 # ------------------------------------------------------------- filterbanks (VTLP): functional.mel
 
-def warped_fbanks(cfg: MelConfig, alpha: torch.Tensor, boundary_hz: float) -> torch.Tensor:
+def warped_fbanks(cfg: MelConfig, alpha: torch.Tensor, boundary_hz: float, pairs: bool = False):
     """Per-sample mel filterbanks [B, n_mels, n_freqs] of ``cfg`` on VTLP-warped frequency
-    axes (:func:`specstream.functional.mel.mel_fbanks`); alpha = 1 gives torchaudio's
-    ``melscale_fbanks``."""
+    axes (:func:`specstream.functional.mel.mel_fbanks`; as :class:`FilterPairs` with
+    ``pairs``); alpha = 1 gives torchaudio's ``melscale_fbanks``."""
     return mel_fbanks(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale, cfg.norm,
-                      alpha=alpha, boundary_hz=boundary_hz)
+                      alpha=alpha, boundary_hz=boundary_hz, pairs=pairs)

@@ -259,7 +259,10 @@ def test_logmel_kernel_equals_the_torch_path(opts):
     lm = LogMel(mc)
     alpha = torch.tensor([0.85, 0.9, 1.0, 1.05, 1.1, 1.15], dtype=torch.float64)
     vtlp = mel_fbanks(mc.sample_rate, mc.n_fft, mc.n_mels, mc.f_min, mc.f_max, mc.mel_scale, mc.norm, alpha=alpha)
-    for fb in (None, vtlp):
+    pairs = mel_fbanks(mc.sample_rate, mc.n_fft, mc.n_mels, mc.f_min, mc.f_max, mc.mel_scale, mc.norm, alpha=alpha,
+                       pairs=True)
+    assert torch.equal(pairs.dense(), vtlp)
+    for fb in (None, vtlp, pairs):
         got, frames = lm(wave, L, fbanks=fb)
         with cpu_kernels.torch_path():
             want, want_frames = lm(wave, L, fbanks=fb)
@@ -267,6 +270,8 @@ def test_logmel_kernel_equals_the_torch_path(opts):
         torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
         for i in range(len(lengths)):
             assert (got[i, :, int(frames[i]):] == 0).all()
+    # the pair kernel lays out each sample's bank and spans itself: the dense kernel's sums, bit for bit
+    assert torch.equal(lm(wave, L, fbanks=pairs)[0], lm(wave, L, fbanks=vtlp)[0])
 
 
 def test_logmel_edge_inputs_on_both_paths():
@@ -278,6 +283,7 @@ def test_logmel_edge_inputs_on_both_paths():
 
     from specstream.features import LogMel, MelConfig
     from specstream.functional import cpu_kernels
+    from specstream.functional.mel import mel_fbanks
 
     rng = np.random.default_rng(7)
     wave = torch.from_numpy(rng.standard_normal((4, 4000)).astype(np.float32))
@@ -285,7 +291,10 @@ def test_logmel_edge_inputs_on_both_paths():
     for path in ("kernel", "torch"):
         with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
             lm = LogMel(MelConfig())
-            for bad in (torch.rand(2, 80, 201), torch.rand(6, 80, 201), torch.rand(1, 80, 257), torch.rand(80, 129)):
+            wrong_rows = mel_fbanks(16000, 400, 80, alpha=torch.ones(2, dtype=torch.float64), pairs=True)
+            wrong_freqs = mel_fbanks(16000, 512, 80, alpha=torch.ones(4, dtype=torch.float64), pairs=True)
+            for bad in (torch.rand(2, 80, 201), torch.rand(6, 80, 201), torch.rand(1, 80, 257), torch.rand(80, 129),
+                        wrong_rows, wrong_freqs):
                 with pytest.raises(RuntimeError):
                     lm(wave, L, fbanks=bad)
             feats, frames = lm(wave[:0], L[:0])
@@ -301,6 +310,9 @@ def test_logmel_edge_inputs_on_both_paths():
     with pytest.raises(ValueError, match="mel_log: filterbanks"):
         spec = torch.stft(wave, 400, 160, window=torch.hann_window(400), center=False, return_complex=True)
         cpu_kernels.mel_log(spec, torch.rand(2, 80, 201), torch.tensor([20, 20, 10, 4]), 2.0, 1e-6, False)
+    with pytest.raises(ValueError, match="mel_log: filter pairs"):
+        cpu_kernels.mel_log(spec, None, torch.tensor([20, 20, 10, 4]), 2.0, 1e-6, False,
+                            pairs=(wrong_rows.first, wrong_rows.weights, 80))
     for bad in (dict(power=0.0), dict(power=-1.0), dict(log_offset=1e-50), dict(log_offset=0.0)):
         with pytest.raises(ValueError):
             MelConfig(**bad).validate()

@@ -224,7 +224,7 @@ class Policy:
             op = self.ops[slot]
             p = draw(slot, op, wb)
             recorded.append(p)
-            fbanks = op.filterbanks(logmel.cfg, p).to(wave.dtype)
+            fbanks = op.filterbanks(logmel.cfg, p, pairs=True).to(wave.dtype)
         clean_frames = logmel.cfg.num_frames(num_samples.to(device).to(torch.int64))
         feats, frames = logmel(wb.audio, wb.lengths, fbanks=fbanks)
         if frame_targets is not None:

@@ -231,27 +231,29 @@ def band_rows(starts, widths, on, out):
 
 
 @_jit(parallel=True)
-def triangle_rows(warped, f_pts, slaney, out):
-    """out[b, m, f] (zeros on entry): the weight of mel filter m at warped frequency
-    warped[b, f], max(0, min((w - f_m) / (f_m+1 - f_m), (f_m+2 - w) / (f_m+2 - f_m+1)))
-    (times 2 / (f_m+2 - f_m) with ``slaney``), in float64, for the two filters of the
-    knot interval [f_k, f_k+1) holding w (m = k - 1 and k; the others are 0)."""
+def triangle_pair_rows(warped, f_pts, n_mels, slaney, first, weights):
+    """The two mel filters each warped frequency warped[b, f] feeds: those of the knot
+    interval [f_k, f_k+1) holding it, first[b, f] = k - 1 (clamped to [-1, n_mels - 1])
+    and k, with weights[b, f, 0] and [b, f, 1]: max(0, min((w - f_m) / (f_m+1 - f_m),
+    (f_m+2 - w) / (f_m+2 - f_m+1))) (times 2 / (f_m+2 - f_m) with ``slaney``) in float64,
+    0 for a filter outside [0, n_mels); every other filter's weight there is 0."""
     B, n_freqs = warped.shape
-    n_mels = out.shape[1]
     K = f_pts.shape[0]
     for b in numba.prange(B):
         for f in range(n_freqs):
             w = warped[b, f]
             k = np.searchsorted(f_pts, w, side="right") - 1
-            for m in (k - 1, k):
-                if m < 0 or m >= n_mels or m + 2 >= K:
-                    continue
-                down = -(f_pts[m] - w) / (f_pts[m + 1] - f_pts[m])
-                up = (f_pts[m + 2] - w) / (f_pts[m + 2] - f_pts[m + 1])
-                v = max(min(down, up), 0.0)
-                if slaney:
-                    v = v * (2.0 / (f_pts[m + 2] - f_pts[m]))
-                out[b, m, f] = v
+            first[b, f] = min(max(k - 1, -1), n_mels - 1)
+            for i in range(2):
+                m = first[b, f] + i
+                v = 0.0
+                if m == k - 1 + i and 0 <= m < n_mels and m + 2 < K:
+                    down = -(f_pts[m] - w) / (f_pts[m + 1] - f_pts[m])
+                    up = (f_pts[m + 2] - w) / (f_pts[m + 2] - f_pts[m + 1])
+                    v = max(min(down, up), 0.0)
+                    if slaney:
+                        v = v * (2.0 / (f_pts[m + 2] - f_pts[m]))
+                weights[b, f, i] = v
 
 
 @_jit(parallel=True)
@@ -295,6 +297,45 @@ def _mel_out(v, offset, clamp):
     return max(v, offset) if clamp else v + offset
 
 
+@numba.njit(inline="always")
+def _mel_sample(spec, b, g, lo, hi, nf, half_power, offset, clamp, out):
+    """mel_rows' work on sample b with its bank g [M, F] and the filters' spans [lo, hi)."""
+    F, T = spec.shape[1], spec.shape[2]
+    M = lo.shape[0]
+    p = np.zeros((F, 4), np.float64)
+    for t0 in range(0, nf, 4):
+        nt = min(4, nf - t0)
+        for j in range(nt):
+            for f in range(F):
+                re = np.float64(spec[b, f, t0 + j, 0])
+                im = np.float64(spec[b, f, t0 + j, 1])
+                p[f, j] = re * re + im * im
+            if half_power != 1.0:
+                for f in range(F):
+                    p[f, j] = p[f, j] ** half_power
+        for m in range(M):
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            for f in range(lo[m], hi[m]):
+                w = np.float64(g[m, f])
+                a0 += w * p[f, 0]
+                a1 += w * p[f, 1]
+                a2 += w * p[f, 2]
+                a3 += w * p[f, 3]
+            out[b, m, t0] = _mel_out(a0, offset, clamp)
+            if nt > 1:
+                out[b, m, t0 + 1] = _mel_out(a1, offset, clamp)
+            if nt > 2:
+                out[b, m, t0 + 2] = _mel_out(a2, offset, clamp)
+            if nt > 3:
+                out[b, m, t0 + 3] = _mel_out(a3, offset, clamp)
+    for m in range(M):
+        for t in range(nf, T):
+            out[b, m, t] = 1.0
+
+
 @_jit(parallel=True)
 def mel_rows(spec, fb, frames, half_power, offset, clamp, out):
     """out[b, m, t] = sum_f fb[., m, f] |spec[b, f, t]|^(2 half_power) + offset (or
@@ -304,7 +345,7 @@ def mel_rows(spec, fb, frames, half_power, offset, clamp, out):
     triangle covers a few frequencies, so a frame costs about 2 F multiply-adds instead of
     the dense product's M F). Sums in float64 in frequency order; four frames at a time, as
     four independent sums whose additions overlap."""
-    B, F, T = spec.shape[0], spec.shape[1], spec.shape[2]
+    B, T = spec.shape[0], spec.shape[2]
     M = fb.shape[1]
     shared = fb.shape[0] == 1
     lo0 = np.zeros(M, np.int64)
@@ -320,36 +361,29 @@ def mel_rows(spec, fb, frames, half_power, offset, clamp, out):
             hi = np.empty(M, np.int64)
             for m in range(M):
                 lo[m], hi[m] = _span(g[m])
-        p = np.zeros((F, 4), np.float64)
-        nf = min(max(frames[b], 0), T)
-        for t0 in range(0, nf, 4):
-            nt = min(4, nf - t0)
-            for j in range(nt):
-                for f in range(F):
-                    re = np.float64(spec[b, f, t0 + j, 0])
-                    im = np.float64(spec[b, f, t0 + j, 1])
-                    p[f, j] = re * re + im * im
-                if half_power != 1.0:
-                    for f in range(F):
-                        p[f, j] = p[f, j] ** half_power
-            for m in range(M):
-                a0 = 0.0
-                a1 = 0.0
-                a2 = 0.0
-                a3 = 0.0
-                for f in range(lo[m], hi[m]):
-                    w = np.float64(g[m, f])
-                    a0 += w * p[f, 0]
-                    a1 += w * p[f, 1]
-                    a2 += w * p[f, 2]
-                    a3 += w * p[f, 3]
-                out[b, m, t0] = _mel_out(a0, offset, clamp)
-                if nt > 1:
-                    out[b, m, t0 + 1] = _mel_out(a1, offset, clamp)
-                if nt > 2:
-                    out[b, m, t0 + 2] = _mel_out(a2, offset, clamp)
-                if nt > 3:
-                    out[b, m, t0 + 3] = _mel_out(a3, offset, clamp)
-        for m in range(M):
-            for t in range(nf, T):
-                out[b, m, t] = 1.0
+        _mel_sample(spec, b, g, lo, hi, min(max(frames[b], 0), T), half_power, offset, clamp, out)
+
+
+@_jit(parallel=True)
+def mel_pair_rows(spec, first, weights, frames, half_power, offset, clamp, out):
+    """:func:`mel_rows` with each sample's bank given as pairs (:func:`triangle_pair_rows`:
+    frequency f feeds filter first[b, f] with weights[b, f, 0] and the next with
+    weights[b, f, 1]; filters outside [0, M) are skipped): the sample's bank and spans are
+    laid out in a private scratch from its 2 F pairs, instead of being read from a dense
+    [B, M, F] bank built and scanned per batch. The same sums, bit for bit."""
+    B, F, T = spec.shape[0], spec.shape[1], spec.shape[2]
+    M = out.shape[1]
+    for b in numba.prange(B):
+        g = np.zeros((M, F), np.float32)
+        lo = np.zeros(M, np.int64)
+        hi = np.zeros(M, np.int64)
+        for f in range(F):
+            for i in range(2):
+                m = first[b, f] + i
+                w = weights[b, f, i]
+                if w != 0.0 and 0 <= m < M:
+                    g[m, f] = w
+                    if hi[m] == 0:
+                        lo[m] = f
+                    hi[m] = f + 1
+        _mel_sample(spec, b, g, lo, hi, min(max(frames[b], 0), T), half_power, offset, clamp, out)

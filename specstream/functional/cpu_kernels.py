@@ -8,10 +8,12 @@
   hash of element-wise noise fields (one pass instead of a dozen numpy passes over [B, N])
   and of the parameter draws (one call instead of a dozen small numpy operations);
 - :func:`bands`: the union of per-sample intervals (mask bands) as a [B, size] row mask;
-- :func:`triangles`: per-sample (VTLP-warped) mel filterbanks, two weights per frequency;
+- :func:`triangles`: per-sample (VTLP-warped) mel filterbanks, as the two filters each
+  frequency feeds and their weights;
 - :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass;
 - :func:`mel_log`: a log-mel's power, mel sums (each filter over its own few frequencies,
-  not a dense product) and frame padding in one pass over the STFT;
+  not a dense product) and frame padding in one pass over the STFT; per-sample banks may
+  come as :func:`triangles`' pairs (no dense [B, n_mels, n_freqs] bank per batch);
 - :mod:`.cpu_mixing` (its own module): mixing at an SNR, rescaling to a power and a
   log-mel's per-sample centre padding, one pass per row;
 - :func:`warm_up`: every kernel compiled (or loaded from numba's cache) in one call.
@@ -62,7 +64,8 @@ def _compile():
 
     return {"interp": k.interp_rows, "iir": k.iir_rows, "stream": k.stream_uniform_rows,
             "keyed": k.keyed_uniform_rows, "prefix": k.prefix_rows, "bands": k.band_rows,
-            "triangles": k.triangle_rows, "mask": k.mask_rows, "mel": k.mel_rows,
+            "triangles": k.triangle_pair_rows, "mask": k.mask_rows, "mel": k.mel_rows,
+            "mel_pairs": k.mel_pair_rows,
             "snr_mix": m.snr_mix_rows, "segment_mix": m.segment_mix_rows, "level": m.level_rows,
             "center_pad": m.center_pad_rows}
 
@@ -162,9 +165,10 @@ def warm_up() -> bool:
     keyed_uniform(torch.arange(3), 5, 2)
     keyed_prefix(1, torch.arange(3), torch.arange(3))
     bands(torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.bool), 5)
-    triangles(torch.rand(2, 5).double(), torch.linspace(0, 1, 6).double(), 4, False)
     spec = torch.stft(torch.randn(2, 800), 400, 160, window=torch.hann_window(400), center=False, return_complex=True)
     mel_log(spec, torch.rand(1, 4, 201), torch.tensor([3, 2]), 2.0, 1e-6, False)
+    first, weights = triangles(torch.rand(2, 201).double(), torch.linspace(0, 1, 6).double(), 4, False)
+    mel_log(spec, None, torch.tensor([3, 2]), 2.0, 1e-6, False, pairs=(first, weights, 4))
     snr_mix(x, torch.randn(5, 40), n, torch.zeros(5))
     level(x, x, n, True)
     segment_mix(x, n, torch.randn(100), torch.zeros(5, 1, dtype=torch.int64), torch.ones(5, dtype=torch.int64),
@@ -291,15 +295,18 @@ def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: in
     return out
 
 
-def triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, slaney: bool) -> torch.Tensor:
-    """[B, n_mels, n_freqs] float32: :func:`..mel._triangles` (float64 ``warped`` [B,
-    n_freqs] and knots ``f_pts`` [n_mels + 2], CPU), the same values in one pass. Requires
-    :func:`available`."""
-    out = torch.zeros((warped.shape[0], n_mels, warped.shape[1]), dtype=torch.float32)
-    if out.numel():
+def triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, slaney: bool):
+    """(first [B, n_freqs] int64, weights [B, n_freqs, 2] float32): the filter pairs of
+    :func:`..mel._triangles` (float64 ``warped`` [B, n_freqs] and knots ``f_pts``
+    [n_mels + 2], CPU), the same values in one pass. Requires :func:`available`."""
+    B, n = warped.shape
+    first = torch.empty((B, n), dtype=torch.int64)
+    weights = torch.empty((B, n, 2), dtype=torch.float32)
+    if first.numel():
         _launch("triangles", np.ascontiguousarray(warped.numpy(), dtype=np.float64),
-                np.ascontiguousarray(f_pts.numpy(), dtype=np.float64), bool(slaney), out.numpy())
-    return out
+                np.ascontiguousarray(f_pts.numpy(), dtype=np.float64), int(n_mels), bool(slaney), first.numpy(),
+                weights.numpy())
+    return first, weights
 
 
 def apply_masks(x: torch.Tensor, lengths: torch.Tensor, fmask: torch.Tensor, tmask: torch.Tensor,
@@ -316,12 +323,27 @@ def apply_masks(x: torch.Tensor, lengths: torch.Tensor, fmask: torch.Tensor, tma
 
 
 def mel_log(spec: torch.Tensor, fbanks: torch.Tensor, frames: torch.Tensor, power: float, offset: float,
-            clamp: bool) -> torch.Tensor:
+            clamp: bool, pairs: Optional[tuple] = None) -> torch.Tensor:
     """[B, M, T] float32: log(fbanks @ |spec|**power + offset) (log(max(., offset)) with
     ``clamp``) for each sample's first ``frames`` [B] frames, 0 after; ``spec`` [B, F, T]
-    complex64 (an STFT, CPU), ``fbanks`` [1 or B, M, F] float32. The kernel writes the sums
-    (1.0 in the padding), torch's vectorised log runs in place. Requires :func:`available`."""
+    complex64 (an STFT, CPU), ``fbanks`` [1 or B, M, F] float32, or ``fbanks`` None and
+    ``pairs`` = (first [B, F] int64, weights [B, F, 2] float32, M): per-sample banks as
+    :func:`triangles` gives them (the same sums as their dense banks, bit for bit). The
+    kernel writes the sums (1.0 in the padding), torch's vectorised log runs in place.
+    Requires :func:`available`."""
     B, F, T = spec.shape
+    if pairs is not None:
+        first, weights, M = pairs
+        if first.shape != (B, F) or weights.shape != (B, F, 2):
+            raise ValueError(f"mel_log: filter pairs {tuple(first.shape)} / {tuple(weights.shape)} for an STFT of "
+                             f"{B} rows and {F} frequencies (need [{B}, {F}] / [{B}, {F}, 2])")
+        out = torch.empty((B, int(M), T), dtype=torch.float32)
+        if out.numel():
+            _launch("mel_pairs", torch.view_as_real(spec).numpy(), np.ascontiguousarray(first.numpy(), dtype=np.int64),
+                    np.ascontiguousarray(weights.numpy(), dtype=np.float32),
+                    np.ascontiguousarray(frames.numpy(), dtype=np.int64), float(power) / 2.0, float(offset),
+                    bool(clamp), out.numpy())
+        return out.log_()
     if fbanks.dim() != 3 or fbanks.shape[0] not in (1, B) or fbanks.shape[-1] != F:
         raise ValueError(f"mel_log: filterbanks {tuple(fbanks.shape)} for an STFT of {B} rows and {F} frequencies "
                          f"(need [1 or {B}, n_mels, {F}])")

@@ -3,6 +3,7 @@ frequency axes, and mel-scale noise colours. Pure torch, float64 construction.""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -40,13 +41,45 @@ def vtlp_warp(freqs: torch.Tensor, alpha: torch.Tensor, sample_rate: int, bounda
     return torch.where(f <= edge, f * a, upper)
 
 
+@dataclass(frozen=True)
+class FilterPairs:
+    """Triangular mel filterbanks [B, n_mels, n_freqs] as they are built: a frequency lies
+    in one interval between knots and feeds only that interval's two filters, frequency f
+    of sample b filter ``first[b, f]`` with weight ``weights[b, f, 0]`` and the next filter
+    with ``weights[b, f, 1]`` (a filter outside [0, n_mels) has weight 0). Per-sample (VTLP)
+    banks in this form are 2 n_freqs values a sample instead of n_mels n_freqs, which the
+    CPU log-mel kernel reads directly; :meth:`dense` gives the usual bank."""
+
+    first: torch.Tensor  # [B, n_freqs] int64 in [-1, n_mels - 1]
+    weights: torch.Tensor  # [B, n_freqs, 2] float
+    n_mels: int
+
+    @property
+    def shape(self) -> tuple:
+        """The dense bank's shape."""
+        return (self.first.shape[0], self.n_mels, self.first.shape[1])
+
+    def to(self, *args, **kwargs) -> "FilterPairs":
+        """``weights.to(...)`` (dtype and/or device); ``first`` follows the device."""
+        w = self.weights.to(*args, **kwargs)
+        return FilterPairs(self.first.to(w.device), w, self.n_mels)
+
+    def dense(self) -> torch.Tensor:
+        """[B, n_mels, n_freqs]: the weights scattered into zeros (a filter outside the bank
+        adds an exact 0 to a neighbour's cell)."""
+        idx = torch.stack([self.first, self.first + 1], 1).clamp_(0, max(self.n_mels - 1, 0))
+        out = torch.zeros(self.shape, dtype=self.weights.dtype, device=self.weights.device)
+        return out.scatter_add_(1, idx, self.weights.transpose(1, 2)) if out.numel() else out
+
+
 def mel_fbanks(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: Optional[float] = None,
                mel_scale: str = "htk", norm: Optional[str] = None, alpha: Optional[torch.Tensor] = None,
-               boundary_hz: Optional[float] = None, device=None) -> torch.Tensor:
+               boundary_hz: Optional[float] = None, device=None, pairs: bool = False):
     """Mel filterbanks [B, n_mels, n_freqs] (float32, built in float64 as librosa: narrow low
     filters are sensitive), on frequency axes warped per sample by VTLP factors ``alpha`` [B]
     (energy at frequency f lands in the mel filter of warp(f)); without ``alpha`` one
-    unwarped bank [1, n_mels, n_freqs], exactly torchaudio's ``melscale_fbanks``."""
+    unwarped bank [1, n_mels, n_freqs], exactly torchaudio's ``melscale_fbanks``. With
+    ``pairs`` the same banks as :class:`FilterPairs` (no dense bank is built)."""
     n_freqs = n_fft // 2 + 1
     f_max = f_max if f_max is not None else sample_rate / 2
     f64 = torch.float64
@@ -61,33 +94,32 @@ def mel_fbanks(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_
     else:
         warped = vtlp_warp(all_freqs, alpha.to(f64), sample_rate,
                            boundary_hz if boundary_hz is not None else 0.6 * sample_rate / 2)
-    return _triangles(warped, f_pts, n_mels, norm)
+    banks = _triangles(warped, f_pts, n_mels, norm)
+    return banks if pairs else banks.dense()
 
 
-def _triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, norm: Optional[str]) -> torch.Tensor:
-    """[B, n_mels, n_freqs] float32: filter m's weight at each (warped) frequency w,
-    max(0, min((w - f_m) / (f_m+1 - f_m), (f_m+2 - w) / (f_m+2 - f_m+1))), as torchaudio's
-    ``melscale_fbanks`` computes it, in float64. Only two filters can be non-zero at w, those
-    of the knot interval [f_k, f_k+1) holding it (m = k - 1 falling, m = k rising): their two
-    weights are computed with that formula and scattered into zeros (no [B, n_freqs, n_mels]
-    grid: for per-sample VTLP banks the grid cost as much as the log-mel)."""
+def _triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, norm: Optional[str]) -> FilterPairs:
+    """Filter m's weight at each (warped) frequency w [B, n_freqs], max(0, min((w - f_m) /
+    (f_m+1 - f_m), (f_m+2 - w) / (f_m+2 - f_m+1))), as torchaudio's ``melscale_fbanks``
+    computes it, in float64, stored float32. Only two filters can be non-zero at w, those
+    of the knot interval [f_k, f_k+1) holding it (m = k - 1 falling, m = k rising): their
+    two weights are computed with that formula (no [B, n_freqs, n_mels] grid: for
+    per-sample VTLP banks the grid cost as much as the log-mel)."""
     if warped.device.type == "cpu" and cpu_kernels.available():
-        return cpu_kernels.triangles(warped, f_pts, n_mels, norm == "slaney")  # the same values, one pass
-    B, n_freqs = warped.shape
+        return FilterPairs(*cpu_kernels.triangles(warped, f_pts, n_mels, norm == "slaney"), n_mels)  # one pass
     f_diff = f_pts[1:] - f_pts[:-1]
     k = torch.searchsorted(f_pts, warped.contiguous(), right=True) - 1  # f_pts[k] <= w < f_pts[k + 1]
-    m = torch.stack([k - 1, k], 1)  # [B, 2, n_freqs]
-    ok = (m >= 0) & (m < n_mels)
-    mc = m.clamp(0, n_mels - 1)
-    w = warped[:, None, :]
+    first = (k - 1).clamp(-1, n_mels - 1)
+    m = torch.stack([first, first + 1], -1)  # [B, n_freqs, 2]
+    ok = (m >= 0) & (m < n_mels) & (m == torch.stack([k - 1, k], -1))
+    mc = m.clamp(0, max(n_mels - 1, 0))
+    w = warped[:, :, None]
     down = -(f_pts[mc] - w) / f_diff[mc]
     up = (f_pts[mc + 2] - w) / f_diff[mc + 1]
     val = torch.clamp(torch.minimum(down, up), min=0.0)
     if norm == "slaney":
         val = val * (2.0 / (f_pts[mc + 2] - f_pts[mc]))
-    val = torch.where(ok, val, torch.zeros_like(val)).to(torch.float32)
-    # an out-of-range candidate adds an exact 0 to a cell (its neighbour may be written too)
-    return torch.zeros(B, n_mels, n_freqs, dtype=torch.float32, device=warped.device).scatter_add_(1, mc, val)
+    return FilterPairs(first, torch.where(ok, val, torch.zeros_like(val)).to(torch.float32), n_mels)
 
 
 COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}

@@ -40,12 +40,14 @@ class Vtlp(Op):
     def draw(self, ctx: Context, batch) -> Params:
         return {"alpha": self.alpha[0] + (self.alpha[1] - self.alpha[0]) * ctx.uniform(1)[:, 0]}
 
-    def filterbanks(self, cfg, params: Params) -> torch.Tensor:
-        """[B, n_mels, n_freqs]; inactive samples get the plain filterbank (alpha = 1)."""
+    def filterbanks(self, cfg, params: Params, pairs: bool = False):
+        """[B, n_mels, n_freqs] (as :class:`~specstream.functional.mel.FilterPairs` with
+        ``pairs``: what the featurizer hands the log-mel); inactive samples get the plain
+        filterbank (alpha = 1)."""
         from ...features import warped_fbanks
 
         alpha = torch.where(params["active"], params["alpha"], torch.ones_like(params["alpha"]))
-        return warped_fbanks(cfg, alpha, self.boundary(cfg.sample_rate))
+        return warped_fbanks(cfg, alpha, self.boundary(cfg.sample_rate), pairs=pairs)
 
     def transform(self, batch, params):
         raise TypeError("vtlp acts in the filterbank: run it through Policy.featurize")
