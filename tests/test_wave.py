@@ -649,14 +649,60 @@ def test_filtfilt_and_lfilter_keep_gradients():
         assert c.grad is not None and bool(torch.isfinite(c.grad).all()) and bool(c.grad.abs().sum() > 0)
 
 
-def test_resample_kernel_equals_torchaudio():
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_resample_kernel_equals_torchaudio(path):
+    """resample() against torchaudio's on the speed factors' and the decoder's rate pairs:
+    the CPU kernel sums the same taps in the same order (equal bit for bit), the matrix
+    product (the torch path, which CUDA runs) to float roundoff."""
+    import contextlib
+
     import torchaudio.functional as AF
 
+    from specstream.functional import cpu_kernels
     from specstream.functional.timescale import resample
 
     x = torch.randn(3, 5001, generator=torch.Generator().manual_seed(1))
-    for orig, new in ((14400, 16000), (17600, 16000), (3, 2), (16000, 16000)):
-        torch.testing.assert_close(resample(x, orig, new), AF.resample(x, orig, new), rtol=0, atol=1e-6)
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        for orig, new in ((14400, 16000), (17600, 16000), (3, 2), (16000, 16000), (8000, 16000), (44100, 16000),
+                          (22050, 16000), (1, 7)):
+            want = AF.resample(x, orig, new)
+            got = resample(x, orig, new)
+            torch.testing.assert_close(got, want, rtol=0, atol=0 if path == "kernel" else 1e-6)
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_resample_into_rows_equals_torchaudio_on_each_row_alone(path):
+    """resample_into (speed's write of its groups straight into the output batch): each
+    listed row, over its own length only (garbage past it is ignored), is torchaudio's
+    resample of that row alone, cut at the output width, zeros after its new length; rows
+    not listed keep whatever out held; out-of-range or repeated rows are refused."""
+    import contextlib
+
+    import torchaudio.functional as AF
+
+    from specstream.functional import cpu_kernels
+    from specstream.functional.timescale import resample_into
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4000, generator=g)
+    rows = torch.tensor([4, 0, 2, 5])
+    lengths = torch.tensor([4000, 1, 0, 2777])
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        for orig, new, W in ((11, 10, 3637), (9, 10, 4445), (9, 10, 3000), (1, 1, 4000), (5, 5, 3000)):
+            out = torch.full((6, W), 7.0)
+            resample_into(x, lengths, rows, orig, new, out)
+            for r, L in zip(rows.tolist(), lengths.tolist()):
+                want = AF.resample(x[r, :L], orig, new)[:W] if L else torch.zeros(0)
+                n = -(-L * new // orig)
+                assert want.shape[0] == min(n, W)
+                torch.testing.assert_close(out[r, : want.shape[0]], want, rtol=0,
+                                           atol=0 if path == "kernel" else 1e-6)
+                assert bool((out[r, want.shape[0]:] == 0).all())
+            assert bool((out[[1, 3]] == 7.0).all())  # rows not listed: left as they were
+    if path == "kernel":
+        for bad in (torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 2, 6])):
+            with pytest.raises(ValueError, match="rows"):
+                resample_into(x, lengths, bad, 11, 10, torch.empty(6, 4000))
 
 
 def test_looped_bank_segments_equal_the_indexed_reads():

@@ -1,6 +1,6 @@
 """The numba kernels behind :mod:`.cpu_mixing` (imported by :mod:`.cpu_kernels` on first
-use): mixing at an SNR, rescaling to a power, and a log-mel's per-sample centre padding,
-each one pass per row. Module-level functions (numba's on-disk cache finds them again in a
+use): mixing at an SNR, rescaling to a power, a log-mel's per-sample centre padding and
+band-limited resampling, each one pass per row. Module-level functions (numba's on-disk cache finds them again in a
 new process); only :func:`sum_squares` (a reduction) may reorder its additions."""
 import numba
 import numpy as np
@@ -117,3 +117,53 @@ def center_pad_rows(wave, lengths, pad, reflect, out):
             orow[j] = xr[min(max(i, 0), N - 1)] if reflect else 0
         for j in range(end, W):
             orow[j] = 0
+
+
+@_jit(parallel=True, fastmath={"contract"})
+def resample_rows(x, lengths, kern, width, o, n, sel, out):
+    """Row sel[r] of x resampled by n / o (torchaudio's polyphase sinc kernel ``kern`` [n,
+    taps] float32, ``width`` samples of left context) over its first lengths[r] samples
+    (zeros around them), into row sel[r] of out: output sample j = f n + p is
+    sum_k x[f o + k - width] kern[p, k] for j < ceil(lengths[r] n / o), 0 after.
+    Vectorised over frames f: the row is split into its o polyphase components, so each tap
+    of a phase is one contiguous multiply-add over all frames; the sums run over the taps in
+    order, in float32, as torchaudio's convolution runs them."""
+    N = x.shape[1]
+    M = out.shape[1]
+    P, K = kern.shape
+    Q = (K + o - 1) // o
+    for r in numba.prange(sel.shape[0]):
+        xr = x[sel[r]]
+        orow = out[sel[r]]
+        L = min(max(lengths[r], 0), N)
+        nl = min((L * n + o - 1) // o, M)
+        nfr = (nl + n - 1) // n
+        xp = np.zeros((o, nfr + Q), np.float32)  # xp[ph, i] = x[i o + ph - width], 0 outside [0, L)
+        for ph in range(o):
+            comp = xp[ph]
+            i0 = (width - ph + o - 1) // o if width > ph else 0
+            last = L - 1 - ph + width  # the largest i o with i o + ph - width < L
+            i1 = min(nfr + Q, last // o + 1) if last >= 0 else 0
+            for i in range(i0, i1):
+                comp[i] = xr[i * o + ph - width]
+        acc = np.zeros((P, nfr), np.float32)
+        for p in range(P):
+            a = acc[p]
+            for k in range(K):
+                c = kern[p, k]
+                src = xp[k % o, k // o:k // o + nfr]
+                for f in range(nfr):
+                    a[f] += c * src[f]
+        if n == 1:  # a plain copy (vectorised)
+            a = acc[0]
+            for f in range(nfr - 1):
+                orow[f] = a[f]
+        else:
+            for f in range(nfr - 1):
+                for p in range(P):
+                    orow[f * n + p] = acc[p, f]
+        base = max(nfr - 1, 0) * n
+        for j in range(base, nl):
+            orow[j] = acc[j - base, nfr - 1]
+        for j in range(nl, M):
+            orow[j] = 0.0

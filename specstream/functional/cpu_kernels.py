@@ -14,8 +14,8 @@
 - :func:`mel_log`: a log-mel's power, mel sums (each filter over its own few frequencies,
   not a dense product) and frame padding in one pass over the STFT; per-sample banks may
   come as :func:`triangles`' pairs (no dense [B, n_mels, n_freqs] bank per batch);
-- :mod:`.cpu_mixing` (its own module): mixing at an SNR, rescaling to a power and a
-  log-mel's per-sample centre padding, one pass per row;
+- :mod:`.cpu_mixing` (its own module): mixing at an SNR, rescaling to a power, a
+  log-mel's per-sample centre padding and resampling, one pass per row;
 - :func:`warm_up`: every kernel compiled (or loaded from numba's cache) in one call.
 
 Linear interpolation along the time axis at per-sample positions (time warp, time
@@ -67,7 +67,7 @@ def _compile():
             "triangles": k.triangle_pair_rows, "mask": k.mask_rows, "mel": k.mel_rows,
             "mel_pairs": k.mel_pair_rows,
             "snr_mix": m.snr_mix_rows, "segment_mix": m.segment_mix_rows, "level": m.level_rows,
-            "center_pad": m.center_pad_rows}
+            "center_pad": m.center_pad_rows, "resample": m.resample_rows}
 
 
 def _use_torch_openmp() -> None:
@@ -152,7 +152,7 @@ def warm_up() -> bool:
     from the cache instead of each compiling them. False when the kernels are off."""
     if not available():
         return False
-    from .cpu_mixing import center_pad, level, segment_mix, snr_mix
+    from .cpu_mixing import center_pad, level, resample_rows, segment_mix, snr_mix
 
     x, n = torch.randn(5, 40), torch.tensor([40, 3, 0, 9, 40])
     iir_rows(x, torch.tensor([1.0, 0.5]), torch.tensor([1.0, -0.5]), n)
@@ -174,6 +174,7 @@ def warm_up() -> bool:
     segment_mix(x, n, torch.randn(100), torch.zeros(5, 1, dtype=torch.int64), torch.ones(5, dtype=torch.int64),
                 torch.zeros(5))
     center_pad(x, n, 4, True)
+    resample_rows(x, n[:2], torch.rand(3, 8), 2, 2, 3, torch.tensor([0, 2]), torch.empty(5, 60))
     return True
 
 

@@ -1,10 +1,10 @@
-"""CPU kernels (numba, :mod:`._numba_mixing`) for mixing rows of padded waveform
-batches: at an SNR (:func:`snr_mix`: generated noise; :func:`segment_mix`: recorded
-segments summed at unit power inside the kernel), rescaled to a power (:func:`level`), and
-a log-mel's per-sample centre padding (:func:`center_pad`). Each is one pass per row with
-the powers in float64, on all rows into a new tensor or on a list of rows in place (the
-active rows of a batch an op chain owns). The kernels read without bounds checks: the
-wrappers check every per-row argument. Callers use them where :func:`mixable` (or
+"""CPU kernels (numba, :mod:`._numba_mixing`) for rows of padded waveform batches: mixing
+at an SNR (:func:`snr_mix`: generated noise; :func:`segment_mix`: recorded segments summed
+at unit power inside the kernel), rescaling to a power (:func:`level`), a log-mel's
+per-sample centre padding (:func:`center_pad`) and resampling (:func:`resample_rows`).
+Each is one pass per row (powers in float64), on all rows into a new tensor or on a list
+of rows in place (the active rows of a batch an op chain owns). The kernels read without
+bounds checks: the wrappers check every per-row argument. Callers use them where :func:`mixable` (or
 :func:`.cpu_kernels.available`) says so; the torch paths in :mod:`.dsp` and
 :class:`specstream.features.LogMel` are the reference."""
 from __future__ import annotations
@@ -123,4 +123,30 @@ def center_pad(wave: torch.Tensor, lengths: torch.Tensor, pad: int, reflect: boo
     if out.numel():
         _launch("center_pad", wave.numpy(), _per_row(lengths, torch.int64, B, "lengths"), int(pad),
                 bool(reflect), out.numpy())
+    return out
+
+
+def resample_rows(x: torch.Tensor, lengths: torch.Tensor, kernel: torch.Tensor, width: int, orig: int, new: int,
+                  rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of x (contiguous float32 CPU [B, N]), each over its own first
+    lengths[r] samples, resampled by new / orig (coprime) with torchaudio's polyphase sinc
+    kernel ``kernel`` [new, taps] (``width`` samples of left context), written whole into
+    the same rows of ``out`` (contiguous float32 CPU [B, W]): the first
+    ceil(lengths[r] new / orig) samples (cut at W), 0 after; out's other rows are left as
+    they are. What ``torchaudio.functional.resample`` gives for the row alone (the same
+    taps summed in the same order in float32). Requires :func:`available`."""
+    if (x.dim() != 2 or out.dim() != 2 or out.shape[0] != x.shape[0] or not _rows_f32(x, out)
+            or not (x.is_contiguous() and out.is_contiguous())):
+        raise ValueError(f"resample_rows: contiguous float32 CPU rows in and out with as many rows, not "
+                         f"{tuple(x.shape)} {x.dtype} -> {tuple(out.shape)} {out.dtype}")
+    kern = np.ascontiguousarray(kernel.detach().to(torch.float32).numpy())
+    if kern.ndim != 2 or kern.shape[0] != new or orig < 1 or new < 1 or not 0 <= width < kern.shape[1]:
+        raise ValueError(f"resample_rows: a kernel [{new}, taps] with 0 <= width < taps, not {kern.shape}, "
+                         f"width {width}")
+    sel = _per_row(rows, torch.int64, rows.numel(), "rows")
+    if sel.size and (sel.min() < 0 or sel.max() >= x.shape[0] or np.unique(sel).size != sel.size):
+        raise ValueError(f"resample_rows: rows must be distinct indices below {x.shape[0]}")
+    if sel.size and out.shape[1]:
+        _launch("resample", x.numpy(), _per_row(lengths, torch.int64, sel.size, "lengths"), kern, int(width),
+                int(orig), int(new), sel, out.numpy())
     return out

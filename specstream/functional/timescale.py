@@ -3,10 +3,14 @@ phase vocoder and overlap-add (tempo)."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
+
+from . import cpu_kernels, cpu_mixing
+from .frames import zero_padding
 
 try:  # torchaudio's own sinc kernel (sinc_interp_hann), so the result is resample()'s
     from torchaudio.functional.functional import _get_sinc_resample_kernel
@@ -16,29 +20,68 @@ except ImportError:  # pragma: no cover - another torchaudio layout: its public 
 _SINC_KERNELS: dict = {}
 
 
+def _sinc_kernel(orig_freq: int, new_freq: int, device, dtype):
+    """(o, n, kernel [n, taps], width): the rates reduced to coprime o -> n and torchaudio's
+    polyphase sinc kernel for them, built once per rate pair, device and dtype."""
+    g = math.gcd(int(orig_freq), int(new_freq))
+    o, n = int(orig_freq) // g, int(new_freq) // g
+    key = (o, n, torch.device(device), dtype)
+    if key not in _SINC_KERNELS:
+        kernel, width = _get_sinc_resample_kernel(orig_freq, new_freq, g, 6, 0.99, "sinc_interp_hann", None,
+                                                  device, dtype)
+        _SINC_KERNELS[key] = (kernel[:, 0, :].contiguous(), width)
+    return (o, n) + _SINC_KERNELS[key]
+
+
+def _kernel_applies(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous()
+            and not x.requires_grad and (out is None or (out.dtype == x.dtype and out.is_contiguous()
+                                                         and out.device.type == "cpu"))
+            and cpu_kernels.available())
+
+
 def resample(x: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
     """``torchaudio.functional.resample(x, orig_freq, new_freq)`` (band-limited sinc, Hann
-    window, width 6, roll-off 0.99) of [B, N]: the polyphase kernel is built once per rate
-    pair and device, and applied as one matrix product of the signal's strided windows
-    (a strided convolution with few taps per phase costs several times more on CPU)."""
+    window, width 6, roll-off 0.99) of [B, N], with the polyphase kernel built once per rate
+    pair and device. On the CPU the numba kernel (:func:`.cpu_mixing.resample_rows`: the
+    same sums); elsewhere one matrix product of the signal's strided windows (a strided
+    convolution with few taps per phase costs several times more)."""
     if orig_freq == new_freq:
         return x
     if _get_sinc_resample_kernel is None or x.requires_grad:
         return AF.resample(x, orig_freq, new_freq)
-    g = math.gcd(int(orig_freq), int(new_freq))
-    o, n = int(orig_freq) // g, int(new_freq) // g
-    key = (o, n, x.device, x.dtype)
-    if key not in _SINC_KERNELS:
-        kernel, width = _get_sinc_resample_kernel(orig_freq, new_freq, g, 6, 0.99, "sinc_interp_hann", None,
-                                                  x.device, x.dtype)
-        _SINC_KERNELS[key] = (kernel[:, 0, :].t().contiguous(), width)  # [taps, phases]
-    kernel, width = _SINC_KERNELS[key]
+    o, n, kernel, width = _sinc_kernel(orig_freq, new_freq, x.device, x.dtype)
     B, N = x.shape
-    windows = torch.nn.functional.pad(x, (width, width + o)).unfold(-1, kernel.shape[0], o)  # [B, frames, taps]
+    target = (n * N + o - 1) // o  # the length torchaudio keeps, ceil(n N / o)
+    if _kernel_applies(x):
+        rows = torch.arange(B)
+        return cpu_mixing.resample_rows(x, torch.full((B,), N), kernel, width, o, n, rows, x.new_empty(B, target))
+    windows = torch.nn.functional.pad(x, (width, width + o)).unfold(-1, kernel.shape[1], o)  # [B, frames, taps]
     frames = windows.shape[1]
-    y = torch.mm(windows.reshape(B * frames, -1), kernel).view(B, -1)  # frame f, phase p -> sample f * n + p
-    target = int(torch.ceil(torch.as_tensor(n * N / o)))  # the length torchaudio keeps
+    y = torch.mm(windows.reshape(B * frames, -1), kernel.t()).view(B, -1)  # frame f, phase p -> sample f * n + p
     return y[:, :target]
+
+
+def resample_into(x: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, orig_freq: int, new_freq: int,
+                  out: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of x [B, N], each resampled over its own first ``lengths`` samples
+    (:func:`resample` of the row alone), written whole into the same rows of ``out`` [B, W]:
+    the first ceil(length new / orig) samples (cut at W), then zeros (orig = new: a copy of
+    the row's own samples). Other rows of out are left as they are. On the CPU one kernel call straight into out's rows (no gathered copy
+    of the rows, no result to scatter)."""
+    o, n = int(orig_freq), int(new_freq)
+    if _get_sinc_resample_kernel is not None and _kernel_applies(x, out):
+        if o == n:  # a copy of each row's own samples: one tap of weight 1
+            o, n, kernel, width = 1, 1, torch.ones(1, 1), 0
+        else:
+            o, n, kernel, width = _sinc_kernel(o, n, x.device, x.dtype)
+        return cpu_mixing.resample_rows(x, lengths, kernel, width, o, n, rows, out)
+    L = lengths.to(torch.int64)
+    x = zero_padding(x.index_select(0, rows)[:, : int(L.max()) if L.numel() else 0], L, inplace=True)  # a copy
+    y = resample(x, o, n)[:, : out.shape[1]]
+    y = zero_padding(y, torch.div(L * n + o - 1, o, rounding_mode="floor"), inplace=True)  # y: a fresh copy
+    out[rows] = torch.nn.functional.pad(y, (0, out.shape[1] - y.shape[1]))
+    return out
 
 
 def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:

@@ -7,15 +7,15 @@ from typing import Sequence, Tuple
 
 import torch
 
-from ...functional.timescale import overlap_add, phase_vocoder, resample
+from ...functional.timescale import overlap_add, phase_vocoder, resample_into
 from ...functional.frames import lengths_mask, pad_to, zero_padding
 from ..core import Context, Params, WaveBatch, check, check_number, randint
 from .base import WaveOp
 
 
 def _groups(factor: torch.Tensor):
-    """(value, rows) for each distinct factor != 1."""
-    for v in torch.unique(factor).tolist():
+    """(value, rows) for each distinct factor != 1, in increasing order."""
+    for v in sorted(set(factor.tolist())):
         if v != 1.0:
             yield v, (factor == v).nonzero()[:, 0]
 
@@ -44,7 +44,7 @@ class _FactorOp(WaveOp):
     """An op that changes durations by a factor drawn from ``factors`` (> 1: shorter)."""
 
     changes = frozenset({"features", "lengths"})
-    keeps_zero_padding = True  # _assemble: rows it resamples are zeroed, the others kept as they came
+    keeps_zero_padding = True  # rows it resamples are zeroed past their lengths, the others kept as they came
 
     def __init__(self, factors: Sequence[float] = (0.9, 1.0, 1.1), p: float = 1.0):
         super().__init__(p)
@@ -76,16 +76,21 @@ class Speed(_FactorOp):
 
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
         x, L, sr = batch.audio, batch.lengths, batch.sample_rate
-        groups = []
-        for v, rows in _groups(params["factor"]):
-            orig, new = self.rates(sr, v)
-            xr = x[rows][:, : int(L[rows].max())]  # nothing past the longest sample's own length
-            groups.append((rows, resample(xr, orig, new), torch.div(L[rows] * new + orig - 1, orig,
-                                                                       rounding_mode="floor")))
+        groups = [(rows,) + self.rates(sr, v) for v, rows in _groups(params["factor"])]
         if not groups:
             return batch
-        audio, lengths = _assemble(x, L, groups)
-        return batch.replace(audio=audio, lengths=lengths)
+        B, N = x.shape
+        new_len = L.clone()
+        kept = torch.ones(B, dtype=torch.bool, device=x.device)
+        for rows, orig, new in groups:
+            new_len[rows] = torch.div(L[rows] * new + orig - 1, orig, rounding_mode="floor")
+            kept[rows] = False
+        W = max(int(new_len.max()), 1)
+        out = x.new_empty(B, W)  # every row written once: kept rows copied (rate 1:1), the others resampled
+        kept = kept.nonzero()[:, 0]
+        for rows, orig, new in groups + ([(kept, 1, 1)] if kept.numel() else []):
+            resample_into(x, L[rows], rows, orig, new, out)
+        return batch.replace(audio=out, lengths=new_len)
 
 
 class Tempo(_FactorOp):
