@@ -709,11 +709,12 @@ def test_bands_and_zero_padding_kernels_match_plain_loops():
     assert zero_padding(y, L, inplace=True) is y and torch.equal(y, ref)
 
 
-@pytest.mark.parametrize("path", ["numba", "torch"])
+@pytest.mark.parametrize("path", ["numba", "numba in place", "torch"])
 @pytest.mark.parametrize("fill", ["zero", "mean", "min", 1.5])
 def test_mask_kernel_matches_a_cell_by_cell_write(fill, path):
-    """apply_masks (the fused CPU kernel, and the torch path: one pass + masked bin rows)
-    against a plain masked write per sample; padding 0 (the input's padding is not)."""
+    """apply_masks (the fused CPU kernel, into a new tensor or in place on features the
+    caller hands over, and the torch path: one pass + masked bin rows) against a plain
+    masked write per sample; padding 0 (the input's padding is not)."""
     from specstream.augment.spec.masks import apply_masks
     from specstream.functional import cpu_kernels
 
@@ -726,8 +727,13 @@ def test_mask_kernel_matches_a_cell_by_cell_write(fill, path):
     tu = (torch.rand(6, 120, generator=g) < 0.15) & (torch.arange(120)[None, :] < L[:, None])
     tu[torch.arange(6), L - 1] = True
     tu[:, 0] = True
+    owned = x.clone()
     with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
-        out = apply_masks(Batch(x, L), [(fu, None, None), (None, tu, None)], fill).features
+        out = apply_masks(Batch(owned, L), [(fu, None, None), (None, tu, None)], fill,
+                          owned=path == "numba in place").features
+    assert (out.data_ptr() == owned.data_ptr()) == (path == "numba in place")  # in place only when handed over
+    if path != "numba in place":
+        assert torch.equal(owned, x)
     for b in range(6):
         assert (out[b, :, int(L[b]):] == 0).all()
         n = int(L[b])
@@ -890,3 +896,24 @@ def test_gaussian_stream_kernel_equals_the_torch_path_bit_for_bit():
         want = gaussian_stream(keys, 20001)
     assert torch.equal(got, want)
     assert abs(float(got.std()) - 1.0) < 0.02 and abs(float(got.mean())) < 0.02
+
+
+@pytest.mark.parametrize("lead", [None, "freq_shift"])
+def test_policy_masks_write_in_place_only_on_features_the_chain_owns(lead):
+    """A policy's run of masks writes in place on the chain's own intermediate (after
+    another spectrogram op) and into a new tensor on the caller's features (masks first):
+    the caller's features are never written, and the output is the out-of-place torch
+    path's, whichever applies."""
+    from specstream.functional import cpu_kernels
+
+    x, L, keys = batch(B=6, T=120, lengths=[120, 100, 64, 30, 3, 1])
+    ops = ([FreqShift(max_shift=3)] if lead else []) + [FreqMask(max_width=8, count=2),
+                                                       TimeMask(max_width=20, count=2, fill="zero")]
+    pol = Policy(ops)
+    before = x.clone()
+    got = pol(x, L, keys=keys, seed=3).features
+    assert torch.equal(x, before), "the caller's features were written"
+    with cpu_kernels.torch_path():
+        want = pol(x, L, keys=keys, seed=3).features
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert not torch.equal(got, x)  # the masks did mask

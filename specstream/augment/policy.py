@@ -147,17 +147,17 @@ class Policy:
             all_params.append(params)
             if isinstance(op, MaskOp):
                 if pending and op.fill != pending_fill:
-                    batch = apply_masks(batch, pending, pending_fill)
+                    batch = apply_masks(batch, pending, pending_fill, owned=_storage(batch.features) not in keep)
                     pending = []
                 pending.append(op.mask_parts(batch, params))
                 pending_fill = op.fill
                 continue
             if pending:
-                batch = apply_masks(batch, pending, pending_fill)
+                batch = apply_masks(batch, pending, pending_fill, owned=_storage(batch.features) not in keep)
                 pending = []
             batch = op.apply(batch, params, owned=_storage(batch.features) not in keep)
         if pending:
-            batch = apply_masks(batch, pending, pending_fill)
+            batch = apply_masks(batch, pending, pending_fill, owned=_storage(batch.features) not in keep)
         return batch, all_params
 
     def __call__(self, features: torch.Tensor, lengths: torch.Tensor, keys=None, key_ids=None,
@@ -210,7 +210,8 @@ class Policy:
         num_samples = num_samples.to(device).to(torch.int64)
         # waveform ops measure power over whole rows: the batch contract (0 past each length) must hold
         wb = WaveBatch(zero_padded(wave, num_samples), num_samples, int(sample_rate), targets)
-        scale = torch.ones(wave.shape[0], dtype=torch.float64, device=device)  # input time per output time
+        # input time per output time, for the frame targets (when there are any)
+        scale = None if frame_targets is None else torch.ones(wave.shape[0], dtype=torch.float64, device=device)
         for slot in range(self._wave_end):
             op = self.ops[slot]
             p = draw(slot, op, wb)
@@ -218,7 +219,8 @@ class Policy:
             # the caller's waveforms: never written; the chain's batch: 0 past its lengths from
             # the entry on (zero_padded above, then every op's contract)
             wb = op.apply(wb, p, owned=_storage(wb.audio) != _storage(wave), clean=True)
-            scale = scale * op.time_factor(p).to(device=device, dtype=torch.float64)
+            if scale is not None:
+                scale = scale * op.time_factor(p).to(device=device, dtype=torch.float64)
         fbanks = None
         for slot in range(self._wave_end, self._spec_start):
             op = self.ops[slot]

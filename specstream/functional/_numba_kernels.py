@@ -257,27 +257,43 @@ def triangle_pair_rows(warped, f_pts, n_mels, slaney, first, weights):
 
 
 @_jit(parallel=True)
-def mask_rows(x, lengths, fmask, tmask, fill, out):
-    """out[b, f, t] = 0 past the length, fill[b] in masked bins and frames, else x."""
+def mask_rows(x, lengths, fmask, tmask, fill, inplace, out):
+    """out[b, f, t] = 0 past the length, fill[b] in masked bins and frames, else x (with
+    ``inplace``, out is x: only the masked cells and the padding are written). A sample's
+    masked frames are found once, as runs, and each bin's row written run by run."""
     B, F, T = x.shape
-    for u in numba.prange(B * F):
-        b = u // F
-        f = u % F
+    for b in numba.prange(B):
         n = min(max(lengths[b], 0), T)
         fb = fill[b]
-        orow = out[b, f]
-        if fmask[b, f]:
-            for t in range(n):
-                orow[t] = fb
-        else:  # a straight copy (vectorised), then the masked frames
-            xr, tb = x[b, f], tmask[b]
-            for t in range(n):
-                orow[t] = xr[t]
-            for t in range(n):
-                if tb[t]:
+        tb = tmask[b]
+        lo = np.empty((n + 1) // 2, np.int64)
+        hi = np.empty((n + 1) // 2, np.int64)
+        runs = 0
+        t = 0
+        while t < n:
+            if tb[t]:
+                lo[runs] = t
+                while t < n and tb[t]:
+                    t += 1
+                hi[runs] = t
+                runs += 1
+            else:
+                t += 1
+        for f in range(F):
+            orow = out[b, f]
+            if fmask[b, f]:
+                for t in range(n):
                     orow[t] = fb
-        for t in range(n, T):
-            orow[t] = 0
+            else:
+                if not inplace:  # a straight copy (vectorised), then the masked frames
+                    xr = x[b, f]
+                    for t in range(n):
+                        orow[t] = xr[t]
+                for i in range(runs):
+                    for t in range(lo[i], hi[i]):
+                        orow[t] = fb
+            for t in range(n, T):
+                orow[t] = 0
 
 
 @numba.njit(inline="always")

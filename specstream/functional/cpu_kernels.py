@@ -311,15 +311,16 @@ def triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, slaney: bo
 
 
 def apply_masks(x: torch.Tensor, lengths: torch.Tensor, fmask: torch.Tensor, tmask: torch.Tensor,
-                fill: torch.Tensor) -> torch.Tensor:
+                fill: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """[B, F, T]: x (contiguous CPU float) with bins ``fmask`` [B, F] and frames ``tmask``
-    [B, T] (bool) set to ``fill`` [B] within each sample's length, 0 past it. Requires
-    :func:`available`."""
-    out = torch.empty_like(x)
+    [B, T] (bool) set to ``fill`` [B] within each sample's length, 0 past it; into a new
+    tensor, or with ``inplace`` into x (only the masked cells and the padding are written).
+    Requires :func:`available`."""
+    out = x if inplace else torch.empty_like(x)
     if out.numel():
         _launch("mask", x.numpy(), np.ascontiguousarray(lengths.numpy(), dtype=np.int64),
                 np.ascontiguousarray(fmask.numpy()), np.ascontiguousarray(tmask.numpy()),
-                np.ascontiguousarray(fill.to(x.dtype).numpy()), out.numpy())
+                np.ascontiguousarray(fill.to(x.dtype).numpy()), bool(inplace), out.numpy())
     return out
 
 

@@ -45,13 +45,16 @@ def fill_value(x: torch.Tensor, lengths: torch.Tensor, fill: Fill) -> torch.Tens
     return x.new_full((x.shape[0], 1, 1), float(fill))
 
 
-def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
+def apply_masks(batch: Batch, parts, fill: Fill, owned: bool = False) -> Batch:
     """One pass for any number of masks: ``parts`` are (freq [B, F] or None, time [B, T] or
     None, rect [B, F, T] or None) triples, already restricted to active samples and (time,
-    rect) to valid frames. Only each sample's valid frames are written.
+    rect) to valid frames. Only each sample's valid frames are written. ``owned``: the
+    caller hands over the features (a policy's own intermediate), which may then be
+    written in place.
 
     On the CPU (with numba, no cut-out rectangles) one fused pass
-    (:func:`~specstream.functional.cpu_kernels.apply_masks`). Otherwise one pass over the
+    (:func:`~specstream.functional.cpu_kernels.apply_masks`; in place when ``owned``: only
+    the masked cells and the padding are written). Otherwise one pass over the
     features multiplies by a broadcast keep-vector of frames and adds the fill on the
     masked frames (no [B, F, T] mask); then only the masked bins' rows are written. Both
     give the same values."""
@@ -74,7 +77,7 @@ def apply_masks(batch: Batch, parts, fill: Fill) -> Batch:
         m = x.new_zeros(B) if zero else fill_value(x, L, fill)[:, 0, 0]
         fu = x.new_zeros(B, Fn, dtype=torch.bool) if fu is None else fu
         tu = x.new_zeros(B, T, dtype=torch.bool) if tu is None else tu
-        return batch.replace(features=cpu_kernels.apply_masks(x, L, fu, tu, m))
+        return batch.replace(features=cpu_kernels.apply_masks(x, L, fu, tu, m, inplace=owned))
     valid = lengths_mask(L, T)
     keep_t = valid if tu is None else valid & ~tu  # [B, T]: frames kept (padding not kept)
     m = None if zero else fill_value(x, L, fill)  # [B, 1, 1]
