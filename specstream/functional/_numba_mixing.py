@@ -71,10 +71,11 @@ def segment_mix_rows(x, lengths, data, starts, count, snr_db, rows, out):
 
 
 @_jit(parallel=True)
-def level_rows(flat, offset, stride, ref, lengths, keep, rows, out):
+def level_rows(flat, offset, stride, rflat, roffset, rstride, lengths, keep, rows, out):
     """out[rows[i]] = y[i] g_i over the row's first lengths[i] samples, 0 after, where y[i]
     is flat[offset + i stride:] (a contiguous row of any 2-D view); with ``keep`` g_i
-    brings y[i]'s power over the length to ref[i]'s (float64 sums), else g_i = 1."""
+    brings y[i]'s power over the length to that of ref[i] = rflat[roffset + i rstride:]
+    (float64 sums), else g_i = 1."""
     R = rows.shape[0]
     N = out.shape[1]
     for i in numba.prange(R):
@@ -84,7 +85,8 @@ def level_rows(flat, offset, stride, ref, lengths, keep, rows, out):
         g = np.float32(1.0)
         if keep:
             d = max(n, 1)
-            g = np.float32(np.sqrt((sum_squares(ref[i], n) / d) / max(sum_squares(yr, n) / d, 1e-20)))
+            r = roffset + i * rstride
+            g = np.float32(np.sqrt((sum_squares(rflat[r:r + n], n) / d) / max(sum_squares(yr, n) / d, 1e-20)))
         for t in range(n):
             orow[t] = yr[t] * g
         for t in range(n, N):
@@ -167,3 +169,17 @@ def resample_rows(x, lengths, kern, width, o, n, sel, out):
             orow[j] = acc[j - base, nfr - 1]
         for j in range(nl, M):
             orow[j] = 0.0
+
+
+@_jit(parallel=True, fastmath={"contract"})
+def mul_spectra_rows(x, s, index):
+    """In place: row i of x [B, F, 2] (complex as (re, im) float32) times row index[i] of
+    s [R, F, 2], complex multiplication."""
+    F = x.shape[1]
+    for i in numba.prange(x.shape[0]):
+        xr, sr = x[i], s[index[i]]
+        for f in range(F):
+            a, b = xr[f, 0], xr[f, 1]
+            c, d = sr[f, 0], sr[f, 1]
+            xr[f, 0] = a * c - b * d
+            xr[f, 1] = a * d + b * c

@@ -1,7 +1,8 @@
 """CPU kernels (numba, :mod:`._numba_mixing`) for rows of padded waveform batches: mixing
 at an SNR (:func:`snr_mix`: generated noise; :func:`segment_mix`: recorded segments summed
 at unit power inside the kernel), rescaling to a power (:func:`level`), a log-mel's
-per-sample centre padding (:func:`center_pad`) and resampling (:func:`resample_rows`).
+per-sample centre padding (:func:`center_pad`), resampling (:func:`resample_rows`), and
+products with gathered filter spectra (:func:`mul_spectra_`, reverb).
 Each is one pass per row (powers in float64), on all rows into a new tensor or on a list
 of rows in place (the active rows of a batch an op chain owns). The kernels read without
 bounds checks: the wrappers check every per-row argument. Callers use them where :func:`mixable` (or
@@ -89,14 +90,23 @@ def segment_mix(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor, star
     return out
 
 
+def _row_view(t: torch.Tensor, what: str):
+    """(flat numpy view of t's storage, offset, row stride) of a 2-D tensor whose rows are
+    each contiguous (a column slice of a wider tensor): the kernels read row i at
+    flat[offset + i stride:] without a copy."""
+    if t.dim() != 2 or (t.shape[-1] > 1 and t.stride(-1) != 1):
+        raise ValueError(f"{what}: rows with unit stride, not strides {t.stride()}")
+    storage = t.untyped_storage()
+    flat = t.new_empty(0).set_(storage, 0, (storage.nbytes() // t.element_size(),))
+    return flat.numpy(), int(t.storage_offset()), int(t.stride(0))
+
+
 def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool,
           rows: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y (CPU float32 rows [R, N], each contiguous: e.g. a slice of a wider result) cut at
-    each length, and with ``keep`` scaled to ref's power over it (:func:`..dsp.match_power`),
-    into a new contiguous tensor; with ``rows`` (R of them), into those rows of ``out``.
-    Requires :func:`available`."""
-    if y.dim() != 2 or (y.shape[-1] > 1 and y.stride(-1) != 1):
-        raise ValueError(f"level: rows with unit stride, not strides {y.stride()}")
+    each length, and with ``keep`` scaled to ref's power over it (:func:`..dsp.match_power`;
+    ref [R, >= N], rows each contiguous too), into a new contiguous tensor; with ``rows``
+    (R of them), into those rows of ``out``. Requires :func:`available`."""
     if rows is None:
         sel, out = _row_list(None, y, None, y)
     else:
@@ -104,13 +114,32 @@ def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool,
             raise ValueError(f"level: {rows.numel()} rows for {y.shape[0]} rows of y")
         sel, out = _row_list(rows, out if out is not None else y, out, y)
     n = sel.size
-    args = (_row_block(ref.contiguous(), n, "ref"), _per_row(lengths, torch.int64, n, "lengths"))
+    if ref.dim() != 2 or ref.shape[0] != n or ref.shape[1] < y.shape[1]:
+        raise ValueError(f"level: ref {tuple(ref.shape)} for {n} rows of {y.shape[1]} samples")
+    lens = _per_row(lengths, torch.int64, n, "lengths")
+    if ref.shape[-1] > 1 and ref.stride(-1) != 1:
+        ref = ref.contiguous()
+    y_view, r_view = _row_view(y, "level"), _row_view(ref, "level: ref")
     if n and y.shape[-1]:
-        storage = y.untyped_storage()
-        flat = y.new_empty(0).set_(storage, 0, (storage.nbytes() // y.element_size(),))
-        _launch("level", flat.numpy(), int(y.storage_offset()), int(y.stride(0)), *args, bool(keep), sel,
-                out.numpy())
+        _launch("level", *y_view, *r_view, lens, bool(keep), sel, out.numpy())
     return out
+
+
+def mul_spectra_(x: torch.Tensor, spectra: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """In place: row i of x (complex64 CPU [B, F], contiguous) times row index[i] of
+    ``spectra`` (complex64 [R, F]): a product with gathered filter spectra without the
+    gathered copy. Returns x. Requires :func:`available`."""
+    if (x.dim() != 2 or spectra.dim() != 2 or x.shape[1] != spectra.shape[1] or x.dtype != torch.complex64
+            or spectra.dtype != torch.complex64 or not x.is_contiguous() or x.device.type != "cpu"):
+        raise ValueError(f"mul_spectra_: contiguous complex64 CPU rows [B, F] and spectra [R, F], not "
+                         f"{tuple(x.shape)} {x.dtype} and {tuple(spectra.shape)} {spectra.dtype}")
+    idx = _per_row(index, torch.int64, x.shape[0], "index")
+    if idx.size and (idx.min() < 0 or idx.max() >= spectra.shape[0]):
+        raise ValueError(f"mul_spectra_: index {idx.min()}..{idx.max()} for {spectra.shape[0]} spectra")
+    if x.numel():
+        _launch("mul_spectra", torch.view_as_real(x).numpy(),
+                np.ascontiguousarray(torch.view_as_real(spectra.resolve_conj()).numpy()), idx)
+    return x
 
 
 def center_pad(wave: torch.Tensor, lengths: torch.Tensor, pad: int, reflect: bool) -> torch.Tensor:

@@ -141,12 +141,22 @@ def fft_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(torch.fft.rfft(x, m) * torch.fft.rfft(h, m), m)[..., :n]
 
 
-def fft_convolve_spectra(x: torch.Tensor, spectra: torch.Tensor, k: int, m: int) -> torch.Tensor:
+def fft_convolve_spectra(x: torch.Tensor, spectra: torch.Tensor, k: int, m: int,
+                         index: Optional[torch.Tensor] = None, n: Optional[int] = None) -> torch.Tensor:
     """:func:`fft_convolve` of [B, N] with filters of length ``k`` given by their real FFTs
     ``spectra`` [B, m // 2 + 1] at size ``m`` (= ``fast_fft_size(N + k - 1)``): for a fixed
-    bank of filters, transformed once."""
-    n = x.shape[-1] + k - 1
-    return torch.fft.irfft(torch.fft.rfft(x, m).mul_(spectra), m)[..., :n]
+    bank of filters, transformed once. ``index``: row i takes spectra[index[i]] of a bank
+    [R, m // 2 + 1] (on the CPU multiplied where it lies, no gathered copy). x may come
+    already zero-padded to m columns, with ``n`` its signal length (no padded copy)."""
+    n = x.shape[-1] if n is None else n
+    X = torch.fft.rfft(x, m)
+    if index is None:
+        X = X.mul_(spectra)
+    elif X.device.type == "cpu" and X.dtype == torch.complex64 and spectra.dtype == X.dtype and cpu_kernels.available():
+        X = cpu_mixing.mul_spectra_(X, spectra, index)
+    else:
+        X = X.mul_(spectra.index_select(0, index))
+    return torch.fft.irfft(X, m)[..., :n + k - 1]
 
 
 def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[torch.Tensor, torch.Tensor]:

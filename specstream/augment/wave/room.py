@@ -88,38 +88,51 @@ class Reverb(BankOp):
         self._rirs = self._rirs.to(device)
         return self._rirs
 
-    def _rir_spectra(self, bank: RIRBank, rir: torch.Tensor, m: int, dtype) -> torch.Tensor:
-        """Real FFTs at size m of RIRs ``rir``: the whole bank's, transformed once per FFT size
-        and kept (a few sizes), when the bank is no larger than a batch; else the rows' own."""
+    def _rir_spectra(self, bank: RIRBank, rir: torch.Tensor, m: int, dtype):
+        """(spectra, index): real FFTs at size m of the whole bank, transformed once per FFT
+        size and kept (a few sizes), with ``rir`` to pick each row's, when the bank is no
+        larger than a batch; else the rows' own (index None)."""
         key = (m, bank.rirs.device, dtype)
         if self._spectra is None or self._spectra[0] is not bank:
             self._spectra = (bank, {})
         cache = self._spectra[1]
         if key not in cache:
             if len(bank) > rir.numel():
-                return torch.fft.rfft(bank.rirs.index_select(0, rir).to(dtype), m)
+                return torch.fft.rfft(bank.rirs.index_select(0, rir).to(dtype), m), None
             if len(cache) >= 4:
                 cache.pop(next(iter(cache)))
             cache[key] = torch.fft.rfft(bank.rirs.to(dtype), m)
-        return cache[key].index_select(0, rir)
+        return cache[key], rir
 
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
         return {"rir": randint(ctx.uniform(1)[:, 0], 0, len(self.rirs(ctx.device)) - 1)}
 
-    def _wet(self, x: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
-        """x [b, N] convolved with the RIRs ``rir``, aligned on the direct path: [b, N], a
-        view of a fresh result, not yet cut at the lengths."""
-        bank = self.rirs(x.device)
-        N, K = x.shape[-1], bank.rirs.shape[-1]
+    def _wet(self, audio: torch.Tensor, rows: Optional[torch.Tensor], rir: torch.Tensor):
+        """(wet, dry) [b, N]: rows ``rows`` of audio [B, N] (all with None) convolved with the
+        RIRs ``rir``, aligned on the direct path (a view of a fresh result, not yet cut at
+        the lengths), and the rows themselves (a view). The rows are gathered once, straight
+        into the zero-padded FFT input."""
+        bank = self.rirs(audio.device)
+        N, K = audio.shape[-1], bank.rirs.shape[-1]
         m = fast_fft_size(N + K - 1)
-        return fft_convolve_spectra(x, self._rir_spectra(bank, rir, m, x.dtype), K, m)[:, bank.pre:bank.pre + N]
+        buf = audio.new_empty(audio.shape[0] if rows is None else rows.numel(), m)
+        buf[:, N:].zero_()
+        if rows is None:
+            buf[:, :N] = audio
+        elif audio.device.type == "cpu":
+            torch.index_select(audio, 0, rows, out=buf[:, :N])  # written where it is
+        else:
+            buf[:, :N] = audio.index_select(0, rows)
+        spectra, index = self._rir_spectra(bank, rir, m, audio.dtype)
+        wet = fft_convolve_spectra(buf, spectra, K, m, index=index, n=N)[:, bank.pre:bank.pre + N]
+        return wet, buf[:, :N]
 
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
-        x, L = batch.audio, batch.lengths
+        wet, dry = self._wet(batch.audio, None, params["rir"])
         # cut at each length (a view of a fresh result), level kept with keep_level
-        return batch.replace(audio=match_power(self._wet(x, params["rir"]), x, L, self.keep_level, inplace=True))
+        return batch.replace(audio=match_power(wet, dry, batch.lengths, self.keep_level, inplace=True))
 
     def transform_rows(self, batch: WaveBatch, params: Params, rows: torch.Tensor) -> WaveBatch:
-        x = batch.audio.index_select(0, rows)
-        match_power_(batch.audio, rows, self._wet(x, params["rir"]), x, batch.lengths[rows], self.keep_level)
+        wet, dry = self._wet(batch.audio, rows, params["rir"])
+        match_power_(batch.audio, rows, wet, dry, batch.lengths[rows], self.keep_level)
         return batch
