@@ -173,13 +173,13 @@ def resample_rows(x, lengths, kern, width, o, n, sel, out):
 
 @_jit(parallel=True, fastmath={"contract"})
 def mul_spectra_rows(x, s, index):
-    """In place: row i of x [B, F, 2] (complex as (re, im) float32) times row index[i] of
-    s [R, F, 2], complex multiplication."""
-    F = x.shape[1]
+    """In place: row i of x [B, 2 F] (F complex values as interleaved re, im float32) times
+    row index[i] of s [R, 2 F], complex multiplication."""
+    F = x.shape[1] // 2
     for i in numba.prange(x.shape[0]):
         xr, sr = x[i], s[index[i]]
         for f in range(F):
-            a, b = xr[f, 0], xr[f, 1]
-            c, d = sr[f, 0], sr[f, 1]
-            xr[f, 0] = a * c - b * d
-            xr[f, 1] = a * d + b * c
+            a, b = xr[2 * f], xr[2 * f + 1]
+            c, d = sr[2 * f], sr[2 * f + 1]
+            xr[2 * f] = a * c - b * d
+            xr[2 * f + 1] = a * d + b * c

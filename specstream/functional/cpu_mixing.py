@@ -137,8 +137,9 @@ def mul_spectra_(x: torch.Tensor, spectra: torch.Tensor, index: torch.Tensor) ->
     if idx.size and (idx.min() < 0 or idx.max() >= spectra.shape[0]):
         raise ValueError(f"mul_spectra_: index {idx.min()}..{idx.max()} for {spectra.shape[0]} spectra")
     if x.numel():
-        _launch("mul_spectra", torch.view_as_real(x).numpy(),
-                np.ascontiguousarray(torch.view_as_real(spectra.resolve_conj()).numpy()), idx)
+        flat = torch.view_as_real(spectra.resolve_conj()).reshape(spectra.shape[0], -1)
+        _launch("mul_spectra", torch.view_as_real(x).reshape(x.shape[0], -1).numpy(),
+                np.ascontiguousarray(flat.numpy()), idx)
     return x
 
 
