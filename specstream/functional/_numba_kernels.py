@@ -4,9 +4,8 @@ numba is not imported where the kernels are off).
 They are module-level functions, so numba's on-disk cache finds them again in a new
 process (a kernel defined inside a function is compiled afresh in every process: one to
 two seconds per kernel in each Ray worker). "contract" lets LLVM fuse each multiply-add of
-the interpolation into one FMA, as torch's vectorised lerp does (vec::fmadd), and of the
-IIR recursion (which shortens its chain of dependent operations); nothing else of
-fast-math is allowed anywhere.
+the interpolation into one FMA, as torch's vectorised lerp does (vec::fmadd); nothing else
+of fast-math is allowed anywhere, and the IIR recursion is compiled without it.
 """
 import numba
 import numpy as np
@@ -68,21 +67,19 @@ def interp_rows(x, lo, frac, n, out, groups):
                     orow[t] = 0
 
 
-@numba.njit(inline="always", fastmath={"contract"})
-def df2t4(v0, v1, v2, v3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c):
+@numba.njit(inline="always")
+def df2t4(v0, v1, v2, v3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3):
     """One step of four filters of order <= 3 (transposed direct form II) on four rows:
-    inputs v, states (p, q, s) of the rows, coefficients c [7, 4] = (b0, b1, b2, b3, a1,
-    a2, a3) down, one row of the four across; returns the outputs and the new states. The
-    four recursions are independent chains the CPU overlaps (one row's recursion alone
-    waits on each step's latency). Each state update adds its feed-forward part first and
-    the feedback term last, fused: from one output to the next is two multiply-adds."""
-    y0, y1, y2, y3 = c[0, 0] * v0 + p0, c[0, 1] * v1 + p1, c[0, 2] * v2 + p2, c[0, 3] * v3 + p3
-    p0, p1 = (c[1, 0] * v0 + q0) - c[4, 0] * y0, (c[1, 1] * v1 + q1) - c[4, 1] * y1
-    p2, p3 = (c[1, 2] * v2 + q2) - c[4, 2] * y2, (c[1, 3] * v3 + q3) - c[4, 3] * y3
-    q0, q1 = (c[2, 0] * v0 + s0) - c[5, 0] * y0, (c[2, 1] * v1 + s1) - c[5, 1] * y1
-    q2, q3 = (c[2, 2] * v2 + s2) - c[5, 2] * y2, (c[2, 3] * v3 + s3) - c[5, 3] * y3
-    s0, s1 = c[3, 0] * v0 - c[6, 0] * y0, c[3, 1] * v1 - c[6, 1] * y1
-    s2, s3 = c[3, 2] * v2 - c[6, 2] * y2, c[3, 3] * v3 - c[6, 3] * y3
+    inputs v, states (p, q, s) of the rows, coefficients c = (b0, b1, b2, b3, a1, a2, a3)
+    per row; returns the outputs and the new states. The four recursions are independent
+    chains the CPU overlaps (one row's recursion alone waits on each step's latency)."""
+    y0, y1, y2, y3 = c0[0] * v0 + p0, c1[0] * v1 + p1, c2[0] * v2 + p2, c3[0] * v3 + p3
+    p0, p1 = c0[1] * v0 - c0[4] * y0 + q0, c1[1] * v1 - c1[4] * y1 + q1
+    p2, p3 = c2[1] * v2 - c2[4] * y2 + q2, c3[1] * v3 - c3[4] * y3 + q3
+    q0, q1 = c0[2] * v0 - c0[5] * y0 + s0, c1[2] * v1 - c1[5] * y1 + s1
+    q2, q3 = c2[2] * v2 - c2[5] * y2 + s2, c3[2] * v3 - c3[5] * y3 + s3
+    s0, s1 = c0[3] * v0 - c0[6] * y0, c1[3] * v1 - c1[6] * y1
+    s2, s3 = c2[3] * v2 - c2[6] * y2, c3[3] * v3 - c3[6] * y3
     return y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3
 
 
@@ -105,36 +102,33 @@ def ftz12(p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3):
             ftz(s0), ftz(s1), ftz(s2), ftz(s3))
 
 
-@_jit(parallel=True, fastmath={"contract"})
+@_jit(parallel=True)
 def iir_rows(x, coef, n, zero_phase, rows, out):
     """Row rows[r] of x [., N] through filter coef[r] = (b0..b3, a1..a3) (order <= 3,
     a0 = 1) from rest, in float64, into row rows[r] of out (out may be x: a row is read
     whole before it is written). ``zero_phase``: forward over the row's first n[r]
     samples, then backward from its own end (filtfilt), 0 after; else causal over the
-    whole row. Four rows per unit of work, through a private float64 scratch laid out time
-    major (the four rows' values at a step side by side). States below TINY are flushed to
-    0 every 64 steps (see :func:`ftz12`)."""
+    whole row. Four rows per unit of work, through a private float64 scratch. States below
+    TINY are flushed to 0 every 64 steps (see :func:`ftz12`)."""
     R = rows.shape[0]
     N = x.shape[1]
     for u in numba.prange((R + 3) // 4):
         r0 = 4 * u
         r1, r2, r3 = min(r0 + 1, R - 1), min(r0 + 2, R - 1), min(r0 + 3, R - 1)  # repeats: not stored
-        c = np.empty((7, 4), np.float64)
-        for i in range(7):
-            c[i, 0], c[i, 1], c[i, 2], c[i, 3] = coef[r0, i], coef[r1, i], coef[r2, i], coef[r3, i]
+        c0, c1, c2, c3 = coef[r0], coef[r1], coef[r2], coef[r3]
         x0, x1, x2, x3 = x[rows[r0]], x[rows[r1]], x[rows[r2]], x[rows[r3]]
         m0 = m1 = m2 = m3 = N
         if zero_phase:
             m0, m1 = min(max(n[r0], 0), N), min(max(n[r1], 0), N)
             m2, m3 = min(max(n[r2], 0), N), min(max(n[r3], 0), N)
         m = max(max(m0, m1), max(m2, m3))
-        tmp = np.empty((m, 4), np.float64)
+        tmp = np.empty((4, m), np.float64)
         p0 = p1 = p2 = p3 = q0 = q1 = q2 = q3 = s0 = s1 = s2 = s3 = 0.0
         for t in range(m):  # forward: past its own length a row's values are not used
             y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = df2t4(
                 np.float64(x0[t]), np.float64(x1[t]), np.float64(x2[t]), np.float64(x3[t]),
-                p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c)
-            tmp[t, 0], tmp[t, 1], tmp[t, 2], tmp[t, 3] = y0, y1, y2, y3
+                p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3)
+            tmp[0, t], tmp[1, t], tmp[2, t], tmp[3, t] = y0, y1, y2, y3
             if (t & 63) == 63:
                 p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = ftz12(p0, p1, p2, p3, q0, q1, q2, q3,
                                                                        s0, s1, s2, s3)
@@ -145,10 +139,10 @@ def iir_rows(x, coef, n, zero_phase, rows, out):
             for i in range(m):
                 t = m - 1 - i
                 y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = df2t4(
-                    tmp[t, 0] if t < m0 else 0.0, tmp[t, 1] if t < m1 else 0.0,
-                    tmp[t, 2] if t < m2 else 0.0, tmp[t, 3] if t < m3 else 0.0,
-                    p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c)
-                tmp[t, 0], tmp[t, 1], tmp[t, 2], tmp[t, 3] = y0, y1, y2, y3
+                    tmp[0, t] if t < m0 else 0.0, tmp[1, t] if t < m1 else 0.0,
+                    tmp[2, t] if t < m2 else 0.0, tmp[3, t] if t < m3 else 0.0,
+                    p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3)
+                tmp[0, t], tmp[1, t], tmp[2, t], tmp[3, t] = y0, y1, y2, y3
                 if (i & 63) == 63:
                     p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = ftz12(p0, p1, p2, p3, q0, q1, q2, q3,
                                                                            s0, s1, s2, s3)
@@ -156,7 +150,7 @@ def iir_rows(x, coef, n, zero_phase, rows, out):
             mj = (m0, m1, m2, m3)[j]
             orow = out[rows[r0 + j]]
             for t in range(mj):
-                orow[t] = tmp[t, j]
+                orow[t] = tmp[j, t]
             for t in range(mj, N):
                 orow[t] = 0
 
