@@ -345,7 +345,7 @@ def bench_kernels(args) -> None:
     seg_count = torch.randint(1, 3, (50,), generator=g)
     wide = torch.randn(50, 2 * n, generator=g)
     # speed as the stage runs it: 21 rows at 0.9 and 21 at 1.1 of a batch of 64, written
-    # into the output batch; reverb's product of 33 rows' spectra with a bank of 20
+    # into the output batch
     from specstream.functional.timescale import resample_into
     sp_wave = 0.1 * torch.randn(B, 16000, generator=g)
     sp_len = torch.full((B,), 16000)
@@ -355,10 +355,6 @@ def bench_kernels(args) -> None:
     def speed_rows():
         resample_into(sp_wave, sp_len[slow], slow, 9, 10, sp_out)
         resample_into(sp_wave, sp_len[fast], fast, 11, 10, sp_out)
-
-    spec_rows = torch.randn(33, 17281, dtype=torch.complex64, generator=g)
-    spec_bank = torch.randn(20, 17281, dtype=torch.complex64, generator=g)
-    spec_idx = torch.randint(0, 20, (33,), generator=g)
 
     cases = [
         (f"filtfilt, biquad [{rows}, {n}]", lambda: dsp.filtfilt(wave, wl, b, a)),
@@ -381,7 +377,6 @@ def bench_kernels(args) -> None:
          lambda: dsp.mix_segments_at_snr(mixed, ml50, bank, seg_starts, seg_count, snr)),
         (f"reverb level, strided rows [50, {n}]", lambda: dsp.match_power(wide[:, 40:40 + n], mixed, ml50)),
         ("speed, 42 of 64 rows resampled [64, 16000]", speed_rows),
-        ("reverb, spectra x bank rows [33, 17281]", lambda: dsp.mul_spectra_(spec_rows.clone(), spec_bank, spec_idx)),
     ]
 
     def torch_path(fn):

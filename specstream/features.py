@@ -169,7 +169,8 @@ class LogMel(torch.nn.Module):
             banks_fit = fb.shape[0] == wave.shape[0] and fb.shape[-1] == n_freqs
             fb = fb.weights
         else:
-            banks_fit = fb.shape[-1] == n_freqs and (fb.dim() == 2 or (fb.dim() == 3 and fb.shape[0] in (1, wave.shape[0])))
+            banks_fit = fb.shape[-1] == n_freqs and (fb.dim() == 2 or (fb.dim() == 3
+                                                                     and fb.shape[0] in (1, wave.shape[0])))
         return (wave.device.type == "cpu" and wave.dtype == torch.float32 and fb.dtype == torch.float32
                 and fb.device.type == "cpu" and wave.dim() == 2 and banks_fit
                 and not (wave.requires_grad or fb.requires_grad) and cpu_kernels.available())

@@ -170,16 +170,3 @@ def resample_rows(x, lengths, kern, width, o, n, sel, out):
         for j in range(nl, M):
             orow[j] = 0.0
 
-
-@_jit(parallel=True, fastmath={"contract"})
-def mul_spectra_rows(x, s, index):
-    """In place: row i of x [B, 2 F] (F complex values as interleaved re, im float32) times
-    row index[i] of s [R, 2 F], complex multiplication."""
-    F = x.shape[1] // 2
-    for i in numba.prange(x.shape[0]):
-        xr, sr = x[i], s[index[i]]
-        for f in range(F):
-            a, b = xr[2 * f], xr[2 * f + 1]
-            c, d = sr[2 * f], sr[2 * f + 1]
-            xr[2 * f] = a * c - b * d
-            xr[2 * f + 1] = a * d + b * c

@@ -1,13 +1,12 @@
 """CPU kernels (numba, :mod:`._numba_mixing`) for rows of padded waveform batches: mixing
 at an SNR (:func:`snr_mix`: generated noise; :func:`segment_mix`: recorded segments summed
 at unit power inside the kernel), rescaling to a power (:func:`level`), a log-mel's
-per-sample centre padding (:func:`center_pad`), resampling (:func:`resample_rows`), and
-products with gathered filter spectra (:func:`mul_spectra_`, reverb).
+per-sample centre padding (:func:`center_pad`) and resampling (:func:`resample_rows`).
 Each is one pass per row (powers in float64), on all rows into a new tensor or on a list
 of rows in place (the active rows of a batch an op chain owns). The kernels read without
-bounds checks: the wrappers check every per-row argument. Callers use them where :func:`mixable` (or
-:func:`.cpu_kernels.available`) says so; the torch paths in :mod:`.dsp` and
-:class:`specstream.features.LogMel` are the reference."""
+bounds checks: the wrappers check every per-row argument. Callers use them where
+:func:`mixable` (or :func:`.cpu_kernels.available`) says so; the torch paths in :mod:`.dsp`,
+:mod:`.timescale` and :class:`specstream.features.LogMel` are the reference."""
 from __future__ import annotations
 
 from typing import Optional
@@ -123,24 +122,6 @@ def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool,
     if n and y.shape[-1]:
         _launch("level", *y_view, *r_view, lens, bool(keep), sel, out.numpy())
     return out
-
-
-def mul_spectra_(x: torch.Tensor, spectra: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """In place: row i of x (complex64 CPU [B, F], contiguous) times row index[i] of
-    ``spectra`` (complex64 [R, F]): a product with gathered filter spectra without the
-    gathered copy. Returns x. Requires :func:`available`."""
-    if (x.dim() != 2 or spectra.dim() != 2 or x.shape[1] != spectra.shape[1] or x.dtype != torch.complex64
-            or spectra.dtype != torch.complex64 or not x.is_contiguous() or x.device.type != "cpu"):
-        raise ValueError(f"mul_spectra_: contiguous complex64 CPU rows [B, F] and spectra [R, F], not "
-                         f"{tuple(x.shape)} {x.dtype} and {tuple(spectra.shape)} {spectra.dtype}")
-    idx = _per_row(index, torch.int64, x.shape[0], "index")
-    if idx.size and (idx.min() < 0 or idx.max() >= spectra.shape[0]):
-        raise ValueError(f"mul_spectra_: index {idx.min()}..{idx.max()} for {spectra.shape[0]} spectra")
-    if x.numel():
-        flat = torch.view_as_real(spectra.resolve_conj()).reshape(spectra.shape[0], -1)
-        _launch("mul_spectra", torch.view_as_real(x).reshape(x.shape[0], -1).numpy(),
-                np.ascontiguousarray(flat.numpy()), idx)
-    return x
 
 
 def center_pad(wave: torch.Tensor, lengths: torch.Tensor, pad: int, reflect: bool) -> torch.Tensor:

@@ -146,22 +146,12 @@ def fft_convolve_spectra(x: torch.Tensor, spectra: torch.Tensor, k: int, m: int,
     """:func:`fft_convolve` of [B, N] with filters of length ``k`` given by their real FFTs
     ``spectra`` [B, m // 2 + 1] at size ``m`` (= ``fast_fft_size(N + k - 1)``): for a fixed
     bank of filters, transformed once. ``index``: row i takes spectra[index[i]] of a bank
-    [R, m // 2 + 1] (on the CPU multiplied where it lies, no gathered copy). x may come
+    [R, m // 2 + 1]. x may come
     already zero-padded to m columns, with ``n`` its signal length (no padded copy)."""
     n = x.shape[-1] if n is None else n
     X = torch.fft.rfft(x, m)
-    X = X.mul_(spectra) if index is None else mul_spectra_(X, spectra, index)
+    X = X.mul_(spectra if index is None else spectra.index_select(0, index))
     return torch.fft.irfft(X, m)[..., :n + k - 1]
-
-
-def mul_spectra_(x: torch.Tensor, spectra: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """In place: row i of the spectra x [B, F] times row index[i] of a bank ``spectra``
-    [R, F]. On the CPU (complex64, numba) multiplied where the bank's rows lie; elsewhere
-    the rows are gathered first. Returns x."""
-    if (x.device.type == "cpu" and x.dtype == torch.complex64 and spectra.dtype == x.dtype and x.is_contiguous()
-            and cpu_kernels.available()):
-        return cpu_mixing.mul_spectra_(x, spectra, index)
-    return x.mul_(spectra.index_select(0, index))
 
 
 def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[torch.Tensor, torch.Tensor]:

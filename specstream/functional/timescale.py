@@ -67,8 +67,8 @@ def resample_into(x: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, or
     """Rows ``rows`` of x [B, N], each resampled over its own first ``lengths`` samples
     (:func:`resample` of the row alone), written whole into the same rows of ``out`` [B, W]:
     the first ceil(length new / orig) samples (cut at W), then zeros (orig = new: a copy of
-    the row's own samples). Other rows of out are left as they are. On the CPU one kernel call straight into out's rows (no gathered copy
-    of the rows, no result to scatter)."""
+    the row's own samples). Other rows of out are left as they are. On the CPU one kernel
+    call straight into out's rows (no gathered copy of the rows, no result to scatter)."""
     o, n = int(orig_freq), int(new_freq)
     if _get_sinc_resample_kernel is not None and _kernel_applies(x, out):
         if o == n:  # a copy of each row's own samples: one tap of weight 1
