@@ -71,12 +71,14 @@ def _compile():
 
 
 def _use_torch_openmp() -> None:
-    """Run numba's parallel loops on the OpenMP runtime torch already has loaded (one
-    libgomp per process): its threads then take the kernel's loop straight after torch's
-    own parallel work. A separate pool (numba's default workqueue or tbb) competes with
-    torch's OpenMP threads, which spin for milliseconds after each parallel region, and
-    gains nothing. Left alone when the user chose a layer (NUMBA_THREADING_LAYER, or
-    numba.config in code)."""
+    """Run numba's parallel loops on its OpenMP layer (GNU OpenMP), chosen over numba's
+    default workqueue or tbb pools, which compete with torch's OpenMP threads (they spin
+    for milliseconds after each parallel region) and gain nothing. With torch's pip wheel
+    this is still a second runtime: numba's omppool links the system's libgomp.so.1.0.0,
+    torch its bundled libgomp.so.1, so the process holds two OpenMP thread pools.
+    Preloading the system libgomp (LD_PRELOAD) gives both one pool; on this project's
+    2-core benchmark machine that made no difference above its noise. Left alone when the
+    user chose a layer (NUMBA_THREADING_LAYER, or numba.config in code)."""
     import numba
 
     if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
