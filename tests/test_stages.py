@@ -313,6 +313,13 @@ def test_logmel_edge_inputs_on_both_paths():
     with pytest.raises(ValueError, match="mel_log: filter pairs"):
         cpu_kernels.mel_log(spec, None, torch.tensor([20, 20, 10, 4]), 2.0, 1e-6, False,
                             pairs=(wrong_rows.first, wrong_rows.weights, 80))
+    with pytest.raises(ValueError, match="mel_log: frames"):  # the kernel reads one count per row
+        cpu_kernels.mel_log(spec, torch.rand(1, 80, 201), torch.tensor([20, 20]), 2.0, 1e-6, False)
+    # hand-built pairs naming filters outside the bank: dropped by the dense bank as by the kernel
+    from specstream.functional.mel import FilterPairs
+
+    odd = FilterPairs(torch.tensor([[2, -1, 0]]), torch.tensor([[[0.5, 0.7], [0.3, 0.4], [0.2, 0.1]]]), 3)
+    assert torch.equal(odd.dense(), torch.tensor([[[0.0, 0.4, 0.2], [0.0, 0.0, 0.1], [0.5, 0.0, 0.0]]]))
     for bad in (dict(power=0.0), dict(power=-1.0), dict(log_offset=1e-50), dict(log_offset=0.0)):
         with pytest.raises(ValueError):
             MelConfig(**bad).validate()

@@ -882,6 +882,10 @@ def test_mixing_kernels_broadcast_like_the_torch_path_and_refuse_what_does_not_f
         dsp.match_power(noise, x, L[:2])
     with pytest.raises(ValueError, match="for 4 rows"):  # a row's data is cut at that row's length
         dsp.match_power(noise, x[:1], L)
+    from specstream.functional import cpu_mixing
+
+    with pytest.raises(ValueError, match="out rows of"):  # the kernel reads y and ref at out's width
+        cpu_mixing.level(x[:2], x[:2], L[:2], True, rows=torch.tensor([0, 1]), out=torch.zeros(4, 4000))
     empty = x[:0]
     assert dsp.mix_segments_at_snr(empty, L[:0], data, torch.zeros(0, 2, dtype=torch.int64), L[:0],
                                    torch.zeros(0)).shape == (0, 512)

@@ -336,6 +336,7 @@ def mel_log(spec: torch.Tensor, fbanks: torch.Tensor, frames: torch.Tensor, powe
     kernel writes the sums (1.0 in the padding), torch's vectorised log runs in place.
     Requires :func:`available`."""
     B, F, T = spec.shape
+    frames = torch.from_numpy(_per_row(frames, torch.int64, B, "mel_log: frames"))
     if pairs is not None:
         first, weights, M = pairs
         if first.shape != (B, F) or weights.shape != (B, F, 2):

@@ -113,6 +113,8 @@ def level(y: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, keep: bool,
             raise ValueError(f"level: {rows.numel()} rows for {y.shape[0]} rows of y")
         sel, out = _row_list(rows, out if out is not None else y, out, y)
     n = sel.size
+    if out.shape[1] != y.shape[1]:
+        raise ValueError(f"level: out rows of {out.shape[1]} samples for y rows of {y.shape[1]}")
     if ref.dim() != 2 or ref.shape[0] != n or ref.shape[1] < y.shape[1]:
         raise ValueError(f"level: ref {tuple(ref.shape)} for {n} rows of {y.shape[1]} samples")
     lens = _per_row(lengths, torch.int64, n, "lengths")
@@ -144,8 +146,10 @@ def resample_rows(x: torch.Tensor, lengths: torch.Tensor, kernel: torch.Tensor, 
     kernel ``kernel`` [new, taps] (``width`` samples of left context), written whole into
     the same rows of ``out`` (contiguous float32 CPU [B, W]): the first
     ceil(lengths[r] new / orig) samples (cut at W), 0 after; out's other rows are left as
-    they are. What ``torchaudio.functional.resample`` gives for the row alone (the same
-    taps summed in the same order in float32). Requires :func:`available`."""
+    they are. ``torchaudio.functional.resample`` of the row alone, to float32 roundoff (the
+    same taps summed in the same order: equal bit for bit on the rate pairs and lengths
+    tested, except rows of a few samples, where torchaudio's convolution runs another
+    way). Requires :func:`available`."""
     if (x.dim() != 2 or out.dim() != 2 or out.shape[0] != x.shape[0] or not _rows_f32(x, out)
             or not (x.is_contiguous() and out.is_contiguous())):
         raise ValueError(f"resample_rows: contiguous float32 CPU rows in and out with as many rows, not "

@@ -65,11 +65,14 @@ class FilterPairs:
         return FilterPairs(self.first.to(w.device), w, self.n_mels)
 
     def dense(self) -> torch.Tensor:
-        """[B, n_mels, n_freqs]: the weights scattered into zeros (a filter outside the bank
-        adds an exact 0 to a neighbour's cell)."""
-        idx = torch.stack([self.first, self.first + 1], 1).clamp_(0, max(self.n_mels - 1, 0))
+        """[B, n_mels, n_freqs]: the weights scattered into zeros (the weight of a filter
+        outside the bank is dropped, as the CPU kernel drops it)."""
+        idx = torch.stack([self.first, self.first + 1], 1)
+        inside = (idx >= 0) & (idx < self.n_mels)
+        w = torch.where(inside, self.weights.transpose(1, 2), torch.zeros((), dtype=self.weights.dtype,
+                                                                           device=self.weights.device))
         out = torch.zeros(self.shape, dtype=self.weights.dtype, device=self.weights.device)
-        return out.scatter_add_(1, idx, self.weights.transpose(1, 2)) if out.numel() else out
+        return out.scatter_add_(1, idx.clamp(0, max(self.n_mels - 1, 0)), w) if out.numel() else out
 
 
 def mel_fbanks(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: Optional[float] = None,
