@@ -140,6 +140,10 @@ class Policy:
         masked write, the fill taken from the features as they enter the run. ``caller``:
         the caller's features, never written (every later tensor is the chain's own)."""
         keep = set() if caller is None else {_storage(caller)}
+
+        def owned(b: Batch) -> bool:  # the features are the chain's own, not the caller's
+            return _storage(b.features) not in keep
+
         all_params = []
         pending, pending_fill = [], None
         for slot, op in enumerate(self.ops[start:], start):
@@ -147,17 +151,17 @@ class Policy:
             all_params.append(params)
             if isinstance(op, MaskOp):
                 if pending and op.fill != pending_fill:
-                    batch = apply_masks(batch, pending, pending_fill, owned=_storage(batch.features) not in keep)
+                    batch = apply_masks(batch, pending, pending_fill, owned=owned(batch))
                     pending = []
                 pending.append(op.mask_parts(batch, params))
                 pending_fill = op.fill
                 continue
             if pending:
-                batch = apply_masks(batch, pending, pending_fill, owned=_storage(batch.features) not in keep)
+                batch = apply_masks(batch, pending, pending_fill, owned=owned(batch))
                 pending = []
-            batch = op.apply(batch, params, owned=_storage(batch.features) not in keep)
+            batch = op.apply(batch, params, owned=owned(batch))
         if pending:
-            batch = apply_masks(batch, pending, pending_fill, owned=_storage(batch.features) not in keep)
+            batch = apply_masks(batch, pending, pending_fill, owned=owned(batch))
         return batch, all_params
 
     def __call__(self, features: torch.Tensor, lengths: torch.Tensor, keys=None, key_ids=None,

@@ -11,5 +11,5 @@ featurizer are built from, testable on their own.
 - :mod:`.cpu_kernels`: fused CPU kernels (numba) behind interpolation, IIR filters, the
   keyed hashes, masks, per-sample filterbanks and the log-mel's mel sums, each checked
   against the torch path it replaces on the CPU; :mod:`.cpu_mixing`: the same for mixing
-  rows at an SNR, rescaling to a power and the log-mel's centre padding.
+  rows at an SNR, rescaling to a power, the log-mel's centre padding and resampling.
 """

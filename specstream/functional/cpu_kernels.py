@@ -70,7 +70,7 @@ def _compile():
             "center_pad": m.center_pad_rows, "resample": m.resample_rows}
 
 
-def _use_torch_openmp() -> None:
+def _use_omp_layer() -> None:
     """Run numba's parallel loops on its OpenMP layer (GNU OpenMP), chosen over numba's
     default workqueue or tbb pools, which compete with torch's OpenMP threads (they spin
     for milliseconds after each parallel region) and gain nothing. With torch's pip wheel
@@ -104,7 +104,7 @@ def available() -> bool:
                     _kernel = False
                 else:
                     try:
-                        _use_torch_openmp()
+                        _use_omp_layer()
                         _kernel = _compile()
                     except ImportError:
                         _kernel = False
@@ -336,26 +336,22 @@ def mel_log(spec: torch.Tensor, fbanks: torch.Tensor, frames: torch.Tensor, powe
     kernel writes the sums (1.0 in the padding), torch's vectorised log runs in place.
     Requires :func:`available`."""
     B, F, T = spec.shape
-    frames = torch.from_numpy(_per_row(frames, torch.int64, B, "mel_log: frames"))
+    frames = _per_row(frames, torch.int64, B, "mel_log: frames")
     if pairs is not None:
         first, weights, M = pairs
         if first.shape != (B, F) or weights.shape != (B, F, 2):
             raise ValueError(f"mel_log: filter pairs {tuple(first.shape)} / {tuple(weights.shape)} for an STFT of "
                              f"{B} rows and {F} frequencies (need [{B}, {F}] / [{B}, {F}, 2])")
-        out = torch.empty((B, int(M), T), dtype=torch.float32)
-        if out.numel():
-            _launch("mel_pairs", torch.view_as_real(spec).numpy(), np.ascontiguousarray(first.numpy(), dtype=np.int64),
-                    np.ascontiguousarray(weights.numpy(), dtype=np.float32),
-                    np.ascontiguousarray(frames.numpy(), dtype=np.int64), float(power) / 2.0, float(offset),
-                    bool(clamp), out.numpy())
-        return out.log_()
-    if fbanks.dim() != 3 or fbanks.shape[0] not in (1, B) or fbanks.shape[-1] != F:
-        raise ValueError(f"mel_log: filterbanks {tuple(fbanks.shape)} for an STFT of {B} rows and {F} frequencies "
-                         f"(need [1 or {B}, n_mels, {F}])")
-    out = torch.empty((B, fbanks.shape[1], T), dtype=torch.float32)
+        name, banks = "mel_pairs", (np.ascontiguousarray(first.numpy(), dtype=np.int64),
+                                    np.ascontiguousarray(weights.numpy(), dtype=np.float32))
+    else:
+        if fbanks.dim() != 3 or fbanks.shape[0] not in (1, B) or fbanks.shape[-1] != F:
+            raise ValueError(f"mel_log: filterbanks {tuple(fbanks.shape)} for an STFT of {B} rows and {F} "
+                             f"frequencies (need [1 or {B}, n_mels, {F}])")
+        name, banks, M = "mel", (np.ascontiguousarray(fbanks.numpy(), dtype=np.float32),), fbanks.shape[1]
+    out = torch.empty((B, int(M), T), dtype=torch.float32)
     if out.numel():
-        _launch("mel", torch.view_as_real(spec).numpy(), np.ascontiguousarray(fbanks.numpy(), dtype=np.float32),
-                np.ascontiguousarray(frames.numpy(), dtype=np.int64), float(power) / 2.0, float(offset),
+        _launch(name, torch.view_as_real(spec).numpy(), *banks, frames, float(power) / 2.0, float(offset),
                 bool(clamp), out.numpy())
     return out.log_()
 
