@@ -605,6 +605,69 @@ def test_filters_on_every_path_long_rows_empty_batches_and_1d_input(path):
                                    rtol=1e-5, atol=1e-6)
 
 
+def _df2t_reference(x, c, flush=False):
+    """The IIR kernel's recursion for one row in Python floats (IEEE doubles, no fused
+    multiply-add): transposed direct form II with coefficients c = (b0..b3, a1..a3), from
+    rest; ``flush``: states below 1e-290 set to 0 after every 64th step, as the kernel does."""
+    p = q = s = 0.0
+    out = []
+    for i, v in enumerate(x):
+        y = c[0] * v + p
+        p = c[1] * v - c[4] * y + q
+        q = c[2] * v - c[5] * y + s
+        s = c[3] * v - c[6] * y
+        out.append(y)
+        if flush and (i & 63) == 63:
+            p, q, s = (0.0 if abs(z) < 1e-290 else z for z in (p, q, s))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_iir_kernel_is_the_scalar_recursion_bit_for_bit(dtype, in_place):
+    """The kernel runs four rows per unit as vector lanes: each lane must do the scalar
+    recursion's arithmetic, operation for operation (no fused multiply-add, no reassociation),
+    so every row equals a plain Python recursion exactly. Seven listed rows (a unit filled by
+    repeating the last row), ragged lengths including 0 and 1, the biquads, the order-3 pink
+    and order-1 brown filters, causal and zero-phase, in place, float32 and float64 rows, and a
+    decay below 1e-290 where the kernel's flush to zero must match the reference's."""
+    from specstream.functional import cpu_kernels
+    from specstream.functional.dsp import BROWN, PINK, biquad
+
+    g = torch.Generator().manual_seed(11)
+    B, N = 9, 600
+    x = (torch.randn(B, N, generator=g) * 0.3).to(dtype)
+    x[8, 1:] = 0  # an impulse through a fast decay: states fall below 1e-290 around step 290
+    rows = torch.tensor([2, 8, 0, 5, 7, 3, 1])
+    b, a = biquad("lowpass", torch.tensor([300.0, 1000, 2000, 3000, 5000, 7000, 50]).double(), SR, 0.7071)
+    b, a = torch.nn.functional.pad(b, (0, 1)), torch.nn.functional.pad(a, (0, 1))
+    b[3], a[3] = torch.tensor(PINK[0]), torch.tensor(PINK[1])
+    b[4], a[4] = torch.tensor(BROWN[0] + (0.0, 0.0)), torch.tensor(BROWN[1] + (0.0, 0.0))
+    b[1], a[1] = torch.tensor([1.0, 0, 0, 0]).double(), torch.tensor([1.0, -0.1, 0, 0]).double()
+    n = torch.tensor([600, 600, 0, 1, 333, 599, 64])
+    coef = [tuple(float(v) for v in b[r]) + tuple(float(v) for v in a[r, 1:]) for r in range(len(rows))]
+    for zero_phase in (False, True):
+        out = x.clone() if in_place else torch.full_like(x, 7.0)
+        cpu_kernels.iir_rows(out if in_place else x, b, a, n if zero_phase else None, rows=rows, out=out)
+        for r, row in enumerate(rows.tolist()):
+            src = x[row].double().tolist()
+            if zero_phase:
+                # backward, the kernel steps from the longest row of the row's unit of four
+                # (fed zeros past the row's own end, where the state stays exactly 0), and
+                # flushes every 64 of those steps
+                k, m = int(n[r]), int(n[r // 4 * 4:r // 4 * 4 + 4].max())
+                fwd = _df2t_reference(src[:k], coef[r], flush=True)
+                want = _df2t_reference((fwd + [0.0] * (m - k))[::-1], coef[r], flush=True)[::-1][:k] + [0.0] * (N - k)
+            else:
+                want = _df2t_reference(src, coef[r], flush=True)
+            want = torch.tensor(want, dtype=torch.float64).to(dtype)
+            assert torch.equal(out[row], want), (zero_phase, r, row, (out[row] - want).abs().max())
+        untouched = [i for i in range(B) if i not in rows.tolist()]
+        assert torch.equal(out[untouched], x[untouched] if in_place else torch.full_like(x[untouched], 7.0))
+    # the decay really went below the flush threshold (else the flush is not exercised)
+    assert min(abs(v) for v in _df2t_reference([1.0] + [0.0] * 400, coef[1]) if v != 0) < 1e-290
+
+
 def test_iir_kernel_keeps_nan_and_inf_like_the_torch_path():
     """The kernel's flush of tiny states (every 64 steps) leaves NaN and inf alone: a NaN in a
     row poisons what follows it there as on the torch path, not just up to the next flush."""

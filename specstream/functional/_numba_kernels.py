@@ -9,6 +9,9 @@ of fast-math is allowed anywhere, and the IIR recursion is compiled without it.
 """
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 
 def _jit(**options):
@@ -67,92 +70,197 @@ def interp_rows(x, lo, frac, n, out, groups):
                     orow[t] = 0
 
 
-@numba.njit(inline="always")
-def df2t4(v0, v1, v2, v3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3):
-    """One step of four filters of order <= 3 (transposed direct form II) on four rows:
-    inputs v, states (p, q, s) of the rows, coefficients c = (b0, b1, b2, b3, a1, a2, a3)
-    per row; returns the outputs and the new states. The four recursions are independent
-    chains the CPU overlaps (one row's recursion alone waits on each step's latency)."""
-    y0, y1, y2, y3 = c0[0] * v0 + p0, c1[0] * v1 + p1, c2[0] * v2 + p2, c3[0] * v3 + p3
-    p0, p1 = c0[1] * v0 - c0[4] * y0 + q0, c1[1] * v1 - c1[4] * y1 + q1
-    p2, p3 = c2[1] * v2 - c2[4] * y2 + q2, c3[1] * v3 - c3[4] * y3 + q3
-    q0, q1 = c0[2] * v0 - c0[5] * y0 + s0, c1[2] * v1 - c1[5] * y1 + s1
-    q2, q3 = c2[2] * v2 - c2[5] * y2 + s2, c3[2] * v3 - c3[5] * y3 + s3
-    s0, s1 = c0[3] * v0 - c0[6] * y0, c1[3] * v1 - c1[6] * y1
-    s2, s3 = c2[3] * v2 - c2[6] * y2, c3[3] * v3 - c3[6] * y3
-    return y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3
-
+# ----------------------------------------------------------------------------- IIR filters
+# The recursion of a few rows at once as explicit vector arithmetic: LLVM IR for <W x
+# double> lanes, one row per lane, emitted by numba intrinsics (numba leaves LLVM's SLP
+# vectoriser off, and its loop vectoriser cannot keep a recursion's state in registers).
+# One row's recursion waits on each step's latency (a multiply, a subtract and two adds
+# per step); the lanes share that wait. The arithmetic of each lane is the scalar
+# recursion's, operation for operation: no fused multiply-add, no reassociation.
 
 TINY = 1e-290  # a filter state below this is 0: a decaying state (silence, zero padding, an impulse's
 # tail) would otherwise sink into subnormal numbers, where each step costs tens of times more
+_F64, _I64, _I32 = ir.DoubleType(), ir.IntType(64), ir.IntType(32)
 
 
-@numba.njit(inline="always")
-def ftz(v):
-    """v, or 0 where |v| < TINY (a flush to zero above the subnormal range; NaN and inf
-    stay)."""
-    return 0.0 if abs(v) < TINY else v
+def _emit_df2t(builder, lanes, coef_ptr, start, count, step, load, store):
+    """The recursion loop: ``lanes`` filters of order <= 3 in transposed direct form II
+    (coefficients coef [7, lanes] float64: b0..b3, a1..a3, a0 = 1) from rest, steps i =
+    0..count-1 at t = start + i step: x_t = load(t) (<lanes x double>), y_t = b0 x_t + p;
+    p = b1 x_t - a1 y_t + q; q = b2 x_t - a2 y_t + s; s = b3 x_t - a3 y_t; store(t, y_t).
+    Every 64 steps, states below TINY are flushed to 0 (NaN and inf stay): a check per
+    step would lengthen the recursion's chain."""
+    vt = ir.VectorType(_F64, lanes)
+    c = [builder.load(builder.bitcast(builder.gep(coef_ptr, [ir.Constant(_I64, k * lanes)]), vt.as_pointer()),
+                      align=8) for k in range(7)]
+    zero, tiny = ir.Constant(vt, None), ir.Constant(vt, [TINY] * lanes)
+    fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]), f"llvm.fabs.v{lanes}f64")
+    entry = builder.basic_block
+    loop, flush, latch, done = (builder.function.append_basic_block(f"df2t.{name}")
+                                for name in ("loop", "flush", "latch", "done"))
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(_I64, 0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    state = [builder.phi(vt) for _ in range(3)]
+    i.add_incoming(ir.Constant(_I64, 0), entry)
+    for v in state:
+        v.add_incoming(zero, entry)
+    t = builder.add(start, builder.mul(i, step))
+    x = load(t)
+    p, q, s = state
+    y = builder.fadd(builder.fmul(c[0], x), p)
+    new = (builder.fadd(builder.fsub(builder.fmul(c[1], x), builder.fmul(c[4], y)), q),
+           builder.fadd(builder.fsub(builder.fmul(c[2], x), builder.fmul(c[5], y)), s),
+           builder.fsub(builder.fmul(c[3], x), builder.fmul(c[6], y)))
+    store(t, y)
+    every64 = builder.icmp_unsigned("==", builder.and_(i, ir.Constant(_I64, 63)), ir.Constant(_I64, 63))
+    builder.cbranch(every64, flush, latch)
+    builder.position_at_end(flush)
+    flushed = [builder.select(builder.fcmp_ordered("<", builder.call(fabs, [v]), tiny), zero, v) for v in new]
+    builder.branch(latch)
+    builder.position_at_end(latch)
+    for old, kept, fl in zip(state, new, flushed):
+        merged = builder.phi(vt)
+        merged.add_incoming(kept, loop)
+        merged.add_incoming(fl, flush)
+        old.add_incoming(merged, latch)
+    nxt = builder.add(i, ir.Constant(_I64, 1))
+    i.add_incoming(nxt, latch)
+    builder.cbranch(builder.icmp_signed("<", nxt, count), loop, done)
+    builder.position_at_end(done)
 
 
-@numba.njit(inline="always")
-def ftz12(p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3):
-    """:func:`ftz` of the four rows' states, every 64 steps (a check per step costs more
-    than the subnormal steps it saves on signals that never decay)."""
-    return (ftz(p0), ftz(p1), ftz(p2), ftz(p3), ftz(q0), ftz(q1), ftz(q2), ftz(q3),
-            ftz(s0), ftz(s1), ftz(s2), ftz(s3))
+def _lane_rows(context, builder, aty, aval, rty, rval, lanes):
+    """Pointers to rows rows[0..lanes-1] of a C-contiguous 2-D array, and its element type."""
+    arr = context.make_array(aty)(context, builder, aval)
+    rr = context.make_array(rty)(context, builder, rval)
+    ncols = cgutils.unpack_tuple(builder, arr.shape)[1]
+    ptrs = [builder.gep(arr.data, [builder.mul(builder.load(builder.gep(rr.data, [ir.Constant(_I64, j)])), ncols)])
+            for j in range(lanes)]
+    return ptrs, context.get_value_type(aty.dtype)
+
+
+def _row_load(builder, ptrs, ety):
+    vt = ir.VectorType(_F64, len(ptrs))
+
+    def load(t):
+        v = ir.Constant(vt, None)
+        for j, ptr in enumerate(ptrs):
+            e = builder.load(builder.gep(ptr, [t]))
+            v = builder.insert_element(v, e if ety == _F64 else builder.fpext(e, _F64), ir.Constant(_I32, j))
+        return v
+    return load
+
+
+def _row_store(builder, ptrs, ety):
+    def store(t, y):
+        for j, ptr in enumerate(ptrs):
+            e = builder.extract_element(y, ir.Constant(_I32, j))
+            builder.store(e if ety == _F64 else builder.fptrunc(e, ety), builder.gep(ptr, [t]))
+    return store
+
+
+def _tmp_ptr(builder, tmp_data, t, lanes):
+    vt = ir.VectorType(_F64, lanes)
+    return builder.bitcast(builder.gep(tmp_data, [builder.mul(t, ir.Constant(_I64, lanes))]), vt.as_pointer())
+
+
+def _df2t_intrinsics(lanes):
+    """The three passes on ``lanes`` rows: rows -> scratch (a zero-phase filter's forward
+    pass), scratch -> rows (its backward pass) and rows -> rows (a causal filter)."""
+    @intrinsic
+    def rows_to_tmp(typingctx, x, rows, tmp, coef, m):
+        """Forward over t = 0..m-1: lane j reads row rows[j] of x; outputs to tmp [m, lanes]."""
+        def codegen(context, builder, sig, args):
+            ptrs, ety = _lane_rows(context, builder, sig.args[0], args[0], sig.args[1], args[1], lanes)
+            tmp_data = context.make_array(sig.args[2])(context, builder, args[2]).data
+            coef_ptr = context.make_array(sig.args[3])(context, builder, args[3]).data
+            _emit_df2t(builder, lanes, coef_ptr, ir.Constant(_I64, 0), args[4], ir.Constant(_I64, 1),
+                       _row_load(builder, ptrs, ety),
+                       lambda t, y: builder.store(y, _tmp_ptr(builder, tmp_data, t, lanes), align=8))
+            return context.get_dummy_value()
+        return types.void(x, rows, tmp, coef, m), codegen
+
+    @intrinsic
+    def tmp_to_rows(typingctx, tmp, lim, out, rows, coef, m):
+        """Backward over t = m-1..0: lane j reads tmp[t, j] where t < lim[j], else 0;
+        outputs to row rows[j] of out."""
+        def codegen(context, builder, sig, args):
+            tmp_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            vi = ir.VectorType(_I64, lanes)
+            lim = builder.load(builder.bitcast(context.make_array(sig.args[1])(context, builder, args[1]).data,
+                                               vi.as_pointer()), align=8)
+            ptrs, ety = _lane_rows(context, builder, sig.args[2], args[2], sig.args[3], args[3], lanes)
+            coef_ptr = context.make_array(sig.args[4])(context, builder, args[4]).data
+
+            def load(t):
+                v = builder.load(_tmp_ptr(builder, tmp_data, t, lanes), align=8)
+                tv = builder.shuffle_vector(builder.insert_element(ir.Constant(vi, ir.Undefined), t,
+                                                                   ir.Constant(_I32, 0)),
+                                            ir.Constant(vi, ir.Undefined), ir.Constant(ir.VectorType(_I32, lanes), None))
+                return builder.select(builder.icmp_signed("<", tv, lim), v, ir.Constant(v.type, None))
+            m = args[5]
+            _emit_df2t(builder, lanes, coef_ptr, builder.sub(m, ir.Constant(_I64, 1)), m, ir.Constant(_I64, -1),
+                       load, _row_store(builder, ptrs, ety))
+            return context.get_dummy_value()
+        return types.void(tmp, lim, out, rows, coef, m), codegen
+
+    @intrinsic
+    def rows_to_rows(typingctx, x, rows, out, coef, m):
+        """Forward over t = 0..m-1: lane j reads row rows[j] of x and writes row rows[j] of
+        out (which may be x: each step reads before it writes)."""
+        def codegen(context, builder, sig, args):
+            src, sty = _lane_rows(context, builder, sig.args[0], args[0], sig.args[1], args[1], lanes)
+            dst, dty = _lane_rows(context, builder, sig.args[2], args[2], sig.args[1], args[1], lanes)
+            coef_ptr = context.make_array(sig.args[3])(context, builder, args[3]).data
+            _emit_df2t(builder, lanes, coef_ptr, ir.Constant(_I64, 0), args[4], ir.Constant(_I64, 1),
+                       _row_load(builder, src, sty), _row_store(builder, dst, dty))
+            return context.get_dummy_value()
+        return types.void(x, rows, out, coef, m), codegen
+
+    return rows_to_tmp, tmp_to_rows, rows_to_rows
+
+
+_forward4, _backward4, _causal4 = _df2t_intrinsics(4)
 
 
 @_jit(parallel=True)
 def iir_rows(x, coef, n, zero_phase, rows, out):
     """Row rows[r] of x [., N] through filter coef[r] = (b0..b3, a1..a3) (order <= 3,
     a0 = 1) from rest, in float64, into row rows[r] of out (out may be x: a row is read
-    whole before it is written). ``zero_phase``: forward over the row's first n[r]
-    samples, then backward from its own end (filtfilt), 0 after; else causal over the
-    whole row. Four rows per unit of work, through a private float64 scratch. States below
-    TINY are flushed to 0 every 64 steps (see :func:`ftz12`)."""
+    before it is written). ``zero_phase``: forward over the row's first n[r] samples, then
+    backward from its own end (filtfilt), 0 after; else causal over the whole row. A unit
+    of work is four rows, one per vector lane (the last row repeated to fill a unit: its
+    lanes compute and store the same values); a zero-phase unit keeps its forward pass in
+    a private float64 scratch. (Eight lanes were slower: the loads and stores of a step's
+    lanes, not the recursion, then bound it.)"""
     R = rows.shape[0]
     N = x.shape[1]
     for u in numba.prange((R + 3) // 4):
         r0 = 4 * u
-        r1, r2, r3 = min(r0 + 1, R - 1), min(r0 + 2, R - 1), min(r0 + 3, R - 1)  # repeats: not stored
-        c0, c1, c2, c3 = coef[r0], coef[r1], coef[r2], coef[r3]
-        x0, x1, x2, x3 = x[rows[r0]], x[rows[r1]], x[rows[r2]], x[rows[r3]]
-        m0 = m1 = m2 = m3 = N
+        rr = np.empty(4, np.int64)
+        mm = np.empty(4, np.int64)
+        cT = np.empty((7, 4), np.float64)
+        m = 0
+        for j in range(4):
+            rj = min(r0 + j, R - 1)
+            rr[j] = rows[rj]
+            mm[j] = min(max(n[rj], 0), N) if zero_phase else N
+            m = max(m, mm[j])
+            for i in range(7):
+                cT[i, j] = coef[rj, i]
         if zero_phase:
-            m0, m1 = min(max(n[r0], 0), N), min(max(n[r1], 0), N)
-            m2, m3 = min(max(n[r2], 0), N), min(max(n[r3], 0), N)
-        m = max(max(m0, m1), max(m2, m3))
-        tmp = np.empty((4, m), np.float64)
-        p0 = p1 = p2 = p3 = q0 = q1 = q2 = q3 = s0 = s1 = s2 = s3 = 0.0
-        for t in range(m):  # forward: past its own length a row's values are not used
-            y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = df2t4(
-                np.float64(x0[t]), np.float64(x1[t]), np.float64(x2[t]), np.float64(x3[t]),
-                p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3)
-            tmp[0, t], tmp[1, t], tmp[2, t], tmp[3, t] = y0, y1, y2, y3
-            if (t & 63) == 63:
-                p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = ftz12(p0, p1, p2, p3, q0, q1, q2, q3,
-                                                                       s0, s1, s2, s3)
-        if zero_phase:
-            # backward from each row's own end: a filter at rest fed zeros stays at rest,
-            # so a row starts when t reaches its length
-            p0 = p1 = p2 = p3 = q0 = q1 = q2 = q3 = s0 = s1 = s2 = s3 = 0.0
-            for i in range(m):
-                t = m - 1 - i
-                y0, y1, y2, y3, p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = df2t4(
-                    tmp[0, t] if t < m0 else 0.0, tmp[1, t] if t < m1 else 0.0,
-                    tmp[2, t] if t < m2 else 0.0, tmp[3, t] if t < m3 else 0.0,
-                    p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3, c0, c1, c2, c3)
-                tmp[0, t], tmp[1, t], tmp[2, t], tmp[3, t] = y0, y1, y2, y3
-                if (i & 63) == 63:
-                    p0, p1, p2, p3, q0, q1, q2, q3, s0, s1, s2, s3 = ftz12(p0, p1, p2, p3, q0, q1, q2, q3,
-                                                                           s0, s1, s2, s3)
-        for j in range(min(4, R - r0)):
-            mj = (m0, m1, m2, m3)[j]
-            orow = out[rows[r0 + j]]
-            for t in range(mj):
-                orow[t] = tmp[j, t]
-            for t in range(mj, N):
-                orow[t] = 0
+            # past its own length a row's forward values are not used; backward, a filter
+            # at rest fed zeros stays at rest (0), so a row starts when t reaches its length
+            tmp = np.empty((m, 4), np.float64)
+            _forward4(x, rr, tmp, cT, m)
+            _backward4(tmp, mm, out, rr, cT, m)
+            for j in range(min(4, R - r0)):
+                orow = out[rr[j]]
+                for t in range(m, N):
+                    orow[t] = 0
+        else:
+            _causal4(x, rr, out, cT, N)
 
 
 @numba.njit(inline="always")
