@@ -917,3 +917,30 @@ def test_policy_masks_write_in_place_only_on_features_the_chain_owns(lead):
         want = pol(x, L, keys=keys, seed=3).features
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert not torch.equal(got, x)  # the masks did mask
+
+
+def test_host_draw_helpers_give_torchs_values():
+    """randint, lerp and the gate finish host draws in numpy (fewer dispatches): the values
+    must be torch's float32 arithmetic exactly (scalars cast to float32 as torch casts them),
+    over a million uniforms including 0 and the largest below 1, for the ranges and
+    probabilities the ops use. A draw with a gradient or on another dtype keeps torch's path."""
+    import numpy as np
+
+    from specstream.augment.core import _host, lerp, randint
+
+    g = torch.Generator().manual_seed(3)
+    u = torch.rand(1_000_000, generator=g)
+    u[:3] = torch.tensor([0.0, 1 - 2 ** -24, 0.5])
+    assert _host(u)
+    for lo, hi in ((0, 2), (1, 64), (0, 0), (3, 7), (0, 19), (-5, 5), (0, 27)):
+        want = torch.floor(u * (hi - lo + 1)).to(torch.int64).clamp_(max=hi - lo).add_(lo)
+        got = randint(u, lo, hi)
+        assert got.dtype == torch.int64 and torch.equal(got, want), (lo, hi)
+    for r in ((0.0, 20.0), (5.0, 30.0), (-60.0, 120.0), (0.9, 1.1), (1e-3, 0.7), (0.1, 0.1)):
+        want = r[0] + (r[1] - r[0]) * u
+        got = lerp(r, u)
+        assert got.dtype == torch.float32 and torch.equal(got, want), r
+    for p in (0.0, 0.1, 0.3, 1 / 3, 0.5, 0.8, 1.0):
+        assert torch.equal(torch.from_numpy(u.numpy() < np.float32(p)), u < p), p
+    assert not _host(u.double()) and not _host(u.clone().requires_grad_(True))
+    assert torch.equal(lerp((2.0, 3.0), u.double()), 2.0 + 1.0 * u.double())

@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple, Type, Union
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -238,9 +239,21 @@ class Context:
         return self._to_device(hash32([self._next()], state=prefix.reshape(-1)))
 
 
+def _host(u: torch.Tensor) -> bool:
+    """A draw that numpy can finish: a few float32 values on the host, no gradient. Each
+    torch operation on such a tensor costs several times its arithmetic in dispatch (more
+    after a batch's kernels have pushed the interpreter's and torch's code out of the
+    caches); numpy gives the same float32 values (scalars cast to float32 as torch casts
+    them)."""
+    return u.device.type == "cpu" and u.dtype == torch.float32 and not u.requires_grad
+
+
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:
     """Integers in [low, high] (inclusive, broadcast) from uniforms in [0, 1)."""
     if isinstance(low, int) and isinstance(high, int) and high >= low:  # the same values, fewer operations
+        if _host(u):
+            v = np.floor(u.numpy() * np.float32(high - low + 1)).astype(np.int64)
+            return torch.from_numpy(np.minimum(v, high - low) + low)
         return torch.floor(u * (high - low + 1)).to(torch.int64).clamp_(max=high - low).add_(low)
     low = torch.as_tensor(low, device=u.device)
     high = torch.as_tensor(high, device=u.device)
@@ -249,6 +262,9 @@ def randint(u: torch.Tensor, low, high) -> torch.Tensor:
 
 
 def lerp(r: Tuple[float, float], u: torch.Tensor) -> torch.Tensor:
+    """r[0] + (r[1] - r[0]) u, in u's dtype (float32 draws: the scalars cast to float32)."""
+    if _host(u):
+        return torch.from_numpy(np.float32(r[1] - r[0]) * u.numpy() + np.float32(r[0]))
     return r[0] + (r[1] - r[0]) * u
 
 
@@ -381,7 +397,8 @@ class Op:
     # -- the contract
     def sample(self, ctx: Context, batch) -> Params:
         """Draw the gate (``active``: U < p) and the parameters; both are recorded."""
-        active = ctx.uniform(1)[:, 0] < self.p
+        u = ctx.uniform(1)[:, 0]
+        active = torch.from_numpy(u.numpy() < np.float32(self.p)) if _host(u) else u < self.p
         params = self.draw(ctx, batch)
         params["active"] = active
         return params
@@ -401,7 +418,8 @@ class Op:
         if self.rows == "all":
             out = self._checked(batch, self.transform(batch, params))
         else:
-            n = int(active.sum())
+            host = active.device.type == "cpu"
+            n = int(np.count_nonzero(active.numpy())) if host else int(active.sum())
             if n == 0:
                 return batch
             if n == active.numel():
@@ -409,8 +427,9 @@ class Op:
                 if self.zero_padded or (clean and self.keeps_zero_padding):
                     return out
             else:
-                rows = active.nonzero()[:, 0]
-                sp = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in params.items()}
+                rows = torch.from_numpy(np.flatnonzero(active.numpy())) if host else active.nonzero()[:, 0]
+                sp = {k: v.index_select(0, rows) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                      for k, v in params.items()}
                 if self.in_place and owned and batch.data.is_contiguous():
                     out = self._checked(batch, self.transform_rows(batch, sp, rows))
                     if out.data is not batch.data:

@@ -238,7 +238,7 @@ def iir_rows(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, n: Optional[torc
         sel = _per_row(rows, torch.int64, rows.numel(), "rows")
         if out is None or out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
             raise ValueError("iir_rows: rows need out, contiguous, of x's shape and dtype")
-        if sel.size and (sel.min() < 0 or sel.max() >= R or np.unique(sel).size != sel.size):
+        if not _distinct_below(sel, R):
             raise ValueError(f"iir_rows: rows must be distinct indices below {R}")
     if out.numel() == 0 or sel.size == 0:
         return out
@@ -271,10 +271,10 @@ def keyed_uniform(prefix: torch.Tensor, op: int, n: int) -> torch.Tensor:
     (int64, CPU) at op slot ``op``, in one call (the parameter draws: a few values per
     sample, where numpy's per-operation overhead was most of the cost). Requires
     :func:`available`."""
-    out = torch.empty((prefix.shape[0], n), dtype=torch.float32)
-    if out.numel():
-        _kernel["keyed"](np.ascontiguousarray(prefix.numpy(), dtype=np.int64), int(op) & 0xFFFFFFFF, out.numpy())
-    return out
+    out = np.empty((prefix.shape[0], n), np.float32)
+    if out.size:
+        _kernel["keyed"](np.ascontiguousarray(prefix.numpy(), dtype=np.int64), int(op) & 0xFFFFFFFF, out)
+    return torch.from_numpy(out)
 
 
 def keyed_prefix(seed: int, epochs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -356,11 +356,26 @@ def mel_log(spec: torch.Tensor, fbanks: torch.Tensor, frames: torch.Tensor, powe
     return out.log_()
 
 
+def _distinct_below(sel: np.ndarray, n: int) -> bool:
+    """Whether the int64 indices ``sel`` are distinct and within [0, n) (the kernels that
+    take a list of rows read and write them without bounds checks, in parallel)."""
+    if not sel.size:
+        return True
+    if sel.min() < 0 or sel.max() >= n:
+        return False
+    seen = np.zeros(n, np.bool_)
+    seen[sel] = True
+    return int(np.count_nonzero(seen)) == sel.size
+
+
 def _per_row(t, dtype: torch.dtype, n: int, what: str) -> np.ndarray:
     """[n] contiguous numpy values of t (one per row, or one for all: broadcast as the torch
     paths broadcast it); anything else is refused, since the kernels read without bounds
     checks."""
-    t = torch.as_tensor(t).detach().to(dtype).reshape(-1)
-    if t.numel() not in (1, n):
-        raise ValueError(f"{what}: {t.numel()} values for {n} rows")
-    return np.ascontiguousarray(t.expand(n).numpy())
+    if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == dtype and not t.requires_grad:
+        a = t.numpy().reshape(-1)  # the common case, without a torch call per step
+    else:
+        a = torch.as_tensor(t).detach().to(dtype).reshape(-1).numpy()
+    if a.size not in (1, n):
+        raise ValueError(f"{what}: {a.size} values for {n} rows")
+    return np.ascontiguousarray(a) if a.size == n else np.full(n, a[0], dtype=a.dtype)

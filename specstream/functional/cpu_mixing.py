@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .cpu_kernels import _launch, _per_row, available
+from .cpu_kernels import _distinct_below, _launch, _per_row, available
 
 
 def _rows_f32(*xs: torch.Tensor) -> bool:
@@ -37,7 +37,7 @@ def _row_list(rows: Optional[torch.Tensor], x: torch.Tensor, out: Optional[torch
     sel = _per_row(rows, torch.int64, rows.numel(), "rows")
     if (out is None or out.shape != x.shape or out.dtype != like.dtype or not out.is_contiguous()):
         raise ValueError(f"rows need out: contiguous, of the input's shape {tuple(x.shape)} and dtype")
-    if sel.size and (sel.min() < 0 or sel.max() >= out.shape[0] or np.unique(sel).size != sel.size):
+    if not _distinct_below(sel, out.shape[0]):
         raise ValueError(f"rows must be distinct indices below {out.shape[0]}")
     return sel, out
 
@@ -159,7 +159,7 @@ def resample_rows(x: torch.Tensor, lengths: torch.Tensor, kernel: torch.Tensor, 
         raise ValueError(f"resample_rows: a kernel [{new}, taps] with 0 <= width < taps, not {kern.shape}, "
                          f"width {width}")
     sel = _per_row(rows, torch.int64, rows.numel(), "rows")
-    if sel.size and (sel.min() < 0 or sel.max() >= x.shape[0] or np.unique(sel).size != sel.size):
+    if not _distinct_below(sel, x.shape[0]):
         raise ValueError(f"resample_rows: rows must be distinct indices below {x.shape[0]}")
     if sel.size and out.shape[1]:
         _launch("resample", x.numpy(), _per_row(lengths, torch.int64, sel.size, "lengths"), kern, int(width),

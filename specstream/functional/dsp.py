@@ -3,9 +3,11 @@ length on the way in and out)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
@@ -115,6 +117,7 @@ def match_power_(out: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, ref: to
     return out.index_copy_(0, rows, match_power(y, ref, lengths, keep))
 
 
+@functools.lru_cache(maxsize=256)
 def fast_fft_size(n: int) -> int:
     """The smallest 5-smooth integer (2^a 3^b 5^c) >= n: an FFT size pocketfft and cuFFT
     handle fast, often far below the next power of two (34,560 instead of 65,536 for
@@ -156,17 +159,22 @@ def fft_convolve_spectra(x: torch.Tensor, spectra: torch.Tensor, k: int, m: int,
 
 def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """RBJ cookbook low- or high-pass biquad coefficients per sample: (b [B, 3], a [B, 3]),
-    normalised so a[:, 0] = 1."""
-    w0 = 2 * math.pi * f0 / sample_rate
-    cos, alpha = torch.cos(w0), torch.sin(w0) / (2 * q)
-    if kind == "lowpass":
-        b = torch.stack([(1 - cos) / 2, 1 - cos, (1 - cos) / 2], -1)
-    elif kind == "highpass":
-        b = torch.stack([(1 + cos) / 2, -(1 + cos), (1 + cos) / 2], -1)
-    else:
+    normalised so a[:, 0] = 1. Host values without a gradient are computed in numpy (a
+    few values per batch, where each torch operation's dispatch costs more than the
+    arithmetic), the same formulas to float64 roundoff."""
+    if kind not in ("lowpass", "highpass"):
         raise ValueError(f"biquad: kind must be lowpass or highpass, got {kind!r}")
-    a = torch.stack([1 + alpha, -2 * cos, 1 - alpha], -1)
-    return b / a[:, :1], a / a[:, :1]
+    host = f0.device.type == "cpu" and not f0.requires_grad
+    xp = np if host else torch
+    w0 = 2 * math.pi * (f0.numpy() if host else f0) / sample_rate
+    cos, alpha = xp.cos(w0), xp.sin(w0) / (2 * q)
+    if kind == "lowpass":
+        b = xp.stack([(1 - cos) / 2, 1 - cos, (1 - cos) / 2], -1)
+    else:
+        b = xp.stack([(1 + cos) / 2, -(1 + cos), (1 + cos) / 2], -1)
+    a = xp.stack([1 + alpha, -2 * cos, 1 - alpha], -1)
+    b, a = b / a[:, :1], a / a[:, :1]
+    return (torch.from_numpy(b), torch.from_numpy(a)) if host else (b, a)
 
 
 def impulse_response(b: torch.Tensor, a: torch.Tensor, n: int) -> torch.Tensor:
