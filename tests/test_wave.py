@@ -751,7 +751,10 @@ def test_resample_into_rows_equals_torchaudio_on_each_row_alone(path):
     rows = torch.tensor([4, 0, 2, 5])
     lengths = torch.tensor([4000, 1, 0, 2777])
     with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
-        for orig, new, W in ((11, 10, 3637), (9, 10, 4445), (9, 10, 3000), (1, 1, 4000), (5, 5, 3000)):
+        # the speed factors' pairs and 3 -> 4 (whole frames as vector lanes, then the last
+        # ones one by one), widths cutting the rows and narrower than a vector, and copies
+        for orig, new, W in ((11, 10, 3637), (9, 10, 4445), (9, 10, 3000), (3, 4, 5334), (3, 4, 5300),
+                             (11, 10, 12), (1, 1, 4000), (5, 5, 3000)):
             out = torch.full((6, W), 7.0)
             resample_into(x, lengths, rows, orig, new, out)
             for r, L in zip(rows.tolist(), lengths.tolist()):

@@ -4,6 +4,9 @@ band-limited resampling, each one pass per row. Module-level functions (numba's 
 new process); only :func:`sum_squares` (a reduction) may reorder its additions."""
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from ._numba_kernels import _jit
 
@@ -121,6 +124,78 @@ def center_pad_rows(wave, lengths, pad, reflect, out):
             orow[j] = 0
 
 
+# ----------------------------------------------------------------------------- resampling
+
+_F32, _I64, _I32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+PHASE_LANES = 16  # resample_rows: rate pairs with up to this many output phases take the lane path
+_FRAME_BLOCK = 8  # frames whose sums run side by side (independent chains of fused multiply-adds)
+
+
+@intrinsic
+def _phase_lanes(typingctx, xpad, kT, orow, nframes, o, n):
+    """For frames f in [0, nframes): the 16 lanes p of sum_k xpad[f o + k] kT[k, p] (a
+    chain of fused multiply-adds from 0, taps k = 0..K-1 in order) stored at orow[f n:
+    f n + 16]; frames in increasing order, so lanes past a frame's n outputs are
+    overwritten by the next frame's store. Eight frames at a time keep eight independent
+    chains in flight (one frame's chain waits on each multiply-add's latency)."""
+    def codegen(context, builder, sig, args):
+        xa = context.make_array(sig.args[0])(context, builder, args[0])
+        ka = context.make_array(sig.args[1])(context, builder, args[1])
+        oa = context.make_array(sig.args[2])(context, builder, args[2])
+        nframes, o, n = args[3], args[4], args[5]
+        K = cgutils.unpack_tuple(builder, ka.shape)[0]
+        vt = ir.VectorType(_F32, PHASE_LANES)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                                             f"llvm.fma.v{PHASE_LANES}f32")
+        undef = ir.Constant(vt, ir.Undefined)
+        first = ir.Constant(ir.VectorType(_I32, PHASE_LANES), None)
+        fn = builder.function
+
+        def frames(width, start, stop):
+            """Frames [start, stop) in blocks of ``width`` (stop - start a multiple of it)."""
+            entry = builder.basic_block
+            head, taps, store, done = (fn.append_basic_block(f"lanes.{name}")
+                                       for name in ("head", "taps", "store", "done"))
+            builder.branch(head)
+            builder.position_at_end(head)
+            f0 = builder.phi(_I64)
+            f0.add_incoming(start, entry)
+            builder.cbranch(builder.icmp_signed("<", f0, stop), taps, done)
+            builder.position_at_end(taps)
+            k = builder.phi(_I64)
+            k.add_incoming(ir.Constant(_I64, 0), head)
+            acc = [builder.phi(vt) for _ in range(width)]
+            for a in acc:
+                a.add_incoming(ir.Constant(vt, None), head)
+            c = builder.load(builder.bitcast(builder.gep(ka.data, [builder.mul(k, ir.Constant(_I64, PHASE_LANES))]),
+                                             vt.as_pointer()), align=4)
+            at = builder.add(builder.mul(f0, o), k)
+            new = []
+            for j, a in enumerate(acc):
+                v = builder.load(builder.gep(xa.data, [builder.add(at, builder.mul(ir.Constant(_I64, j), o))]))
+                v = builder.shuffle_vector(builder.insert_element(undef, v, ir.Constant(_I32, 0)), undef, first)
+                new.append(builder.call(fma, [v, c, a]))
+            k1 = builder.add(k, ir.Constant(_I64, 1))
+            k.add_incoming(k1, taps)
+            for a, v in zip(acc, new):
+                a.add_incoming(v, taps)
+            builder.cbranch(builder.icmp_signed("<", k1, K), taps, store)
+            builder.position_at_end(store)
+            for j, v in enumerate(new):
+                at_out = builder.mul(builder.add(f0, ir.Constant(_I64, j)), n)
+                builder.store(v, builder.bitcast(builder.gep(oa.data, [at_out]), vt.as_pointer()), align=4)
+            f0.add_incoming(builder.add(f0, ir.Constant(_I64, width)), store)
+            builder.branch(head)
+            builder.position_at_end(done)
+
+        blocks = builder.mul(builder.sdiv(nframes, ir.Constant(_I64, _FRAME_BLOCK)), ir.Constant(_I64, _FRAME_BLOCK))
+        with builder.if_then(builder.icmp_signed(">", K, ir.Constant(_I64, 0))):
+            frames(_FRAME_BLOCK, ir.Constant(_I64, 0), blocks)
+            frames(1, blocks, nframes)
+        return context.get_dummy_value()
+    return types.void(xpad, kT, orow, nframes, o, n), codegen
+
+
 @numba.njit(inline="always")
 def _tap(xp, k, o, nfr):
     """The samples tap k multiplies at frames 0..nfr-1: x[f o + k - width] = xp[k % o, f + k // o]."""
@@ -133,16 +208,28 @@ def resample_rows(x, lengths, kern, width, o, n, sel, out):
     taps] float32, ``width`` samples of left context) over its first lengths[r] samples
     (zeros around them), into row sel[r] of out: output sample j = f n + p is
     sum_k x[f o + k - width] kern[p, k] for j < ceil(lengths[r] n / o), 0 after.
-    Vectorised over frames f: the row is split into its o polyphase components, so each tap
-    of a phase is one contiguous multiply-add over all frames (eight taps per pass, so the
-    partial sums are read and written an eighth as often); the sums run over the taps in
-    order, in float32, as torchaudio's convolution runs them. The identity (o = n = 1, one
-    tap of weight 1 at width 0) is a copy of the row's own samples."""
+    The sums run over the taps in order, in float32 (fused multiply-adds), as torchaudio's
+    convolution runs them, on one of two layouts:
+
+    - up to 16 phases (the speed factors' 11 -> 10 and 9 -> 10): one frame's n outputs are
+      the lanes of a vector, each tap one multiply-add of the frame's sample with the
+      kernel's column (:func:`_phase_lanes`), written straight into the row;
+    - otherwise vectorised over frames f: the row is split into its o polyphase components,
+      so each tap of a phase is one contiguous multiply-add over all frames (eight taps per
+      pass, so the partial sums are read and written an eighth as often).
+
+    The identity (o = n = 1, one tap of weight 1 at width 0) is a copy of the row's own
+    samples."""
     N = x.shape[1]
     M = out.shape[1]
     P, K = kern.shape
     Q = (K + o - 1) // o
     copy = o == 1 and n == 1 and K == 1 and width == 0 and kern[0, 0] == 1.0
+    lanes = 4 <= P <= PHASE_LANES
+    kT = np.zeros((K if lanes else 0, PHASE_LANES), np.float32)  # the kernel's columns, one vector per tap
+    for p in range(P if lanes else 0):
+        for k in range(K):
+            kT[k, p] = kern[p, k]
     for r in numba.prange(sel.shape[0]):
         xr = x[sel[r]]
         orow = out[sel[r]]
@@ -155,6 +242,22 @@ def resample_rows(x, lengths, kern, width, o, n, sel, out):
                 orow[j] = 0.0
             continue
         nfr = (nl + n - 1) // n
+        if lanes:
+            xpad = np.zeros(nfr * o + K, np.float32)  # xpad[i] = x[i - width], 0 outside [0, L)
+            for i in range(min(L, nfr * o + K - width)):
+                xpad[i + width] = xr[i]
+            # whole frames whose 16 stored lanes stay inside the row; the rest one by one
+            nv = min(nl // n, (M - PHASE_LANES) // n + 1) if M >= PHASE_LANES else 0
+            _phase_lanes(xpad, kT, orow, nv, o, n)
+            for j in range(nv * n, nl):
+                f = j // n
+                acc = np.float32(0.0)
+                for k in range(K):
+                    acc += kern[j - f * n, k] * xpad[f * o + k]
+                orow[j] = acc
+            for j in range(nl, M):
+                orow[j] = 0.0
+            continue
         xp = np.zeros((o, nfr + Q), np.float32)  # xp[ph, i] = x[i o + ph - width], 0 outside [0, L)
         for ph in range(o):
             comp = xp[ph]
