@@ -255,6 +255,12 @@ def randint(u: torch.Tensor, low, high) -> torch.Tensor:
             v = np.floor(u.numpy() * np.float32(high - low + 1)).astype(np.int64)
             return torch.from_numpy(np.minimum(v, high - low) + low)
         return torch.floor(u * (high - low + 1)).to(torch.int64).clamp_(max=high - low).add_(low)
+    if _host(u) and all(not isinstance(b, torch.Tensor) or (b.device.type == "cpu" and not b.dtype.is_floating_point)
+                        for b in (low, high)):
+        lo, hi = (b.numpy() if isinstance(b, torch.Tensor) else np.int64(b) for b in (low, high))
+        span = np.maximum(hi - lo + 1, 1).astype(np.float32)  # int64 -> float32, as torch's product casts it
+        v = lo + np.floor(u.numpy() * span).astype(np.int64)
+        return torch.from_numpy(np.asarray(np.minimum(v, hi), dtype=np.int64))
     low = torch.as_tensor(low, device=u.device)
     high = torch.as_tensor(high, device=u.device)
     span = (high - low + 1).clamp(min=1)

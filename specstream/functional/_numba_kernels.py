@@ -195,9 +195,9 @@ def _df2t_intrinsics(lanes):
 
             def load(t):
                 v = builder.load(_tmp_ptr(builder, tmp_data, t, lanes), align=8)
-                tv = builder.shuffle_vector(builder.insert_element(ir.Constant(vi, ir.Undefined), t,
-                                                                   ir.Constant(_I32, 0)),
-                                            ir.Constant(vi, ir.Undefined), ir.Constant(ir.VectorType(_I32, lanes), None))
+                undef = ir.Constant(vi, ir.Undefined)
+                tv = builder.shuffle_vector(builder.insert_element(undef, t, ir.Constant(_I32, 0)), undef,
+                                            ir.Constant(ir.VectorType(_I32, lanes), None))  # t in every lane
                 return builder.select(builder.icmp_signed("<", tv, lim), v, ir.Constant(v.type, None))
             m = args[5]
             _emit_df2t(builder, lanes, coef_ptr, builder.sub(m, ir.Constant(_I64, 1)), m, ir.Constant(_I64, -1),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import numpy as np
 import torch
 
 from ...functional.dsp import biquad, filter_rows_
@@ -53,9 +54,14 @@ class Filter(WaveOp):
         u = ctx.uniform(3)
         kind = (randint(u[:, 0], 0, 2) if self.kind == "random"
                 else torch.full_like(u[:, 0], self.KINDS.index(self.kind), dtype=torch.int64))
-        lo = torch.where(kind == 1, lerp(self.highpass_hz, u[:, 1]), lerp(self.bandpass_hz[0], u[:, 1]))
-        hi = torch.where(kind == 0, lerp(self.lowpass_hz, u[:, 2]), lerp(self.bandpass_hz[1], u[:, 2]))
-        return {"kind": kind, "low_hz": lo, "high_hz": hi}
+        lo_hp, lo_bp = lerp(self.highpass_hz, u[:, 1]), lerp(self.bandpass_hz[0], u[:, 1])
+        hi_lp, hi_bp = lerp(self.lowpass_hz, u[:, 2]), lerp(self.bandpass_hz[1], u[:, 2])
+        if kind.device.type == "cpu":  # a host draw: numpy's where, the same values
+            k = kind.numpy()
+            return {"kind": kind, "low_hz": torch.from_numpy(np.where(k == 1, lo_hp.numpy(), lo_bp.numpy())),
+                    "high_hz": torch.from_numpy(np.where(k == 0, hi_lp.numpy(), hi_bp.numpy()))}
+        return {"kind": kind, "low_hz": torch.where(kind == 1, lo_hp, lo_bp),
+                "high_hz": torch.where(kind == 0, hi_lp, hi_bp)}
 
     def transform(self, batch: WaveBatch, params: Params) -> WaveBatch:
         out = batch.replace(audio=batch.audio.clone(memory_format=torch.contiguous_format))  # ours: filtered in place

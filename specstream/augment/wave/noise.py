@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from ...functional.dsp import (NOISE_COLOURS, coloured_noise, mix_at_snr, mix_at_snr_, mix_segments_at_snr,
@@ -75,7 +76,12 @@ class BackgroundNoise(BankOp):
         K = self.count[1]
         u = ctx.uniform(2)
         clip = randint(ctx.uniform(K), 0, len(bank) - 1)
-        offset = torch.floor(ctx.uniform(K) * bank.lengths[clip].to(torch.float32)).to(torch.int64)
+        u_off = ctx.uniform(K)
+        if u_off.device.type == "cpu" and bank.lengths.device.type == "cpu":  # numpy: the same float32 products
+            lengths = bank.lengths.numpy()[clip.numpy()].astype(np.float32)
+            offset = torch.from_numpy(np.floor(u_off.numpy() * lengths).astype(np.int64))
+        else:
+            offset = torch.floor(u_off * bank.lengths[clip].to(torch.float32)).to(torch.int64)
         return {"snr_db": lerp(self.snr_db, u[:, 0]), "count": randint(u[:, 1], self.count[0], self.count[1]),
                 "clip": clip, "offset": offset}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Sequence, Tuple
 
+import numpy as np
 import torch
 
 from ...functional.timescale import overlap_add, phase_vocoder, resample_into
@@ -54,8 +55,10 @@ class _FactorOp(WaveOp):
         self.factors = tuple(float(f) for f in fs)
 
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
-        f = torch.tensor(self.factors, device=ctx.device)
-        return {"factor": f[randint(ctx.uniform(1)[:, 0], 0, len(self.factors) - 1)]}
+        i = randint(ctx.uniform(1)[:, 0], 0, len(self.factors) - 1)
+        if i.device.type == "cpu":  # a host draw: the same float32 factors, without a tensor to build
+            return {"factor": torch.from_numpy(np.asarray(self.factors, dtype=np.float32)[i.numpy()])}
+        return {"factor": torch.tensor(self.factors, device=ctx.device)[i]}
 
     def time_factor(self, params):
         return torch.where(params["active"], params["factor"].double(), 1.0)
