@@ -117,9 +117,9 @@ class LogMel(torch.nn.Module):
         alone, so a sample's features do not depend on what else is in the batch."""
         pad = self.cfg.n_fft // 2
         B, N = wave.shape
-        if (wave.device.type == "cpu" and wave.dtype in (torch.float32, torch.float64) and wave.is_contiguous()
+        if (wave.is_cpu and wave.dtype in (torch.float32, torch.float64) and wave.is_contiguous()
                 and N > 0 and not wave.requires_grad and lengths.numel() in (1, B)
-                and lengths.device.type == "cpu" and cpu_kernels.available()
+                and lengths.is_cpu and cpu_kernels.available()
                 and bool(((lengths >= 0) & (lengths <= N)).all())):  # one pass, the same values
             return cpu_mixing.center_pad(wave, lengths, pad, self.cfg.pad_mode == "reflect")
         if self.cfg.pad_mode == "constant":  # zeros on both sides of each sample's own samples
@@ -171,8 +171,8 @@ class LogMel(torch.nn.Module):
         else:
             banks_fit = fb.shape[-1] == n_freqs and (fb.dim() == 2 or (fb.dim() == 3
                                                                      and fb.shape[0] in (1, wave.shape[0])))
-        return (wave.device.type == "cpu" and wave.dtype == torch.float32 and fb.dtype == torch.float32
-                and fb.device.type == "cpu" and wave.dim() == 2 and banks_fit
+        return (wave.is_cpu and wave.dtype == torch.float32 and fb.dtype == torch.float32
+                and fb.is_cpu and wave.dim() == 2 and banks_fit
                 and not (wave.requires_grad or fb.requires_grad) and cpu_kernels.available())
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor, fbanks=None):

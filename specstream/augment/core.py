@@ -206,6 +206,7 @@ class Context:
         if self.device is None:
             self.device = self.ids.device
         self.device = torch.device(self.device)
+        self._on_host = self.device.type == "cpu"  # asked per draw (a device's type builds a string)
 
     def _prefix(self) -> torch.Tensor:
         if self.prefix is None:
@@ -219,7 +220,7 @@ class Context:
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         # non_blocking: a pageable host tensor is staged at once, with no wait on the stream
-        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+        return t if self._on_host else t.to(self.device, non_blocking=True)
 
     def uniform(self, n: int = 1) -> torch.Tensor:
         """[B, n] uniforms in [0, 1); successive calls draw fresh streams."""
@@ -245,7 +246,7 @@ def _host(u: torch.Tensor) -> bool:
     after a batch's kernels have pushed the interpreter's and torch's code out of the
     caches); numpy gives the same float32 values (scalars cast to float32 as torch casts
     them)."""
-    return u.device.type == "cpu" and u.dtype == torch.float32 and not u.requires_grad
+    return u.is_cpu and u.dtype == torch.float32 and not u.requires_grad
 
 
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:
@@ -255,7 +256,7 @@ def randint(u: torch.Tensor, low, high) -> torch.Tensor:
             v = np.floor(u.numpy() * np.float32(high - low + 1)).astype(np.int64)
             return torch.from_numpy(np.minimum(v, high - low) + low)
         return torch.floor(u * (high - low + 1)).to(torch.int64).clamp_(max=high - low).add_(low)
-    if _host(u) and all(not isinstance(b, torch.Tensor) or (b.device.type == "cpu" and not b.dtype.is_floating_point)
+    if _host(u) and all(not isinstance(b, torch.Tensor) or (b.is_cpu and not b.dtype.is_floating_point)
                         for b in (low, high)):
         lo, hi = (b.numpy() if isinstance(b, torch.Tensor) else np.int64(b) for b in (low, high))
         span = np.maximum(hi - lo + 1, 1).astype(np.float32)  # int64 -> float32, as torch's product casts it
@@ -424,7 +425,7 @@ class Op:
         if self.rows == "all":
             out = self._checked(batch, self.transform(batch, params))
         else:
-            host = active.device.type == "cpu"
+            host = active.is_cpu
             n = int(np.count_nonzero(active.numpy())) if host else int(active.sum())
             if n == 0:
                 return batch

@@ -372,7 +372,7 @@ def _per_row(t, dtype: torch.dtype, n: int, what: str) -> np.ndarray:
     """[n] contiguous numpy values of t (one per row, or one for all: broadcast as the torch
     paths broadcast it); anything else is refused, since the kernels read without bounds
     checks."""
-    if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == dtype and not t.requires_grad:
+    if isinstance(t, torch.Tensor) and t.is_cpu and t.dtype == dtype and not t.requires_grad:
         a = t.numpy().reshape(-1)  # the common case, without a torch call per step
     else:
         a = torch.as_tensor(t).detach().to(dtype).reshape(-1).numpy()

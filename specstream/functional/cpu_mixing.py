@@ -18,7 +18,7 @@ from .cpu_kernels import _distinct_below, _launch, _per_row, available
 
 
 def _rows_f32(*xs: torch.Tensor) -> bool:
-    return all(x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad for x in xs)
+    return all(x.is_cpu and x.dtype == torch.float32 and not x.requires_grad for x in xs)
 
 
 def mixable(x: torch.Tensor, *others: torch.Tensor) -> bool:

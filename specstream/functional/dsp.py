@@ -49,7 +49,7 @@ def mix_at_snr_(x: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor, length
     ``noise`` [len(rows), N] (``lengths``, ``snr_db`` per listed row); the other rows are
     untouched. Returns x. On the CPU (float32, numba) the kernel mixes the rows where they
     are; elsewhere they are gathered, mixed and written back."""
-    if cpu_mixing.mixable(x, noise) and x.is_contiguous() and noise.is_contiguous() and rows.device.type == "cpu":
+    if cpu_mixing.mixable(x, noise) and x.is_contiguous() and noise.is_contiguous() and rows.is_cpu:
         return cpu_mixing.snr_mix(x, noise, lengths, snr_db, rows=rows, out=x)
     return x.index_copy_(0, rows, mix_at_snr(x.index_select(0, rows), noise, lengths, snr_db))
 
@@ -59,13 +59,13 @@ def mix_segments_at_snr_(x: torch.Tensor, rows: torch.Tensor, lengths: torch.Ten
     """In place: rows ``rows`` (distinct) of x become :func:`mix_segments_at_snr` of them
     (``lengths``, ``starts``, ``count``, ``snr_db`` per listed row); the other rows are
     untouched. Returns x."""
-    if _segments_fused(x, data) and rows.device.type == "cpu":
+    if _segments_fused(x, data) and rows.is_cpu:
         return cpu_mixing.segment_mix(x, lengths, data, starts, count, snr_db, rows=rows, out=x)
     return x.index_copy_(0, rows, mix_segments_at_snr(x.index_select(0, rows), lengths, data, starts, count, snr_db))
 
 
 def _segments_fused(x: torch.Tensor, data: torch.Tensor) -> bool:
-    return cpu_mixing.mixable(x) and x.is_contiguous() and data.dtype == torch.float32 and data.device.type == "cpu"
+    return cpu_mixing.mixable(x) and x.is_contiguous() and data.dtype == torch.float32 and data.is_cpu
 
 
 def mix_segments_at_snr(x: torch.Tensor, lengths: torch.Tensor, data: torch.Tensor, starts: torch.Tensor,
@@ -112,7 +112,7 @@ def match_power_(out: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, ref: to
     y and ref (both [len(rows), N], ``lengths`` per listed row); the other rows are
     untouched. Returns out."""
     if (cpu_mixing.mixable(out, y, ref) and out.is_contiguous() and (y.shape[-1] < 2 or y.stride(-1) == 1)
-            and rows.device.type == "cpu"):
+            and rows.is_cpu):
         return cpu_mixing.level(y, ref, lengths, keep, rows=rows, out=out)
     return out.index_copy_(0, rows, match_power(y, ref, lengths, keep))
 
@@ -164,7 +164,7 @@ def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[tor
     arithmetic), the same formulas to float64 roundoff."""
     if kind not in ("lowpass", "highpass"):
         raise ValueError(f"biquad: kind must be lowpass or highpass, got {kind!r}")
-    host = f0.device.type == "cpu" and not f0.requires_grad
+    host = f0.is_cpu and not f0.requires_grad
     xp = np if host else torch
     w0 = 2 * math.pi * (f0.numpy() if host else f0) / sample_rate
     cos, alpha = xp.cos(w0), xp.sin(w0) / (2 * q)
@@ -222,7 +222,7 @@ _GPU_PATH_ON_CPU = False  # tests: the CPU takes the GPU's path (see gpu_path_on
 
 
 def _host(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and not _GPU_PATH_ON_CPU
+    return x.is_cpu and not _GPU_PATH_ON_CPU
 
 
 @contextlib.contextmanager
@@ -291,10 +291,10 @@ def _times_spectrum(x: torch.Tensor, spectrum: torch.Tensor, m: int) -> torch.Te
 
 def _fused(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> bool:
     """The CPU kernel applies: contiguous float CPU rows, no gradient, numba available."""
-    return (x.device.type == "cpu" and x.dim() == 2 and x.dtype in (torch.float32, torch.float64)
+    return (x.is_cpu and x.dim() == 2 and x.dtype in (torch.float32, torch.float64)
             and max(a.shape[-1], b.shape[-1]) <= cpu_kernels.IIR_MAX_TAPS
             and x.is_contiguous() and not (x.requires_grad or b.requires_grad or a.requires_grad)
-            and b.device.type == "cpu" and a.device.type == "cpu" and cpu_kernels.available())
+            and b.is_cpu and a.is_cpu and cpu_kernels.available())
 
 
 def filter_rows_(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, rows: torch.Tensor,
@@ -305,7 +305,7 @@ def filter_rows_(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, rows: torch.
     untouched. Returns x. On the CPU with numba the kernel reads and writes the rows where
     they are; elsewhere the rows are gathered, filtered and written back."""
     n = None if lengths is None else lengths.to(torch.int64)[rows]
-    if _fused(x, b, a) and rows.device.type == "cpu":
+    if _fused(x, b, a) and rows.is_cpu:
         return cpu_kernels.iir_rows(x, b, a, n, rows=rows, out=x)
     y = lfilter(x[rows], b, a) if n is None else filtfilt(x[rows], n, b, a)
     return x.index_copy_(0, rows, y)
@@ -348,7 +348,7 @@ NOISE_COLOURS = ("white", "pink", "brown")
 
 def gaussian_stream(keys: torch.Tensor, n: int) -> torch.Tensor:
     """[B, n] standard normals of streams ``keys`` (inverse CDF of keyed uniforms)."""
-    if keys.device.type == "cpu" and _random._HOST and cpu_kernels.available():
+    if keys.is_cpu and _random._HOST and cpu_kernels.available():
         z = cpu_kernels.stream_uniform(keys.reshape(-1).to(torch.int64), n, signed=True)  # 2u - 1, clamped
     else:
         z = stream_uniform(keys, n).mul_(2).sub_(1).clamp_(-1 + 1e-6, 1 - 1e-6)

@@ -21,7 +21,7 @@ def zero_padding(x: torch.Tensor, lengths: torch.Tensor, inplace: bool = False) 
     from the shortest length on are looked at (the rest cannot be padding)."""
     T = x.shape[-1]
     start = 0
-    if x.device.type == "cpu" and lengths.numel():
+    if x.is_cpu and lengths.numel():
         start = min(max(int(lengths.min()), 0), T)
     if not inplace:
         if start == T:
@@ -74,7 +74,7 @@ def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: in
     """[B, size] bool: union over m of [start, start + width) where on[b, m]: +1 at each
     band's start, -1 at its end, a running sum (no [B, M, size] comparison); on the CPU
     one kernel call (:func:`.cpu_kernels.bands`, the same rows)."""
-    if starts.device.type == "cpu" and cpu_kernels.available():
+    if starts.is_cpu and cpu_kernels.available():
         return cpu_kernels.bands(starts.to(torch.int64), widths.to(torch.int64), on.to(torch.bool), size)
     lo = starts.clamp(0, size)
     hi = (starts + widths).clamp(0, size)
@@ -102,7 +102,7 @@ def interp_time(x: torch.Tensor, src: torch.Tensor, lengths: Optional[torch.Tens
     lo = lo.to(torch.int64)
     if lengths is not None:
         lengths = lengths.to(torch.int64)
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+    if (x.is_cpu and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
             and not x.requires_grad and cpu_kernels.available()):
         n = lengths if lengths is not None else torch.full((B,), T_out, dtype=torch.int64)
         # clamped again after the cast: a NaN position must not become an address
@@ -110,7 +110,7 @@ def interp_time(x: torch.Tensor, src: torch.Tensor, lengths: Optional[torch.Tens
     frac = frac[:, None, :]
     hi = (lo + 1).clamp(max=T - 1)
     out = torch.gather(x, 2, lo[:, None, :].expand(B, C, T_out))
-    step = max(1, _CHUNK_BYTES // max(1, C * T_out * x.element_size())) if x.device.type == "cpu" else B
+    step = max(1, _CHUNK_BYTES // max(1, C * T_out * x.element_size())) if x.is_cpu else B
     buf = None
     for s in range(0, B, step):
         e = min(B, s + step)

@@ -108,7 +108,7 @@ def _triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, norm: Opt
     of the knot interval [f_k, f_k+1) holding it (m = k - 1 falling, m = k rising): their
     two weights are computed with that formula (no [B, n_freqs, n_mels] grid: for
     per-sample VTLP banks the grid cost as much as the log-mel)."""
-    if warped.device.type == "cpu" and cpu_kernels.available():
+    if warped.is_cpu and cpu_kernels.available():
         return FilterPairs(*cpu_kernels.triangles(warped, f_pts, n_mels, norm == "slaney"), n_mels)  # one pass
     f_diff = f_pts[1:] - f_pts[:-1]
     k = torch.searchsorted(f_pts, warped.contiguous(), right=True) - 1  # f_pts[k] <= w < f_pts[k + 1]

@@ -34,9 +34,9 @@ def _sinc_kernel(orig_freq: int, new_freq: int, device, dtype):
 
 
 def _kernel_applies(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous()
+    return (x.is_cpu and x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous()
             and not x.requires_grad and (out is None or (out.dtype == x.dtype and out.is_contiguous()
-                                                         and out.device.type == "cpu"))
+                                                         and out.is_cpu))
             and cpu_kernels.available())
 
 

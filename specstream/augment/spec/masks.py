@@ -72,7 +72,7 @@ def apply_masks(batch: Batch, parts, fill: Fill, owned: bool = False) -> Batch:
     if fu is None and tu is None and ru is None:
         return batch
     zero = fill == "zero" or (not isinstance(fill, str) and float(fill) == 0.0)
-    if ru is None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) \
+    if ru is None and x.is_cpu and x.dtype in (torch.float32, torch.float64) \
             and x.is_contiguous() and not x.requires_grad and cpu_kernels.available():
         # one pass: each output row written once (a masked bin's row without reading x)
         m = x.new_zeros(B) if zero else fill_value(x, L, fill)[:, 0, 0]
@@ -171,7 +171,7 @@ class TimeMask(MaskOp):
     def draw(self, ctx: Context, batch: Batch) -> Params:
         L = batch.lengths
         M = self._slots()
-        if L.device.type == "cpu":  # a host draw: the same values through numpy (fewer dispatches)
+        if L.is_cpu:  # a host draw: the same values through numpy (fewer dispatches)
             return self._draw_host(ctx, L.numpy(), M)
         if self.width_fraction is not None:
             wmax = torch.floor(self.width_fraction * L.float()).to(torch.int64)

@@ -56,7 +56,7 @@ class Filter(WaveOp):
                 else torch.full_like(u[:, 0], self.KINDS.index(self.kind), dtype=torch.int64))
         lo_hp, lo_bp = lerp(self.highpass_hz, u[:, 1]), lerp(self.bandpass_hz[0], u[:, 1])
         hi_lp, hi_bp = lerp(self.lowpass_hz, u[:, 2]), lerp(self.bandpass_hz[1], u[:, 2])
-        if kind.device.type == "cpu":  # a host draw: numpy's where, the same values
+        if kind.is_cpu:  # a host draw: numpy's where, the same values
             k = kind.numpy()
             return {"kind": kind, "low_hz": torch.from_numpy(np.where(k == 1, lo_hp.numpy(), lo_bp.numpy())),
                     "high_hz": torch.from_numpy(np.where(k == 0, hi_lp.numpy(), hi_bp.numpy()))}

@@ -77,7 +77,7 @@ class BackgroundNoise(BankOp):
         u = ctx.uniform(2)
         clip = randint(ctx.uniform(K), 0, len(bank) - 1)
         u_off = ctx.uniform(K)
-        if u_off.device.type == "cpu" and bank.lengths.device.type == "cpu":  # numpy: the same float32 products
+        if u_off.is_cpu and bank.lengths.is_cpu:  # numpy: the same float32 products
             lengths = bank.lengths.numpy()[clip.numpy()].astype(np.float32)
             offset = torch.from_numpy(np.floor(u_off.numpy() * lengths).astype(np.int64))
         else:

@@ -119,7 +119,7 @@ class Reverb(BankOp):
         buf[:, N:].zero_()
         if rows is None:
             buf[:, :N] = audio
-        elif audio.device.type == "cpu":
+        elif audio.is_cpu:
             torch.index_select(audio, 0, rows, out=buf[:, :N])  # written where it is
         else:
             buf[:, :N] = audio.index_select(0, rows)

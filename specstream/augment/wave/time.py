@@ -56,7 +56,7 @@ class _FactorOp(WaveOp):
 
     def draw(self, ctx: Context, batch: WaveBatch) -> Params:
         i = randint(ctx.uniform(1)[:, 0], 0, len(self.factors) - 1)
-        if i.device.type == "cpu":  # a host draw: the same float32 factors, without a tensor to build
+        if i.is_cpu:  # a host draw: the same float32 factors, without a tensor to build
             return {"factor": torch.from_numpy(np.asarray(self.factors, dtype=np.float32)[i.numpy()])}
         return {"factor": torch.tensor(self.factors, device=ctx.device)[i]}
 
