@@ -2,10 +2,12 @@
 frequency axes, and mel-scale noise colours. Pure torch, float64 construction."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from . import cpu_kernels
@@ -36,6 +38,11 @@ def vtlp_warp(freqs: torch.Tensor, alpha: torch.Tensor, sample_rate: int, bounda
                          f"got {boundary_hz:g}")
     a = alpha[:, None].to(freqs.dtype)
     f = freqs.reshape(1, -1)
+    if a.is_cpu and f.is_cpu and not (a.requires_grad or f.requires_grad):
+        a, f = a.numpy(), f.numpy()  # the same arithmetic in numpy: a few [B, n] passes, fewer dispatches
+        edge = boundary_hz * np.minimum(a, 1.0) / a
+        upper = nyq - (nyq - boundary_hz * np.minimum(a, 1.0)) / (nyq - edge) * (nyq - f)
+        return torch.from_numpy(np.where(f <= edge, f * a, upper))
     edge = boundary_hz * torch.clamp(a, max=1.0) / a
     upper = nyq - (nyq - boundary_hz * torch.clamp(a, max=1.0)) / (nyq - edge) * (nyq - f)
     return torch.where(f <= edge, f * a, upper)
@@ -83,15 +90,10 @@ def mel_fbanks(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_
     (energy at frequency f lands in the mel filter of warp(f)); without ``alpha`` one
     unwarped bank [1, n_mels, n_freqs], exactly torchaudio's ``melscale_fbanks``. With
     ``pairs`` the same banks as :class:`FilterPairs` (no dense bank is built)."""
-    n_freqs = n_fft // 2 + 1
-    f_max = f_max if f_max is not None else sample_rate / 2
     f64 = torch.float64
     dev = alpha.device if alpha is not None else device
-    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, device=dev, dtype=f64)
-    m = torch.linspace(float(hz_to_mel(torch.tensor(float(f_min), dtype=f64), mel_scale)),
-                       float(hz_to_mel(torch.tensor(float(f_max), dtype=f64), mel_scale)), n_mels + 2,
-                       device=dev, dtype=f64)
-    f_pts = mel_to_hz(m, mel_scale)
+    all_freqs, f_pts = _axes(sample_rate, n_fft, n_mels, float(f_min),
+                             float(f_max if f_max is not None else sample_rate / 2), mel_scale, dev)
     if alpha is None:
         warped = all_freqs[None, :]
     else:
@@ -99,6 +101,18 @@ def mel_fbanks(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_
                            boundary_hz if boundary_hz is not None else 0.6 * sample_rate / 2)
     banks = _triangles(warped, f_pts, n_mels, norm)
     return banks if pairs else banks.dense()
+
+
+@functools.lru_cache(maxsize=32)
+def _axes(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float, mel_scale: str, device):
+    """(the STFT bins' frequencies [n_freqs], the mel knots in Hz [n_mels + 2]), float64 on
+    ``device``: fixed per configuration, so built once (callers only read them)."""
+    f64 = torch.float64
+    all_freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1, device=device, dtype=f64)
+    m = torch.linspace(float(hz_to_mel(torch.tensor(f_min, dtype=f64), mel_scale)),
+                       float(hz_to_mel(torch.tensor(f_max, dtype=f64), mel_scale)), n_mels + 2,
+                       device=device, dtype=f64)
+    return all_freqs, mel_to_hz(m, mel_scale)
 
 
 def _triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, norm: Optional[str]) -> FilterPairs:
