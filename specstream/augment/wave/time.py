@@ -16,6 +16,12 @@ from .base import WaveOp
 
 def _groups(factor: torch.Tensor):
     """(value, rows) for each distinct factor != 1, in increasing order."""
+    if factor.is_cpu:  # the rows found in numpy (a few values: fewer dispatches)
+        f = factor.numpy()
+        for v in np.unique(f).tolist():
+            if v != 1.0:
+                yield v, torch.from_numpy(np.flatnonzero(f == v))
+        return
     for v in sorted(set(factor.tolist())):
         if v != 1.0:
             yield v, (factor == v).nonzero()[:, 0]
@@ -83,14 +89,23 @@ class Speed(_FactorOp):
         if not groups:
             return batch
         B, N = x.shape
-        new_len = L.clone()
-        kept = torch.ones(B, dtype=torch.bool, device=x.device)
-        for rows, orig, new in groups:
-            new_len[rows] = torch.div(L[rows] * new + orig - 1, orig, rounding_mode="floor")
-            kept[rows] = False
+        if L.is_cpu:  # the new lengths and the kept rows in numpy (the same integers)
+            Ln = L.numpy()
+            new_np, kept_np = Ln.copy(), np.ones(B, dtype=bool)
+            for rows, orig, new in groups:
+                r = rows.numpy()
+                new_np[r] = (Ln[r] * new + orig - 1) // orig
+                kept_np[r] = False
+            new_len, kept = torch.from_numpy(new_np), torch.from_numpy(np.flatnonzero(kept_np))
+        else:
+            new_len = L.clone()
+            kept = torch.ones(B, dtype=torch.bool, device=x.device)
+            for rows, orig, new in groups:
+                new_len[rows] = torch.div(L[rows] * new + orig - 1, orig, rounding_mode="floor")
+                kept[rows] = False
+            kept = kept.nonzero()[:, 0]
         W = max(int(new_len.max()), 1)
         out = x.new_empty(B, W)  # every row written once: kept rows copied (rate 1:1), the others resampled
-        kept = kept.nonzero()[:, 0]
         for rows, orig, new in groups + ([(kept, 1, 1)] if kept.numel() else []):
             resample_into(x, L[rows], rows, orig, new, out)
         return batch.replace(audio=out, lengths=new_len)
