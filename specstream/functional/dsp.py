@@ -359,6 +359,13 @@ def coloured_noise(keys: torch.Tensor, n: int, colour: torch.Tensor) -> torch.Te
     """[B, n] gaussian noise from stream ``keys``, coloured per sample (0 white, 1 pink,
     2 brown) by causal IIR filters: sample t depends only on draws 0..t, never on n."""
     z = gaussian_stream(keys, n)
+    if _fused(z, *_COLOUR_TAPS) and colour.is_cpu:  # both colours in one kernel call, per-row filters
+        c = colour.numpy()
+        rows = np.flatnonzero(c > 0)
+        if rows.size:
+            b, a = (torch.from_numpy(t[c[rows] - 1]) for t in _COLOUR_TAPS_NP)
+            filter_rows_(z, b, a, torch.from_numpy(rows))
+        return z
     for c, (b, a) in ((1, PINK), (2, BROWN)):
         rows = (colour == c).nonzero()[:, 0]
         if rows.numel():
@@ -369,6 +376,13 @@ def coloured_noise(keys: torch.Tensor, n: int, colour: torch.Tensor) -> torch.Te
             else:  # a GPU: the kept response
                 z[rows] = causal_convolve(z[rows], _colour_response(c, bt, at, n))
     return z
+
+
+# the colours' filters as rows of one table (pink, brown), zero-padded to pink's four taps:
+# a filter's recursion is the same with trailing zero coefficients
+_COLOUR_TAPS_NP = tuple(np.array([list(c[i]) + [0.0] * (4 - len(c[i])) for c in (PINK, BROWN)], dtype=np.float32)
+                        for i in (0, 1))
+_COLOUR_TAPS = tuple(torch.from_numpy(t) for t in _COLOUR_TAPS_NP)
 
 
 _COLOUR_RESPONSES: dict = {}
