@@ -963,3 +963,28 @@ def test_mixing_kernels_broadcast_like_the_torch_path_and_refuse_what_does_not_f
         with cpu_kernels.torch_path():
             want, _ = lm(wave.to(dtype), torch.tensor([3000, 2000]))
         assert torch.isfinite(feats).all() and torch.equal(feats, want)
+
+
+def test_coloured_noise_filters_both_colours_in_one_call_as_each_alone():
+    """coloured_noise filters its pink and brown rows in one kernel call with per-row filters:
+    each row must equal its colour's filter applied to its own gaussian stream alone (the
+    scipy recursion of the colour's taps, to float64 roundoff), white rows untouched, in
+    a batch mixing the three colours in any order."""
+    from scipy.signal import lfilter as sp_lfilter
+
+    from specstream.functional.dsp import BROWN, PINK, coloured_noise, gaussian_stream
+
+    keys = torch.arange(11, dtype=torch.int64) * 977 + 5
+    colour = torch.tensor([2, 0, 1, 1, 2, 0, 2, 1, 0, 2, 1])
+    n = 3000
+    got = coloured_noise(keys, n, colour)
+    white = gaussian_stream(keys, n)
+    for r in range(len(keys)):
+        c = int(colour[r])
+        if c == 0:
+            assert torch.equal(got[r], white[r])
+            continue
+        b, a = (PINK, BROWN)[c - 1]
+        b32, a32 = (torch.tensor(v, dtype=torch.float32).double().numpy() for v in (b, a))  # the taps as stored
+        want = sp_lfilter(b32, a32, white[r].double().numpy())
+        np.testing.assert_allclose(got[r].double().numpy(), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
