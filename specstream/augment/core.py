@@ -42,7 +42,7 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.frames import move_frames, pad_to, zero_padding
-from ..functional.random import hash32, keyed_prefix, uniform
+from ..functional.random import hash32, host_draws, keyed_prefix, keyed_uniform_np, uniform
 
 Params = Dict[str, torch.Tensor]
 
@@ -207,6 +207,7 @@ class Context:
             self.device = self.ids.device
         self.device = torch.device(self.device)
         self._on_host = self.device.type == "cpu"  # asked per draw (a device's type builds a string)
+        self._flat = None  # the prefix as a flat int64 array, for host draws
 
     def _prefix(self) -> torch.Tensor:
         if self.prefix is None:
@@ -224,7 +225,12 @@ class Context:
 
     def uniform(self, n: int = 1) -> torch.Tensor:
         """[B, n] uniforms in [0, 1); successive calls draw fresh streams."""
-        return self._to_device(uniform(self.seed, self.epoch, self.ids, self._next(), n, prefix=self._prefix()))
+        prefix = self._prefix()
+        if self._on_host and host_draws():  # the kernel on the flat prefix (the same values, fewer calls)
+            if self._flat is None:
+                self._flat = np.ascontiguousarray(prefix.numpy().reshape(-1), dtype=np.int64)
+            return keyed_uniform_np(self._flat, self._next(), n)
+        return self._to_device(uniform(self.seed, self.epoch, self.ids, self._next(), n, prefix=prefix))
 
     def normal(self, n: int = 1) -> torch.Tensor:
         """[B, n] standard normals (Box-Muller on two uniform streams)."""
@@ -247,6 +253,19 @@ def _host(u: torch.Tensor) -> bool:
     caches); numpy gives the same float32 values (scalars cast to float32 as torch casts
     them)."""
     return u.is_cpu and u.dtype == torch.float32 and not u.requires_grad
+
+
+_NUMPY_TYPES = (torch.float32, torch.float64, torch.int64, torch.int32, torch.bool)
+
+
+def _pick(v, rows: torch.Tensor, r: Optional[np.ndarray]):
+    """Rows ``rows`` of a per-sample parameter (other values as they are); in numpy when the
+    rows are known on the host (``r``) and the parameter is a host array numpy holds."""
+    if not isinstance(v, torch.Tensor) or v.dim() == 0:
+        return v
+    if r is not None and v.is_cpu and v.dtype in _NUMPY_TYPES and not v.requires_grad:
+        return torch.from_numpy(v.numpy()[r])
+    return v.index_select(0, rows.to(v.device))
 
 
 def randint(u: torch.Tensor, low, high) -> torch.Tensor:
@@ -404,8 +423,8 @@ class Op:
     # -- the contract
     def sample(self, ctx: Context, batch) -> Params:
         """Draw the gate (``active``: U < p) and the parameters; both are recorded."""
-        u = ctx.uniform(1)[:, 0]
-        active = torch.from_numpy(u.numpy() < np.float32(self.p)) if _host(u) else u < self.p
+        u = ctx.uniform(1)
+        active = torch.from_numpy(u.numpy()[:, 0] < np.float32(self.p)) if _host(u) else u[:, 0] < self.p
         params = self.draw(ctx, batch)
         params["active"] = active
         return params
@@ -434,9 +453,9 @@ class Op:
                 if self.zero_padded or (clean and self.keeps_zero_padding):
                     return out
             else:
-                rows = torch.from_numpy(np.flatnonzero(active.numpy())) if host else active.nonzero()[:, 0]
-                sp = {k: v.index_select(0, rows) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
-                      for k, v in params.items()}
+                r = np.flatnonzero(active.numpy()) if host else None
+                rows = torch.from_numpy(r) if host else active.nonzero()[:, 0]
+                sp = {k: _pick(v, rows, r) for k, v in params.items()}
                 if self.in_place and owned and batch.data.is_contiguous():
                     out = self._checked(batch, self.transform_rows(batch, sp, rows))
                     if out.data is not batch.data:

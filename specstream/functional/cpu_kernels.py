@@ -242,8 +242,9 @@ def iir_rows(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, n: Optional[torc
             raise ValueError(f"iir_rows: rows must be distinct indices below {R}")
     if out.numel() == 0 or sel.size == 0:
         return out
-    a = a.detach().to(torch.float64).numpy()
-    b = b.detach().to(torch.float64).numpy() / a[..., :1]
+    a, b = (t.detach().numpy().astype(np.float64, copy=False) if t.dtype in (torch.float32, torch.float64)
+            else t.detach().to(torch.float64).numpy() for t in (a, b))
+    b = b / a[..., :1]
     a = a / a[..., :1]
     if max(a.shape[-1], b.shape[-1]) > IIR_MAX_TAPS:
         raise ValueError(f"iir_rows: at most {IIR_MAX_TAPS} coefficients (order 3)")
@@ -271,9 +272,14 @@ def keyed_uniform(prefix: torch.Tensor, op: int, n: int) -> torch.Tensor:
     (int64, CPU) at op slot ``op``, in one call (the parameter draws: a few values per
     sample, where numpy's per-operation overhead was most of the cost). Requires
     :func:`available`."""
+    return keyed_uniform_array(np.ascontiguousarray(prefix.numpy(), dtype=np.int64), op, n)
+
+
+def keyed_uniform_array(prefix: np.ndarray, op: int, n: int) -> torch.Tensor:
+    """:func:`keyed_uniform` of a contiguous int64 array ``prefix`` [B]."""
     out = np.empty((prefix.shape[0], n), np.float32)
     if out.size:
-        _kernel["keyed"](np.ascontiguousarray(prefix.numpy(), dtype=np.int64), int(op) & 0xFFFFFFFF, out)
+        _kernel["keyed"](prefix, int(op) & 0xFFFFFFFF, out)
     return torch.from_numpy(out)
 
 
@@ -290,12 +296,12 @@ def keyed_prefix(seed: int, epochs: torch.Tensor, ids: torch.Tensor) -> torch.Te
 def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: int) -> torch.Tensor:
     """[B, size] bool: :func:`..frames.bands` (CPU int64 starts / widths, bool on, [B, M]),
     in one call. Requires :func:`available`."""
-    out = torch.empty((starts.shape[0], size), dtype=torch.bool)
-    if out.numel():
+    out = np.empty((starts.shape[0], size), dtype=np.bool_)
+    if out.size:
         _kernel["bands"](np.ascontiguousarray(starts.numpy(), dtype=np.int64),
                          np.ascontiguousarray(widths.numpy(), dtype=np.int64),
-                         np.ascontiguousarray(on.numpy(), dtype=np.bool_), out.numpy())
-    return out
+                         np.ascontiguousarray(on.numpy(), dtype=np.bool_), out)
+    return torch.from_numpy(out)
 
 
 def triangles(warped: torch.Tensor, f_pts: torch.Tensor, n_mels: int, slaney: bool):

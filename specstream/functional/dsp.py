@@ -304,9 +304,11 @@ def filter_rows_(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, rows: torch.
     ([B]) zero-phase within each row's length as :func:`filtfilt` (0 after); the other rows
     untouched. Returns x. On the CPU with numba the kernel reads and writes the rows where
     they are; elsewhere the rows are gathered, filtered and written back."""
-    n = None if lengths is None else lengths.to(torch.int64)[rows]
     if _fused(x, b, a) and rows.is_cpu:
+        n = (None if lengths is None else lengths.to(torch.int64)[rows] if not lengths.is_cpu
+             else torch.from_numpy(lengths.numpy().astype(np.int64, copy=False)[rows.numpy()]))
         return cpu_kernels.iir_rows(x, b, a, n, rows=rows, out=x)
+    n = None if lengths is None else lengths.to(torch.int64)[rows]
     y = lfilter(x[rows], b, a) if n is None else filtfilt(x[rows], n, b, a)
     return x.index_copy_(0, rows, y)
 

@@ -75,7 +75,7 @@ def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: in
     band's start, -1 at its end, a running sum (no [B, M, size] comparison); on the CPU
     one kernel call (:func:`.cpu_kernels.bands`, the same rows)."""
     if starts.is_cpu and cpu_kernels.available():
-        return cpu_kernels.bands(starts.to(torch.int64), widths.to(torch.int64), on.to(torch.bool), size)
+        return cpu_kernels.bands(starts, widths, on, size)  # (converts what is not int64 / bool)
     lo = starts.clamp(0, size)
     hi = (starts + widths).clamp(0, size)
     use = (on & (hi > lo)).to(torch.int32)

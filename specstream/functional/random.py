@@ -162,6 +162,17 @@ def keyed_prefix(seed: int, epoch, ids: torch.Tensor, trailing: int = 1) -> torc
     return hash32(keyed_words(seed, epoch, ids, 0, trailing)[:-1], device=ids.device)
 
 
+def host_draws() -> bool:
+    """Whether host draws take the CPU kernels (numba available, not switched off)."""
+    return _HOST and cpu_kernels.available()
+
+
+def keyed_uniform_np(prefix: np.ndarray, op: int, n: int) -> torch.Tensor:
+    """:func:`uniform` of the flat int64 hash states ``prefix`` [B] at op slot ``op`` (host
+    draws: the kernel, called with the array it reads; requires :func:`host_draws`)."""
+    return cpu_kernels.keyed_uniform_array(prefix, op, n)
+
+
 def unit_float(h: torch.Tensor) -> torch.Tensor:
     """uint32 hashes -> float32 in [0, 1) from their top 24 bits (exactly representable)."""
     return (h >> 8).to(torch.float32).mul_(1.0 / (1 << 24))
