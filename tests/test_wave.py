@@ -771,6 +771,33 @@ def test_resample_into_rows_equals_torchaudio_on_each_row_alone(path):
                 resample_into(x, lengths, bad, 11, 10, torch.empty(6, 4000))
 
 
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_resample_groups_into_equals_one_call_per_rate_pair(path):
+    """Speed resamples all its rows in one call (one kernel launch for every rate pair and
+    the kept rows' copies): equal to one resample_into per pair, rows interleaved across
+    pairs, unequal lengths (0 and 1 included), a pair outside the lane path (3 -> 1) and a
+    width that cuts rows; rows in no group keep what out held."""
+    import contextlib
+
+    from specstream.functional import cpu_kernels
+    from specstream.functional.timescale import resample_groups_into, resample_into
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(12, 3000, generator=g)
+    lengths = torch.tensor([3000, 2500, 1, 0, 2999, 1800, 3000, 700, 2000, 3000, 5, 2222])
+    groups = [(torch.tensor([0, 4, 8]), 11, 10), (torch.tensor([1, 5, 9, 11]), 9, 10),
+              (torch.tensor([2, 6]), 1, 1), (torch.tensor([3, 7]), 3, 1)]
+    with (cpu_kernels.torch_path() if path == "torch" else contextlib.nullcontext()):
+        for W in (3334, 3000):
+            got = torch.full((12, W), 7.0)
+            resample_groups_into(x, lengths, groups, got)
+            want = torch.full((12, W), 7.0)
+            for rows, o, n in groups:
+                resample_into(x, lengths[rows], rows, o, n, want)
+            assert torch.equal(got, want), W
+            assert bool((got[10] == 7.0).all())  # row 10 is in no group
+
+
 def test_looped_bank_segments_equal_the_indexed_reads():
     from specstream.augment.wave.base import bank_segments, looped_bank
     from specstream.io.banks import AudioBank

@@ -202,6 +202,80 @@ def _tap(xp, k, o, nfr):
     return xp[k % o, k // o:k // o + nfr]
 
 
+@numba.njit(inline="always")
+def _resample_row(xr, orow, L, kern, kT, width, o, n, copy, lanes):
+    """Row xr over its first L samples resampled into orow (see :func:`resample_rows`; the
+    caller's fast-math flags apply, the function being inlined)."""
+    M = orow.shape[0]
+    P, K = kern.shape
+    Q = (K + o - 1) // o
+    nl = min((L * n + o - 1) // o, M)
+    if copy:
+        for j in range(nl):
+            orow[j] = xr[j]
+        for j in range(nl, M):
+            orow[j] = 0.0
+        return
+    nfr = (nl + n - 1) // n
+    if lanes:
+        xpad = np.zeros(nfr * o + K, np.float32)  # xpad[i] = x[i - width], 0 outside [0, L)
+        for i in range(min(L, nfr * o + K - width)):
+            xpad[i + width] = xr[i]
+        # whole frames whose 16 stored lanes stay inside the row; the rest one by one
+        nv = min(nl // n, (M - PHASE_LANES) // n + 1) if M >= PHASE_LANES else 0
+        _phase_lanes(xpad, kT, orow, nv, o, n)
+        for j in range(nv * n, nl):
+            f = j // n
+            acc = np.float32(0.0)
+            for k in range(K):
+                acc += kern[j - f * n, k] * xpad[f * o + k]
+            orow[j] = acc
+        for j in range(nl, M):
+            orow[j] = 0.0
+        return
+    xp = np.zeros((o, nfr + Q), np.float32)  # xp[ph, i] = x[i o + ph - width], 0 outside [0, L)
+    for ph in range(o):
+        comp = xp[ph]
+        i0 = (width - ph + o - 1) // o if width > ph else 0
+        last = L - 1 - ph + width  # the largest i o with i o + ph - width < L
+        i1 = min(nfr + Q, last // o + 1) if last >= 0 else 0
+        for i in range(i0, i1):
+            comp[i] = xr[i * o + ph - width]
+    acc = np.zeros((P, nfr), np.float32)
+    for p in range(P):
+        a = acc[p]
+        k = 0
+        while k + 8 <= K:  # eight taps per pass over the frames, still added one by one in order
+            s0, s1, s2, s3 = _tap(xp, k, o, nfr), _tap(xp, k + 1, o, nfr), _tap(xp, k + 2, o, nfr), \
+                _tap(xp, k + 3, o, nfr)
+            s4, s5, s6, s7 = _tap(xp, k + 4, o, nfr), _tap(xp, k + 5, o, nfr), _tap(xp, k + 6, o, nfr), \
+                _tap(xp, k + 7, o, nfr)
+            c0, c1, c2, c3 = kern[p, k], kern[p, k + 1], kern[p, k + 2], kern[p, k + 3]
+            c4, c5, c6, c7 = kern[p, k + 4], kern[p, k + 5], kern[p, k + 6], kern[p, k + 7]
+            for f in range(nfr):
+                a[f] = (a[f] + c0 * s0[f] + c1 * s1[f] + c2 * s2[f] + c3 * s3[f]
+                        + c4 * s4[f] + c5 * s5[f] + c6 * s6[f] + c7 * s7[f])
+            k += 8
+        for k in range(k, K):
+            c = kern[p, k]
+            src = _tap(xp, k, o, nfr)
+            for f in range(nfr):
+                a[f] += c * src[f]
+    if n == 1:  # a plain copy (vectorised)
+        a = acc[0]
+        for f in range(nfr - 1):
+            orow[f] = a[f]
+    else:
+        for f in range(nfr - 1):
+            for p in range(P):
+                orow[f * n + p] = acc[p, f]
+    base = max(nfr - 1, 0) * n
+    for j in range(base, nl):
+        orow[j] = acc[j - base, nfr - 1]
+    for j in range(nl, M):
+        orow[j] = 0.0
+
+
 @_jit(parallel=True, fastmath={"contract"})
 def resample_rows(x, lengths, kern, width, o, n, sel, out):
     """Row sel[r] of x resampled by n / o (torchaudio's polyphase sinc kernel ``kern`` [n,
@@ -221,9 +295,7 @@ def resample_rows(x, lengths, kern, width, o, n, sel, out):
     The identity (o = n = 1, one tap of weight 1 at width 0) is a copy of the row's own
     samples."""
     N = x.shape[1]
-    M = out.shape[1]
     P, K = kern.shape
-    Q = (K + o - 1) // o
     copy = o == 1 and n == 1 and K == 1 and width == 0 and kern[0, 0] == 1.0
     lanes = 4 <= P <= PHASE_LANES
     kT = np.zeros((K if lanes else 0, PHASE_LANES), np.float32)  # the kernel's columns, one vector per tap
@@ -231,72 +303,19 @@ def resample_rows(x, lengths, kern, width, o, n, sel, out):
         for k in range(K):
             kT[k, p] = kern[p, k]
     for r in numba.prange(sel.shape[0]):
-        xr = x[sel[r]]
-        orow = out[sel[r]]
-        L = min(max(lengths[r], 0), N)
-        nl = min((L * n + o - 1) // o, M)
-        if copy:
-            for j in range(nl):
-                orow[j] = xr[j]
-            for j in range(nl, M):
-                orow[j] = 0.0
-            continue
-        nfr = (nl + n - 1) // n
-        if lanes:
-            xpad = np.zeros(nfr * o + K, np.float32)  # xpad[i] = x[i - width], 0 outside [0, L)
-            for i in range(min(L, nfr * o + K - width)):
-                xpad[i + width] = xr[i]
-            # whole frames whose 16 stored lanes stay inside the row; the rest one by one
-            nv = min(nl // n, (M - PHASE_LANES) // n + 1) if M >= PHASE_LANES else 0
-            _phase_lanes(xpad, kT, orow, nv, o, n)
-            for j in range(nv * n, nl):
-                f = j // n
-                acc = np.float32(0.0)
-                for k in range(K):
-                    acc += kern[j - f * n, k] * xpad[f * o + k]
-                orow[j] = acc
-            for j in range(nl, M):
-                orow[j] = 0.0
-            continue
-        xp = np.zeros((o, nfr + Q), np.float32)  # xp[ph, i] = x[i o + ph - width], 0 outside [0, L)
-        for ph in range(o):
-            comp = xp[ph]
-            i0 = (width - ph + o - 1) // o if width > ph else 0
-            last = L - 1 - ph + width  # the largest i o with i o + ph - width < L
-            i1 = min(nfr + Q, last // o + 1) if last >= 0 else 0
-            for i in range(i0, i1):
-                comp[i] = xr[i * o + ph - width]
-        acc = np.zeros((P, nfr), np.float32)
-        for p in range(P):
-            a = acc[p]
-            k = 0
-            while k + 8 <= K:  # eight taps per pass over the frames, still added one by one in order
-                s0, s1, s2, s3 = _tap(xp, k, o, nfr), _tap(xp, k + 1, o, nfr), _tap(xp, k + 2, o, nfr), \
-                    _tap(xp, k + 3, o, nfr)
-                s4, s5, s6, s7 = _tap(xp, k + 4, o, nfr), _tap(xp, k + 5, o, nfr), _tap(xp, k + 6, o, nfr), \
-                    _tap(xp, k + 7, o, nfr)
-                c0, c1, c2, c3 = kern[p, k], kern[p, k + 1], kern[p, k + 2], kern[p, k + 3]
-                c4, c5, c6, c7 = kern[p, k + 4], kern[p, k + 5], kern[p, k + 6], kern[p, k + 7]
-                for f in range(nfr):
-                    a[f] = (a[f] + c0 * s0[f] + c1 * s1[f] + c2 * s2[f] + c3 * s3[f]
-                            + c4 * s4[f] + c5 * s5[f] + c6 * s6[f] + c7 * s7[f])
-                k += 8
-            for k in range(k, K):
-                c = kern[p, k]
-                src = _tap(xp, k, o, nfr)
-                for f in range(nfr):
-                    a[f] += c * src[f]
-        if n == 1:  # a plain copy (vectorised)
-            a = acc[0]
-            for f in range(nfr - 1):
-                orow[f] = a[f]
-        else:
-            for f in range(nfr - 1):
-                for p in range(P):
-                    orow[f * n + p] = acc[p, f]
-        base = max(nfr - 1, 0) * n
-        for j in range(base, nl):
-            orow[j] = acc[j - base, nfr - 1]
-        for j in range(nl, M):
-            orow[j] = 0.0
+        _resample_row(x[sel[r]], out[sel[r]], min(max(lengths[r], 0), N), kern, kT, width, o, n, copy, lanes)
+
+
+@_jit(parallel=True, fastmath={"contract"})
+def resample_group_rows(x, lengths, group, kerns, kTs, gp, sel, out):
+    """:func:`resample_rows` of rows of several rate pairs in one call: row sel[r] with group
+    group[r]'s pair, gp[g] = (o, n, width, taps' rows P, taps K, copy, lanes) (flags as
+    :func:`resample_rows` sets them), its kernel kerns[g, :P, :K] and columns kTs[g, :K]."""
+    N = x.shape[1]
+    for r in numba.prange(sel.shape[0]):
+        g = group[r]
+        P, K = gp[g, 3], gp[g, 4]
+        _resample_row(x[sel[r]], out[sel[r]], min(max(lengths[r], 0), N), kerns[g, :P, :K], kTs[g, :K],
+                      gp[g, 2], gp[g, 0], gp[g, 1], gp[g, 5] != 0, gp[g, 6] != 0)
+
 

@@ -165,3 +165,48 @@ def resample_rows(x: torch.Tensor, lengths: torch.Tensor, kernel: torch.Tensor, 
         _launch("resample", x.numpy(), _per_row(lengths, torch.int64, sel.size, "lengths"), kern, int(width),
                 int(orig), int(new), sel, out.numpy())
     return out
+
+
+PHASE_LANES = 16  # as the kernels' own constant: rate pairs with 4..16 output phases take vector lanes
+
+
+def resample_groups(x: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, group: torch.Tensor, kernels,
+                    out: torch.Tensor) -> torch.Tensor:
+    """:func:`resample_rows` for rows of several rate pairs in one kernel call: listed row i
+    (``rows``, distinct) over its own ``lengths[i]`` samples with the pair ``kernels[group[i]]``,
+    each a (kernel [new, taps], width, orig, new) as :func:`resample_rows` takes it (orig = new
+    = 1 with the one-tap kernel [[1]]: a copy). The same values as one call per pair. Requires
+    :func:`available`."""
+    if (x.dim() != 2 or out.dim() != 2 or out.shape[0] != x.shape[0] or not _rows_f32(x, out)
+            or not (x.is_contiguous() and out.is_contiguous())):
+        raise ValueError(f"resample_groups: contiguous float32 CPU rows in and out with as many rows, not "
+                         f"{tuple(x.shape)} {x.dtype} -> {tuple(out.shape)} {out.dtype}")
+    G = len(kernels)
+    kerns = [np.ascontiguousarray(k.detach().to(torch.float32).numpy()) for k, _, _, _ in kernels]
+    for kern, (_, width, orig, new) in zip(kerns, kernels):
+        if kern.ndim != 2 or kern.shape[0] != new or orig < 1 or new < 1 or not 0 <= width < kern.shape[1]:
+            raise ValueError(f"resample_groups: a kernel [{new}, taps] with 0 <= width < taps, not {kern.shape}, "
+                             f"width {width}")
+    sel = _per_row(rows, torch.int64, rows.numel(), "rows")
+    grp = _per_row(group, torch.int64, sel.size, "group")
+    if not _distinct_below(sel, x.shape[0]):
+        raise ValueError(f"resample_groups: rows must be distinct indices below {x.shape[0]}")
+    if grp.size and (grp.min() < 0 or grp.max() >= G):
+        raise ValueError(f"resample_groups: group values must lie in [0, {G})")
+    if not (sel.size and out.shape[1]):
+        return out
+    Pm, Km = max(k.shape[0] for k in kerns), max(k.shape[1] for k in kerns)
+    stacked = np.zeros((G, Pm, Km), np.float32)
+    columns = np.zeros((G, Km, PHASE_LANES), np.float32)
+    gp = np.zeros((G, 7), np.int64)
+    for g, (kern, (_, width, orig, new)) in enumerate(zip(kerns, kernels)):
+        P, K = kern.shape
+        stacked[g, :P, :K] = kern
+        lanes = 4 <= P <= PHASE_LANES
+        if lanes:
+            columns[g, :K, :P] = kern.T
+        copy = orig == 1 and new == 1 and K == 1 and width == 0 and kern[0, 0] == 1.0
+        gp[g] = (orig, new, width, P, K, int(copy), int(lanes))
+    _launch("resample_groups", x.numpy(), _per_row(lengths, torch.int64, sel.size, "lengths"), grp, stacked,
+            columns, gp, sel, out.numpy())
+    return out

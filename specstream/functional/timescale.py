@@ -62,6 +62,34 @@ def resample(x: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
     return y[:, :target]
 
 
+def resample_groups_into(x: torch.Tensor, lengths: torch.Tensor, groups, out: torch.Tensor) -> torch.Tensor:
+    """:func:`resample_into` for several rate pairs at once: ``groups`` is a list of (rows,
+    orig, new) (rows distinct across groups), ``lengths`` [B] the lengths of every row of x.
+    On the CPU one kernel call for all the listed rows (one parallel region instead of one
+    per pair: the rows are shared out over the threads together); elsewhere one
+    :func:`resample_into` per pair. The same values either way."""
+    if not groups:
+        return out
+    if _get_sinc_resample_kernel is not None and _kernel_applies(x, out):
+        kernels, rows, group = [], [], []
+        for g, (r, o, n) in enumerate(groups):
+            o, n = int(o), int(n)
+            if o == n:  # a copy of each row's own samples: one tap of weight 1
+                kernels.append((torch.ones(1, 1), 0, 1, 1))
+            else:
+                oo, nn, kernel, width = _sinc_kernel(o, n, x.device, x.dtype)
+                kernels.append((kernel, width, oo, nn))
+            rows.append(r)
+            group.append(torch.full((r.numel(),), g, dtype=torch.int64))
+        rows, group = torch.cat(rows), torch.cat(group)
+        order = torch.argsort(rows)  # the batch's own row order: neighbouring rows, shared out evenly
+        rows, group = rows[order], group[order]
+        return cpu_mixing.resample_groups(x, lengths[rows], rows, group, kernels, out)
+    for r, o, n in groups:
+        resample_into(x, lengths[r], r, o, n, out)
+    return out
+
+
 def resample_into(x: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, orig_freq: int, new_freq: int,
                   out: torch.Tensor) -> torch.Tensor:
     """Rows ``rows`` of x [B, N], each resampled over its own first ``lengths`` samples

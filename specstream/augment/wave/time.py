@@ -8,7 +8,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
-from ...functional.timescale import overlap_add, phase_vocoder, resample_into
+from ...functional.timescale import overlap_add, phase_vocoder, resample_groups_into
 from ...functional.frames import lengths_mask, pad_to, zero_padding
 from ..core import Context, Params, WaveBatch, check, check_number, randint
 from .base import WaveOp
@@ -106,8 +106,7 @@ class Speed(_FactorOp):
             kept = kept.nonzero()[:, 0]
         W = max(int(new_len.max()), 1)
         out = x.new_empty(B, W)  # every row written once: kept rows copied (rate 1:1), the others resampled
-        for rows, orig, new in groups + ([(kept, 1, 1)] if kept.numel() else []):
-            resample_into(x, L[rows], rows, orig, new, out)
+        resample_groups_into(x, L, groups + ([(kept, 1, 1)] if kept.numel() else []), out)
         return batch.replace(audio=out, lengths=new_len)
 
 
