@@ -825,8 +825,8 @@ def test_cpu_kernels_load_from_numbas_cache_in_a_new_process():
             for _ in range(2)]
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
-    # warm_up called every kernel (16), and none was compiled again
-    assert runs[1].stdout.split() == ["16", "16", "0"], runs[1].stdout
+    # warm_up called every kernel (17), and none was compiled again
+    assert runs[1].stdout.split() == ["17", "17", "0"], runs[1].stdout
 
 
 def test_cpu_kernel_in_a_forked_child_falls_back_to_the_torch_path():
@@ -944,3 +944,28 @@ def test_host_draw_helpers_give_torchs_values():
         assert torch.equal(torch.from_numpy(u.numpy() < np.float32(p)), u < p), p
     assert not _host(u.double()) and not _host(u.clone().requires_grad_(True))
     assert torch.equal(lerp((2.0, 3.0), u.double()), 2.0 + 1.0 * u.double())
+
+
+def test_masked_mean_kernel_is_the_mean_of_each_samples_own_frames():
+    """The mean fill's kernel (one serial pass on the CPU) against a float64 numpy mean of each
+    sample's own frames (garbage in the padding, lengths 0, 1 and full, float32 and float64)
+    and against the torch path to float roundoff."""
+    import numpy as np
+
+    from specstream.functional import cpu_kernels
+    from specstream.functional.frames import masked_mean
+
+    g = torch.Generator().manual_seed(4)
+    for dtype in (torch.float32, torch.float64):
+        x = (torch.randn(7, 80, 50, generator=g) * 4 - 9).to(dtype)
+        L = torch.tensor([50, 0, 1, 33, 49, 50, 7])
+        x[3, :, 33:] = 1e6  # padding: must not be read
+        got = masked_mean(x, L)
+        assert got.dtype == dtype
+        for b in range(7):
+            n = int(L[b])
+            want = x[b, :, :n].double().numpy().mean() if n else 0.0
+            np.testing.assert_allclose(float(got[b]), want, rtol=1e-6 if dtype == torch.float32 else 1e-12)
+        with cpu_kernels.torch_path():
+            ref = masked_mean(x, L)
+        torch.testing.assert_close(got, ref, rtol=2e-7 if dtype == torch.float32 else 1e-15, atol=0)

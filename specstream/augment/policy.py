@@ -87,6 +87,7 @@ class Policy:
             raise ConfigError("augment: at most one filterbank op (vtlp)")
         self._wave_end = ranks.count(0)
         self._spec_start = self._wave_end + ranks.count(1)
+        self._rates_checked: set = set()  # sample rates check() has passed
 
     @property
     def has_wave_ops(self) -> bool:
@@ -94,12 +95,16 @@ class Policy:
 
     def check(self, sample_rate: int) -> "Policy":
         """Settings that depend on the sample rate (a VTLP bend below Nyquist): a ConfigError
-        now rather than inside a worker."""
+        now rather than inside a worker. A rate that passed is not checked again (the ops'
+        settings do not change)."""
+        if sample_rate in self._rates_checked:
+            return self
         for op in self.ops:
             if isinstance(op, Vtlp):
                 op.boundary(sample_rate)
             elif hasattr(op, "check_rate"):
                 op.check_rate(sample_rate)
+        self._rates_checked.add(sample_rate)
         return self
 
     def prepare(self, device) -> "Policy":

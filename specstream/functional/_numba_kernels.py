@@ -339,6 +339,27 @@ def band_rows(starts, widths, on, out):
 
 
 @_jit(parallel=True)
+def mean_rows(x, lengths, out):
+    """out[b] = the mean of x[b] [F, T] over its first lengths[b] frames (0 frames: 0): each
+    frame's bins summed in x's dtype, bin by bin in order (torch's x.sum(1) adds them in
+    another order: the same to float roundoff), the frames' sums in float64, divided by
+    max(frames * F, 1)."""
+    B, F, T = x.shape
+    for b in numba.prange(B):
+        L = min(max(lengths[b], 0), T)
+        xb = x[b]
+        acc = np.zeros(L, x.dtype)
+        for f in range(F):
+            xr = xb[f]
+            for t in range(L):
+                acc[t] += xr[t]
+        s = 0.0
+        for t in range(L):
+            s += np.float64(acc[t])
+        out[b] = s / max(L * F, 1)
+
+
+@_jit(parallel=True)
 def triangle_pair_rows(warped, f_pts, n_mels, slaney, first, weights):
     """The two mel filters each warped frequency warped[b, f] feeds: those of the knot
     interval [f_k, f_k+1) holding it, first[b, f] = k - 1 (clamped to [-1, n_mels - 1])

@@ -63,7 +63,7 @@ def _compile():
     from . import _numba_mixing as m
 
     return {"interp": k.interp_rows, "iir": k.iir_rows, "stream": k.stream_uniform_rows,
-            "keyed": k.keyed_uniform_rows, "prefix": k.prefix_rows, "bands": k.band_rows,
+            "keyed": k.keyed_uniform_rows, "prefix": k.prefix_rows, "bands": k.band_rows, "mean": k.mean_rows,
             "triangles": k.triangle_pair_rows, "mask": k.mask_rows, "mel": k.mel_rows,
             "mel_pairs": k.mel_pair_rows,
             "snr_mix": m.snr_mix_rows, "segment_mix": m.segment_mix_rows, "level": m.level_rows,
@@ -167,6 +167,7 @@ def warm_up() -> bool:
     keyed_uniform(torch.arange(3), 5, 2)
     keyed_prefix(1, torch.arange(3), torch.arange(3))
     bands(torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.bool), 5)
+    masked_mean(torch.randn(2, 3, 4), torch.tensor([4, 1]))
     spec = torch.stft(torch.randn(2, 800), 400, 160, window=torch.hann_window(400), center=False, return_complex=True)
     mel_log(spec, torch.rand(1, 4, 201), torch.tensor([3, 2]), 2.0, 1e-6, False)
     first, weights = triangles(torch.rand(2, 201).double(), torch.linspace(0, 1, 6).double(), 4, False)
@@ -293,6 +294,15 @@ def keyed_prefix(seed: int, epochs: torch.Tensor, ids: torch.Tensor) -> torch.Te
         _kernel["prefix"](int(seed), np.ascontiguousarray(epochs.numpy(), dtype=np.int64),
                           np.ascontiguousarray(ids.numpy(), dtype=np.int64), out)
     return torch.from_numpy(out)
+
+
+def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B]: :func:`..frames.masked_mean` of x [B, F, T] (contiguous CPU float32 / float64),
+    in one pass. Requires :func:`available`."""
+    out = np.empty(x.shape[0], np.float64)
+    if out.size:
+        _launch("mean", x.numpy(), _per_row(lengths, torch.int64, x.shape[0], "lengths"), out)
+    return torch.from_numpy(out).to(x.dtype)
 
 
 def bands(starts: torch.Tensor, widths: torch.Tensor, on: torch.Tensor, size: int) -> torch.Tensor:

@@ -56,7 +56,11 @@ def select(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Per-sample mean of [B, F, T] over each sample's own valid frames, whatever the padding
     holds: [B]. Bins are summed per frame (one read of x, no masked copy), then the valid
-    frames' sums in float64."""
+    frames' sums in float64. On the CPU one kernel call (:func:`.cpu_kernels.masked_mean`: the
+    same sums to float roundoff, frame by frame)."""
+    if (x.is_cpu and x.dim() == 3 and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+            and not x.requires_grad and lengths.is_cpu and cpu_kernels.available()):
+        return cpu_kernels.masked_mean(x, lengths)
     n = (lengths.clamp(min=0).to(torch.float64) * x.shape[1]).clamp(min=1)
     per_frame = x.sum(1).to(torch.float64) * lengths_mask(lengths, x.shape[-1])
     return (per_frame.sum(1) / n).to(x.dtype)

@@ -133,12 +133,16 @@ class FreqMask(MaskOp):
     def draw(self, ctx: Context, batch: Batch) -> Params:
         F_ = batch.features.shape[1]
         w = randint(ctx.uniform(self.count), 0, min(self.max_width, F_))
-        s = randint(ctx.uniform(self.count), 0, F_ - w)
+        s = randint(ctx.uniform(self.count), 0, torch.from_numpy(F_ - w.numpy()) if w.is_cpu else F_ - w)
         return {"starts": s, "widths": w}
 
     def mask_parts(self, batch: Batch, params: Params):
-        on = params["active"][:, None].expand_as(params["starts"])
-        return bands(params["starts"], params["widths"], on, batch.features.shape[1]), None, None
+        active, starts = params["active"], params["starts"]
+        if active.is_cpu:  # numpy: the same rows, without torch calls
+            on = torch.from_numpy(np.repeat(active.numpy()[:, None], starts.shape[1], axis=1))
+        else:
+            on = active[:, None].expand_as(starts)
+        return bands(starts, params["widths"], on, batch.features.shape[1]), None, None
 
 
 class TimeMask(MaskOp):
@@ -203,8 +207,12 @@ class TimeMask(MaskOp):
 
     def mask_parts(self, batch: Batch, params: Params):
         s, w = params["starts"], params["widths"]
-        on = (torch.arange(s.shape[1], device=s.device)[None, :] < params["counts"][:, None]) \
-            & params["active"][:, None]
+        if s.is_cpu:  # numpy: the same rows, without torch calls
+            on = torch.from_numpy((np.arange(s.shape[1])[None, :] < params["counts"].numpy()[:, None])
+                                  & params["active"].numpy()[:, None])
+        else:
+            on = (torch.arange(s.shape[1], device=s.device)[None, :] < params["counts"][:, None]) \
+                & params["active"][:, None]
         return None, bands(s, w, on, batch.features.shape[-1]), None
 
 
