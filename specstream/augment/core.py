@@ -201,13 +201,14 @@ class Context:
     counter: int = 0
     prefix: Optional[torch.Tensor] = None  # keyed_prefix(seed, epoch, ids) on the host, shared by a policy's ops
     device: Optional[torch.device] = None  # where draws go (default: the ids' device)
+    flat: Optional[np.ndarray] = None  # the prefix as a flat int64 array (host draws), shared like it
 
     def __post_init__(self):
         if self.device is None:
             self.device = self.ids.device
-        self.device = torch.device(self.device)
+        if not isinstance(self.device, torch.device):
+            self.device = torch.device(self.device)
         self._on_host = self.device.type == "cpu"  # asked per draw (a device's type builds a string)
-        self._flat = None  # the prefix as a flat int64 array, for host draws
 
     def _prefix(self) -> torch.Tensor:
         if self.prefix is None:
@@ -225,12 +226,16 @@ class Context:
 
     def uniform(self, n: int = 1) -> torch.Tensor:
         """[B, n] uniforms in [0, 1); successive calls draw fresh streams."""
-        prefix = self._prefix()
         if self._on_host and host_draws():  # the kernel on the flat prefix (the same values, fewer calls)
-            if self._flat is None:
-                self._flat = np.ascontiguousarray(prefix.numpy().reshape(-1), dtype=np.int64)
-            return keyed_uniform_np(self._flat, self._next(), n)
-        return self._to_device(uniform(self.seed, self.epoch, self.ids, self._next(), n, prefix=prefix))
+            return torch.from_numpy(self.uniform_np(n))
+        return self._to_device(uniform(self.seed, self.epoch, self.ids, self._next(), n, prefix=self._prefix()))
+
+    def uniform_np(self, n: int = 1) -> np.ndarray:
+        """:meth:`uniform` as a numpy array, for host draws (requires a host device and
+        :func:`~specstream.functional.random.host_draws`)."""
+        if self.flat is None:
+            self.flat = np.ascontiguousarray(self._prefix().numpy().reshape(-1), dtype=np.int64)
+        return keyed_uniform_np(self.flat, self._next(), n)
 
     def normal(self, n: int = 1) -> torch.Tensor:
         """[B, n] standard normals (Box-Muller on two uniform streams)."""
@@ -423,8 +428,10 @@ class Op:
     # -- the contract
     def sample(self, ctx: Context, batch) -> Params:
         """Draw the gate (``active``: U < p) and the parameters; both are recorded."""
-        u = ctx.uniform(1)
-        active = torch.from_numpy(u.numpy()[:, 0] < np.float32(self.p)) if _host(u) else u[:, 0] < self.p
+        if ctx._on_host and host_draws():  # the gate in numpy (the same comparison in float32)
+            active = torch.from_numpy(ctx.uniform_np(1)[:, 0] < np.float32(self.p))
+        else:
+            active = ctx.uniform(1)[:, 0] < self.p
         params = self.draw(ctx, batch)
         params["active"] = active
         return params

@@ -5,6 +5,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..functional import cpu_kernels
@@ -186,10 +187,12 @@ class Policy:
         ids, device = ids
         ep = epoch.cpu() if isinstance(epoch, torch.Tensor) else int(epoch)
         prefix = keyed_prefix(int(seed), ep, ids.cpu())  # the words every op's draws share, hashed once
+        flat = np.ascontiguousarray(prefix.numpy().reshape(-1), dtype=np.int64)
         ids = ids.to(device, non_blocking=True)
+        device = torch.device(device)
 
         def draw(slot, op, batch):
-            params = op.sample(Context(ids, int(seed), ep, slot, prefix=prefix, device=device), batch)
+            params = op.sample(Context(ids, int(seed), ep, slot, prefix=prefix, device=device, flat=flat), batch)
             params["__name__"] = op.name
             return params
 

@@ -275,15 +275,16 @@ def keyed_uniform(prefix: torch.Tensor, op: int, n: int) -> torch.Tensor:
     (int64, CPU) at op slot ``op``, in one call (the parameter draws: a few values per
     sample, where numpy's per-operation overhead was most of the cost). Requires
     :func:`available`."""
-    return keyed_uniform_array(np.ascontiguousarray(prefix.numpy(), dtype=np.int64), op, n)
+    return torch.from_numpy(keyed_uniform_array(np.ascontiguousarray(prefix.numpy(), dtype=np.int64), op, n))
 
 
-def keyed_uniform_array(prefix: np.ndarray, op: int, n: int) -> torch.Tensor:
-    """:func:`keyed_uniform` of a contiguous int64 array ``prefix`` [B]."""
+def keyed_uniform_array(prefix: np.ndarray, op: int, n: int) -> np.ndarray:
+    """:func:`keyed_uniform`'s values as a numpy array, for a contiguous int64 array
+    ``prefix`` [B]."""
     out = np.empty((prefix.shape[0], n), np.float32)
     if out.size:
         _kernel["keyed"](prefix, int(op) & 0xFFFFFFFF, out)
-    return torch.from_numpy(out)
+    return out
 
 
 def keyed_prefix(seed: int, epochs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

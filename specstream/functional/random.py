@@ -167,9 +167,10 @@ def host_draws() -> bool:
     return _HOST and cpu_kernels.available()
 
 
-def keyed_uniform_np(prefix: np.ndarray, op: int, n: int) -> torch.Tensor:
-    """:func:`uniform` of the flat int64 hash states ``prefix`` [B] at op slot ``op`` (host
-    draws: the kernel, called with the array it reads; requires :func:`host_draws`)."""
+def keyed_uniform_np(prefix: np.ndarray, op: int, n: int) -> np.ndarray:
+    """:func:`uniform`'s values as a numpy array for the flat int64 hash states ``prefix`` [B]
+    at op slot ``op`` (host draws: the kernel, called with the array it reads; requires
+    :func:`host_draws`)."""
     return cpu_kernels.keyed_uniform_array(prefix, op, n)
 
 
