@@ -825,8 +825,8 @@ def test_cpu_kernels_load_from_numbas_cache_in_a_new_process():
             for _ in range(2)]
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
-    # warm_up called every kernel (17), and none was compiled again
-    assert runs[1].stdout.split() == ["17", "17", "0"], runs[1].stdout
+    # warm_up called every kernel (18), and none was compiled again
+    assert runs[1].stdout.split() == ["18", "18", "0"], runs[1].stdout
 
 
 def test_cpu_kernel_in_a_forked_child_falls_back_to_the_torch_path():
@@ -969,3 +969,53 @@ def test_masked_mean_kernel_is_the_mean_of_each_samples_own_frames():
         with cpu_kernels.torch_path():
             ref = masked_mean(x, L)
         torch.testing.assert_close(got, ref, rtol=2e-7 if dtype == torch.float32 else 1e-15, atol=0)
+
+
+def test_draw_table_gives_each_draws_own_values():
+    """A policy's host draws come from one table hashed per batch (the first draws of every op
+    slot): each draw must equal the draw hashed on its own (keyed_uniform_np), for draws in
+    the table and past it (more values, later draws), and a whole policy's recorded
+    parameters must equal those drawn without the table."""
+    import numpy as np
+
+    from specstream.augment.core import Context
+    from specstream.augment.policy import Policy
+    from specstream.functional.random import DrawTable, keyed_prefix, keyed_uniform_np
+
+    ids = torch.arange(9, dtype=torch.int64) * 7919 + 3
+    flat = np.ascontiguousarray(keyed_prefix(5, 2, ids).numpy().reshape(-1))
+    table = DrawTable(flat, 6)
+    for slot in (0, 3, 5, 6, 70):
+        for draw in (0, 1, 3, 4, 10):
+            for n in (1, 2, 4, 5, 20):
+                op = slot * 64 + draw
+                assert np.array_equal(table.uniform(op, n), keyed_uniform_np(flat, op, n)), (slot, draw, n)
+    policy = Policy.from_dict({"ops": [{"op": "wave_gain"}, {"op": "noise", "colour": ["white", "pink"], "p": 0.5},
+                                       {"op": "filter", "p": 0.5}, {"op": "freq_mask", "count": 3},
+                                       {"op": "time_mask", "count": 6}]})
+    wave = torch.randn(9, 4000, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([4000, 3000, 4000, 100, 4000, 2500, 4000, 3999, 1])
+    from specstream.features import LogMel, MelConfig
+    logmel = LogMel(MelConfig())
+    with_table = policy.featurize(wave, lengths, logmel, 16000, key_ids=ids, seed=5, epoch=2)
+    slots = []
+
+    def plain(slot, op, batch):  # every draw hashed on its own
+        slots.append(slot)
+        p = op.sample(Context(ids, 5, 2, slot), batch)
+        p["__name__"] = op.name
+        return p
+
+    drawer = policy._drawer
+    policy._drawer = lambda *a: plain
+    try:
+        without = policy.featurize(wave, lengths, logmel, 16000, key_ids=ids, seed=5, epoch=2)
+    finally:
+        policy._drawer = drawer
+    assert slots == list(range(5))
+    for a, b in zip(with_table.params, without.params):
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], torch.Tensor):
+                assert torch.equal(a[k], b[k]), k
+    assert torch.equal(with_table.features, without.features)

@@ -26,6 +26,7 @@ import torch
 from conftest import ALSA, ASTERISK, need_recordings
 from specstream.augment import REGISTRY, Batch, FeatureDomain, Policy, WaveBatch
 from specstream.augment.wave import BankOp
+from specstream.augment.random import key_ids
 from specstream.features import LogMel, MelConfig
 from specstream.io.banks import load_bank
 
@@ -540,3 +541,24 @@ def test_cpu_cuda_parity(name, kw, clips, banks, batch_runs):
     # frame targets: nearest-frame rounding may land on the neighbour where the source is x.5
     assert int((gpu.frame_targets.cpu() - cpu.frame_targets).abs().max()) <= 1
     torch.testing.assert_close(gpu.targets.cpu(), cpu.targets, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_ops_drawn_before_the_chain_read_nothing_of_the_batch(name, clips, banks):
+    """A policy draws the leading ops that declare ``draw_reads_batch = False`` before its
+    chain runs, on the batch as it enters: such an op's parameters must not depend on the
+    batch (content, lengths, width) at all, only on the keys. An op that reads the batch
+    keeps the default (True)."""
+    from specstream.augment.core import Context
+
+    op = build(name, {}, banks)
+    if op.draw_reads_batch:
+        return  # drawn in its turn, on the batch as the chain hands it over (the other tests)
+    ids = torch.from_numpy(key_ids([clips.keys[i] for i in ORDER]))
+    w, L, _, _ = clips.wave_batch(ORDER, 0)
+    other = WaveBatch(torch.randn(len(ORDER), w.shape[1] + 777) * 3, (L // 2).clamp(min=1), SR, None)
+    a = op.sample(Context(ids, 4, 1, 2), WaveBatch(w, L, SR, None))
+    b = op.sample(Context(ids, 4, 1, 2), other)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k], (name, k)

@@ -42,7 +42,7 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.frames import move_frames, pad_to, zero_padding
-from ..functional.random import hash32, host_draws, keyed_prefix, keyed_uniform_np, uniform
+from ..functional.random import DrawTable, hash32, host_draws, keyed_prefix, keyed_uniform_np, uniform
 
 Params = Dict[str, torch.Tensor]
 
@@ -202,6 +202,7 @@ class Context:
     prefix: Optional[torch.Tensor] = None  # keyed_prefix(seed, epoch, ids) on the host, shared by a policy's ops
     device: Optional[torch.device] = None  # where draws go (default: the ids' device)
     flat: Optional[np.ndarray] = None  # the prefix as a flat int64 array (host draws), shared like it
+    table: Optional[DrawTable] = None  # the batch's first draws, hashed at once (host draws)
 
     def __post_init__(self):
         if self.device is None:
@@ -233,6 +234,8 @@ class Context:
     def uniform_np(self, n: int = 1) -> np.ndarray:
         """:meth:`uniform` as a numpy array, for host draws (requires a host device and
         :func:`~specstream.functional.random.host_draws`)."""
+        if self.table is not None:
+            return self.table.uniform(self._next(), n)
         if self.flat is None:
             self.flat = np.ascontiguousarray(self._prefix().numpy().reshape(-1), dtype=np.int64)
         return keyed_uniform_np(self.flat, self._next(), n)
@@ -389,6 +392,11 @@ class Op:
     # frames and keeps the zero padding): on a batch the chain owns, the active rows are
     # transformed where they are, with no gathered copy to write back
     in_place: ClassVar[bool] = False
+    # False: draw() reads nothing of the batch (its parameters come from the keyed uniforms
+    # and the op's own settings alone). A policy then draws the op's parameters together with
+    # the other such ops before its chain runs (the same values: draws are keyed by slot,
+    # not by when they are made), while the interpreter's code for them is in the caches.
+    draw_reads_batch: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

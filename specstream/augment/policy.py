@@ -10,7 +10,7 @@ import torch
 
 from ..functional import cpu_kernels
 from ..functional.frames import move_frames, zero_padded
-from ..functional.random import key_ids as _key_ids, keyed_prefix
+from ..functional.random import DrawTable, host_draws, key_ids as _key_ids, keyed_prefix
 from ..errors import ConfigError
 from .core import DOMAINS, REGISTRY, Batch, Context, FeatureDomain, Op, WaveBatch
 from .spec import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, Vtlp, apply_masks
@@ -181,8 +181,7 @@ class Policy:
                                       self._drawer(ids, seed, epoch), caller=features)
         return AugmentResult(batch.features, batch.lengths, batch.targets, all_params, batch.frame_targets)
 
-    @staticmethod
-    def _drawer(ids, seed, epoch):
+    def _drawer(self, ids, seed, epoch):
         """Each op's draws: hashed on the host from one shared prefix (see Context)."""
         ids, device = ids
         ep = epoch.cpu() if isinstance(epoch, torch.Tensor) else int(epoch)
@@ -190,9 +189,11 @@ class Policy:
         flat = np.ascontiguousarray(prefix.numpy().reshape(-1), dtype=np.int64)
         ids = ids.to(device, non_blocking=True)
         device = torch.device(device)
+        table = DrawTable(flat, len(self.ops)) if device.type == "cpu" and host_draws() else None
 
         def draw(slot, op, batch):
-            params = op.sample(Context(ids, int(seed), ep, slot, prefix=prefix, device=device, flat=flat), batch)
+            ctx = Context(ids, int(seed), ep, slot, prefix=prefix, device=device, flat=flat, table=table)
+            params = op.sample(ctx, batch)
             params["__name__"] = op.name
             return params
 
@@ -224,9 +225,15 @@ class Policy:
         wb = WaveBatch(zero_padded(wave, num_samples), num_samples, int(sample_rate), targets)
         # input time per output time, for the frame targets (when there are any)
         scale = None if frame_targets is None else torch.ones(wave.shape[0], dtype=torch.float64, device=device)
+        # the leading ops whose draws read nothing of the batch: drawn together first
+        early = {}
+        for slot in range(self._spec_start if params is None else 0):
+            if self.ops[slot].draw_reads_batch:
+                break
+            early[slot] = draw(slot, self.ops[slot], wb)
         for slot in range(self._wave_end):
             op = self.ops[slot]
-            p = draw(slot, op, wb)
+            p = early.pop(slot) if slot in early else draw(slot, op, wb)
             recorded.append(p)
             # the caller's waveforms: never written; the chain's batch: 0 past its lengths from
             # the entry on (zero_padded above, then every op's contract)
@@ -236,7 +243,7 @@ class Policy:
         fbanks = None
         for slot in range(self._wave_end, self._spec_start):
             op = self.ops[slot]
-            p = draw(slot, op, wb)
+            p = early.pop(slot) if slot in early else draw(slot, op, wb)
             recorded.append(p)
             fbanks = op.filterbanks(logmel.cfg, p, pairs=True).to(wave.dtype)
         clean_frames = logmel.cfg.num_frames(num_samples.to(device).to(torch.int64))

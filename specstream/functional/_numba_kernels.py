@@ -302,6 +302,20 @@ def stream_uniform_rows(keys, signed, out):
 
 
 @_jit()
+def keyed_block_rows(prefix, out):
+    """out[b, s, c, t] = :func:`keyed_uniform_rows`'s value for op word s 64 + c: the first
+    uniforms of the first draws of every op slot of a policy, in one call."""
+    B, S, C, n = out.shape
+    for b in range(B):
+        p = np.uint64(prefix[b] & 0xFFFFFFFF)
+        for s in range(S):
+            for c in range(C):
+                h = mix(p, np.uint64((s * 64 + c) & 0xFFFFFFFF))
+                for t in range(n):
+                    out[b, s, c, t] = unit(mix(h, np.uint64(t)))
+
+
+@_jit()
 def keyed_uniform_rows(prefix, op, out):
     """out[b, t] = unit_float(hash32([op, t], state=prefix[b])): a draw's uniforms."""
     B, n = out.shape

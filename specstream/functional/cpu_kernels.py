@@ -63,7 +63,7 @@ def _compile():
     from . import _numba_mixing as m
 
     return {"interp": k.interp_rows, "iir": k.iir_rows, "stream": k.stream_uniform_rows,
-            "keyed": k.keyed_uniform_rows, "prefix": k.prefix_rows, "bands": k.band_rows, "mean": k.mean_rows,
+            "keyed": k.keyed_uniform_rows, "keyed_block": k.keyed_block_rows, "prefix": k.prefix_rows, "bands": k.band_rows, "mean": k.mean_rows,
             "triangles": k.triangle_pair_rows, "mask": k.mask_rows, "mel": k.mel_rows,
             "mel_pairs": k.mel_pair_rows,
             "snr_mix": m.snr_mix_rows, "segment_mix": m.segment_mix_rows, "level": m.level_rows,
@@ -165,6 +165,7 @@ def warm_up() -> bool:
     stream_uniform(torch.arange(3), 10)
     stream_uniform(torch.arange(3), 10, signed=True)
     keyed_uniform(torch.arange(3), 5, 2)
+    keyed_block(np.arange(3, dtype=np.int64), 2, 2, 2)
     keyed_prefix(1, torch.arange(3), torch.arange(3))
     bands(torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.bool), 5)
     masked_mean(torch.randn(2, 3, 4), torch.tensor([4, 1]))
@@ -276,6 +277,16 @@ def keyed_uniform(prefix: torch.Tensor, op: int, n: int) -> torch.Tensor:
     sample, where numpy's per-operation overhead was most of the cost). Requires
     :func:`available`."""
     return torch.from_numpy(keyed_uniform_array(np.ascontiguousarray(prefix.numpy(), dtype=np.int64), op, n))
+
+
+def keyed_block(prefix: np.ndarray, slots: int, draws: int, n: int) -> np.ndarray:
+    """[B, slots, draws, n] float32: :func:`keyed_uniform_array`'s values for op words
+    s 64 + d (s < slots, d < draws), their first n each, in one call. Requires
+    :func:`available`."""
+    out = np.empty((prefix.shape[0], slots, draws, n), np.float32)
+    if out.size:
+        _kernel["keyed_block"](prefix, out)
+    return out
 
 
 def keyed_uniform_array(prefix: np.ndarray, op: int, n: int) -> np.ndarray:

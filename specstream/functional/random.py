@@ -174,6 +174,27 @@ def keyed_uniform_np(prefix: np.ndarray, op: int, n: int) -> np.ndarray:
     return cpu_kernels.keyed_uniform_array(prefix, op, n)
 
 
+class DrawTable:
+    """The first uniforms of the first draws of every op slot of a policy for one batch,
+    hashed in one kernel call when first asked for (host draws): a draw of at most
+    ``VALUES`` values among an op's first ``DRAWS`` is a copy of its slice, the same values
+    as :func:`keyed_uniform_np` (the element t of a draw does not depend on how many are
+    drawn). Others are hashed on their own."""
+
+    DRAWS, VALUES = 4, 4
+
+    def __init__(self, prefix: np.ndarray, slots: int):
+        self.prefix, self.slots, self._table = prefix, slots, None
+
+    def uniform(self, op: int, n: int) -> np.ndarray:
+        slot, draw = divmod(op, 64)
+        if slot < self.slots and draw < self.DRAWS and n <= self.VALUES:
+            if self._table is None:
+                self._table = cpu_kernels.keyed_block(self.prefix, self.slots, self.DRAWS, self.VALUES)
+            return self._table[:, slot, draw, :n].copy()
+        return keyed_uniform_np(self.prefix, op, n)
+
+
 def unit_float(h: torch.Tensor) -> torch.Tensor:
     """uint32 hashes -> float32 in [0, 1) from their top 24 bits (exactly representable)."""
     return (h >> 8).to(torch.float32).mul_(1.0 / (1 << 24))

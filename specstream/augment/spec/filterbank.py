@@ -15,6 +15,7 @@ class Vtlp(Op):
     ``boundary_hz``, which must be below Nyquist; default 0.6 x Nyquist, 4,800 Hz at 16 kHz),
     so formants move by alpha. Runs inside the featurizer (``Policy.featurize``);
     ``freq_warp`` is the spectrogram-only variant."""
+    draw_reads_batch = False  # draw() uses the keyed uniforms and settings alone
 
     name = "vtlp"
     domain = "filterbank"

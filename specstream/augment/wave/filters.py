@@ -19,6 +19,7 @@ class Filter(WaveOp):
     per-sample cutoffs. ``kind``: lowpass (cutoff U[lowpass_hz]), highpass (U[highpass_hz]),
     bandpass (high-pass at U[bandpass_hz[0]], then low-pass at U[bandpass_hz[1]]), or random
     (one of the three per sample)."""
+    draw_reads_batch = False  # draw() uses the keyed uniforms and settings alone
 
     name = "filter"
     keeps_zero_padding = True  # 0 past each length when the input is

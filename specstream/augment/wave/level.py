@@ -12,6 +12,7 @@ from .base import WaveOp
 
 class WaveGain(WaveOp):
     """Gain in dB, U[min_db, max_db], on the waveform."""
+    draw_reads_batch = False  # draw() uses the keyed uniforms and settings alone
 
     name = "wave_gain"
     keeps_zero_padding = True  # 0 past each length when the input is
@@ -33,6 +34,7 @@ class Distortion(WaveOp):
     clipping at 1 / drive) or ``asymmetric`` (tanh of a biased signal: even and odd
     harmonics; the DC offset the bias creates is removed over the sample's own length),
     then scaled back to the sample's own peak."""
+    draw_reads_batch = False  # draw() uses the keyed uniforms and settings alone
 
     name = "distortion"
     keeps_zero_padding = True  # 0 past each length when the input is

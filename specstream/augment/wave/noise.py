@@ -18,6 +18,7 @@ COLOURS = NOISE_COLOURS
 class Noise(WaveOp):
     """Additive noise generated on the device at a per-sample SNR (dB, U[snr_db]) measured
     over the sample's own length. ``colour``: white, pink, brown, or a list to draw from."""
+    draw_reads_batch = False  # draw() uses the keyed uniforms and settings alone
 
     name = "noise"
     keeps_zero_padding = True  # 0 past each length when the input is
@@ -56,6 +57,7 @@ class BackgroundNoise(BankOp):
     (U{min..max}) clips, each from a random offset (looping when shorter than the sample)
     and brought to the same power before summing; the sum is scaled to the SNR over the
     sample's own length. ``count`` > 1 on a bank of speech is babble."""
+    draw_reads_batch = False  # draw() uses the keyed uniforms and settings alone
 
     name = "background_noise"
     keeps_zero_padding = True  # 0 past each length when the input is

@@ -67,6 +67,7 @@ class Reverb(BankOp):
     was (content and labels do not shift); the reverberant tail past the sample's length is
     cut. ``normalize``: scale each RIR so its direct path is 1 (``direct``), to unit energy
     (``energy``), or not at all; ``keep_level`` rescales the output to the input's power."""
+    draw_reads_batch = False  # draw() uses the keyed uniforms and settings alone
 
     name = "reverb"
     keeps_zero_padding = True  # 0 past each length when the input is

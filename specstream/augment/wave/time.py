@@ -49,6 +49,7 @@ def _assemble(x: torch.Tensor, lengths: torch.Tensor, groups) -> Tuple[torch.Ten
 
 class _FactorOp(WaveOp):
     """An op that changes durations by a factor drawn from ``factors`` (> 1: shorter)."""
+    draw_reads_batch = False  # draw() uses the keyed uniforms and settings alone
 
     changes = frozenset({"features", "lengths"})
     keeps_zero_padding = True  # rows it resamples are zeroed past their lengths, the others kept as they came
