@@ -344,17 +344,16 @@ def bench_kernels(args) -> None:
     seg_starts = torch.randint(0, 64000, (50, 2), generator=g)
     seg_count = torch.randint(1, 3, (50,), generator=g)
     wide = torch.randn(50, 2 * n, generator=g)
-    # speed as the stage runs it: 21 rows at 0.9 and 21 at 1.1 of a batch of 64, written
-    # into the output batch
-    from specstream.functional.timescale import resample_into
+    # speed as the stage runs it: 21 rows at 0.9 and 21 at 1.1 of a batch of 64 resampled,
+    # the other 22 copied, all written into the output batch (one call since 3a41460)
+    from specstream.functional.timescale import resample_groups_into
     sp_wave = 0.1 * torch.randn(B, 16000, generator=g)
     sp_len = torch.full((B,), 16000)
     sp_out = torch.empty(B, 17778)
-    slow, fast = torch.arange(0, 63, 3), torch.arange(1, 64, 3)
+    slow, fast, kept = torch.arange(0, 63, 3), torch.arange(1, 64, 3), torch.arange(2, 64, 3)
 
     def speed_rows():
-        resample_into(sp_wave, sp_len[slow], slow, 9, 10, sp_out)
-        resample_into(sp_wave, sp_len[fast], fast, 11, 10, sp_out)
+        resample_groups_into(sp_wave, sp_len, [(slow, 9, 10), (fast, 11, 10), (kept, 1, 1)], sp_out)
 
     cases = [
         (f"filtfilt, biquad [{rows}, {n}]", lambda: dsp.filtfilt(wave, wl, b, a)),
@@ -376,7 +375,7 @@ def bench_kernels(args) -> None:
         (f"recorded noise, 1-2 segments [50, {n}]",
          lambda: dsp.mix_segments_at_snr(mixed, ml50, bank, seg_starts, seg_count, snr)),
         (f"reverb level, strided rows [50, {n}]", lambda: dsp.match_power(wide[:, 40:40 + n], mixed, ml50)),
-        ("speed, 42 of 64 rows resampled [64, 16000]", speed_rows),
+        ("speed, 42 of 64 rows resampled, 22 copied [64, 16000]", speed_rows),
     ]
 
     def torch_path(fn):

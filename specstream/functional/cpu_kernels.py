@@ -4,10 +4,14 @@
 - :func:`iir_rows`: IIR filtering of rows with per-row coefficients, causal or zero-phase
   from each row's own end (band-limiting filters, coloured noise): torch runs a recursion as
   one small launch per sample or (torchaudio) a scalar loop after several full-size passes;
-- :func:`stream_uniform`, :func:`keyed_uniform`, :func:`keyed_prefix`: the keyed counter
-  hash of element-wise noise fields (one pass instead of a dozen numpy passes over [B, N])
-  and of the parameter draws (one call instead of a dozen small numpy operations);
+  here four rows run as the lanes of one float64 vector (LLVM IR from numba intrinsics),
+  each lane the scalar recursion operation for operation;
+- :func:`stream_uniform`, :func:`keyed_uniform`, :func:`keyed_prefix`, :func:`keyed_block`:
+  the keyed counter hash of element-wise noise fields (one pass instead of a dozen numpy
+  passes over [B, N]), of the parameter draws (one call instead of a dozen small numpy
+  operations) and of a batch's first draws for every op slot at once;
 - :func:`bands`: the union of per-sample intervals (mask bands) as a [B, size] row mask;
+- :func:`masked_mean`: each sample's mean over its own frames (the masks' mean fill);
 - :func:`triangles`: per-sample (VTLP-warped) mel filterbanks, as the two filters each
   frequency feeds and their weights;
 - :func:`apply_masks`: SpecAugment masks and the zero padding written in one pass;

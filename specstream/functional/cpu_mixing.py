@@ -1,7 +1,8 @@
 """CPU kernels (numba, :mod:`._numba_mixing`) for rows of padded waveform batches: mixing
 at an SNR (:func:`snr_mix`: generated noise; :func:`segment_mix`: recorded segments summed
 at unit power inside the kernel), rescaling to a power (:func:`level`), a log-mel's
-per-sample centre padding (:func:`center_pad`) and resampling (:func:`resample_rows`).
+per-sample centre padding (:func:`center_pad`) and resampling (:func:`resample_rows`; rows
+of several rate pairs in one call: :func:`resample_groups`).
 Each is one pass per row (powers in float64), on all rows into a new tensor or on a list
 of rows in place (the active rows of a batch an op chain owns). The kernels read without
 bounds checks: the wrappers check every per-row argument. Callers use them where
