@@ -969,6 +969,17 @@ def test_masked_mean_kernel_is_the_mean_of_each_samples_own_frames():
         with cpu_kernels.torch_path():
             ref = masked_mean(x, L)
         torch.testing.assert_close(got, ref, rtol=2e-7 if dtype == torch.float32 else 1e-15, atol=0)
+    # both paths: lengths past the frames divide by length x bins (the frames there are
+    # missing), negative lengths count as 0, NaN in the padding is never read
+    x = torch.randn(3, 4, 6, generator=g)
+    x[1, :, 2:] = float("nan")
+    L = torch.tensor([10, 2, -3])
+    got = masked_mean(x, L)
+    with cpu_kernels.torch_path():
+        ref = masked_mean(x, L)
+    torch.testing.assert_close(got, ref, rtol=2e-7, atol=0)
+    assert float(got[2]) == 0.0 and bool(torch.isfinite(got).all())
+    np.testing.assert_allclose(float(got[0]), x[0].double().sum().item() / 40, rtol=1e-6)
 
 
 def test_draw_table_gives_each_draws_own_values():

@@ -1015,3 +1015,27 @@ def test_coloured_noise_filters_both_colours_in_one_call_as_each_alone():
         b32, a32 = (torch.tensor(v, dtype=torch.float32).double().numpy() for v in (b, a))  # the taps as stored
         want = sp_lfilter(b32, a32, white[r].double().numpy())
         np.testing.assert_allclose(got[r].double().numpy(), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def test_iir_kernel_zero_past_each_length_and_strided_input():
+    """Review findings on the vector-lane IIR kernel: a zero-phase row shorter than the others
+    of its unit is 0 past its own length even when its filter is not finite (a non-finite
+    filter fed zeros does not give zeros), as the torch path; and rows of a strided
+    (non-contiguous) x are read where they are, as from a contiguous copy."""
+    from specstream.functional import cpu_kernels
+
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(5, 64, generator=g)
+    n = torch.tensor([64, 10, 30, 64, 5])
+    b = torch.tensor([[float("inf"), 0.1, 0.0]] * 5, dtype=torch.float64)
+    a = torch.tensor([[1.0, -0.5, 0.0]] * 5, dtype=torch.float64)
+    got = cpu_kernels.iir_rows(x, b, a, n)
+    for r in range(5):
+        assert bool((got[r, int(n[r]):] == 0).all()), r
+    big = torch.randn(6, 500, generator=g)
+    strided = big[:, 100:400]
+    bb, aa = torch.tensor([0.2, 0.3, 0.1], dtype=torch.float64), torch.tensor([1.0, -0.4, 0.1], dtype=torch.float64)
+    L = torch.tensor([300, 250, 1, 0, 300, 299])
+    for lengths in (None, L):
+        assert torch.equal(cpu_kernels.iir_rows(strided, bb, aa, lengths),
+                           cpu_kernels.iir_rows(strided.contiguous(), bb, aa, lengths))

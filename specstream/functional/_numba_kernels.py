@@ -257,7 +257,7 @@ def iir_rows(x, coef, n, zero_phase, rows, out):
             _backward4(tmp, mm, out, rr, cT, m)
             for j in range(min(4, R - r0)):
                 orow = out[rr[j]]
-                for t in range(m, N):
+                for t in range(mm[j], N):  # 0 from the row's own end (a non-finite filter fed 0 is not 0)
                     orow[t] = 0
         else:
             _causal4(x, rr, out, cT, N)
@@ -354,13 +354,14 @@ def band_rows(starts, widths, on, out):
 
 @_jit(parallel=True)
 def mean_rows(x, lengths, out):
-    """out[b] = the mean of x[b] [F, T] over its first lengths[b] frames (0 frames: 0): each
-    frame's bins summed in x's dtype, bin by bin in order (torch's x.sum(1) adds them in
-    another order: the same to float roundoff), the frames' sums in float64, divided by
-    max(frames * F, 1)."""
+    """out[b] = the sum of x[b] [F, T] over its first lengths[b] frames (at most T) divided by
+    max(lengths[b] F, 1), as :func:`..frames.masked_mean`: each frame's bins summed in x's
+    dtype, bin by bin in order (torch's x.sum(1) adds them in another order: the same to
+    float roundoff), the frames' sums in float64. Frames past the length are not read."""
     B, F, T = x.shape
     for b in numba.prange(B):
-        L = min(max(lengths[b], 0), T)
+        n = max(lengths[b], 0)
+        L = min(n, T)
         xb = x[b]
         acc = np.zeros(L, x.dtype)
         for f in range(F):
@@ -370,7 +371,7 @@ def mean_rows(x, lengths, out):
         s = 0.0
         for t in range(L):
             s += np.float64(acc[t])
-        out[b] = s / max(L * F, 1)
+        out[b] = s / max(n * F, 1)
 
 
 @_jit(parallel=True)

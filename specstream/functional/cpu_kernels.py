@@ -239,6 +239,8 @@ def iir_rows(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, n: Optional[torc
     ``out`` (x's shape and dtype, contiguous; x itself for in place), the other rows of out
     left as they are. Requires :func:`available`."""
     R, N = x.shape
+    if not x.is_contiguous() and out is not x:  # the kernel finds row r at r * N (an in-place x must be contiguous)
+        x = x.contiguous()
     if rows is None:
         out = torch.empty_like(x)
         sel = np.arange(R, dtype=np.int64)

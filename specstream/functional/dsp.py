@@ -159,12 +159,13 @@ def fft_convolve_spectra(x: torch.Tensor, spectra: torch.Tensor, k: int, m: int,
 
 def biquad(kind: str, f0: torch.Tensor, sample_rate: int, q: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """RBJ cookbook low- or high-pass biquad coefficients per sample: (b [B, 3], a [B, 3]),
-    normalised so a[:, 0] = 1. Host values without a gradient are computed in numpy (a
-    few values per batch, where each torch operation's dispatch costs more than the
-    arithmetic), the same formulas to float64 roundoff."""
+    normalised so a[:, 0] = 1. Float64 host values without a gradient (the filter op's) are
+    computed in numpy (a few values per batch, where each torch operation's dispatch costs
+    more than the arithmetic): the same formulas, with numpy's cos and sin, which differ
+    from torch's by an ulp for some cutoffs."""
     if kind not in ("lowpass", "highpass"):
         raise ValueError(f"biquad: kind must be lowpass or highpass, got {kind!r}")
-    host = f0.is_cpu and not f0.requires_grad
+    host = f0.is_cpu and f0.dtype == torch.float64 and not f0.requires_grad
     xp = np if host else torch
     w0 = 2 * math.pi * (f0.numpy() if host else f0) / sample_rate
     cos, alpha = xp.cos(w0), xp.sin(w0) / (2 * q)

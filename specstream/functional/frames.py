@@ -62,7 +62,7 @@ def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
             and not x.requires_grad and lengths.is_cpu and cpu_kernels.available()):
         return cpu_kernels.masked_mean(x, lengths)
     n = (lengths.clamp(min=0).to(torch.float64) * x.shape[1]).clamp(min=1)
-    per_frame = x.sum(1).to(torch.float64) * lengths_mask(lengths, x.shape[-1])
+    per_frame = torch.where(lengths_mask(lengths, x.shape[-1]), x.sum(1).to(torch.float64), 0.0)  # NaN padding too
     return (per_frame.sum(1) / n).to(x.dtype)
 
 
