@@ -816,17 +816,18 @@ def test_cpu_kernels_load_from_numbas_cache_in_a_new_process():
     import sys
 
     code = (
-        "from specstream.functional import cpu_kernels as ck, _numba_kernels as k, _numba_mixing as m\n"
+        "from specstream.functional import cpu_kernels as ck, _numba_hash as h, _numba_iir as i, _numba_kernels as k,"
+        " _numba_mixing as m\n"
         "assert ck.warm_up()\n"
-        "used = [f for mod in (k, m) for f in vars(mod).values() if hasattr(f, 'stats') and f.signatures]\n"
+        "used = [f for mod in (h, i, k, m) for f in vars(mod).values() if hasattr(f, 'stats') and f.signatures]\n"
         "print(len(ck._kernel), len(used), sum(sum(f.stats.cache_misses.values()) for f in used))\n"
     )
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
             for _ in range(2)]
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
-    # warm_up called every kernel (18), and none was compiled again
-    assert runs[1].stdout.split() == ["18", "18", "0"], runs[1].stdout
+    # warm_up called every kernel (17), and none was compiled again
+    assert runs[1].stdout.split() == ["17", "17", "0"], runs[1].stdout
 
 
 def test_cpu_kernel_in_a_forked_child_falls_back_to_the_torch_path():
@@ -984,14 +985,15 @@ def test_masked_mean_kernel_is_the_mean_of_each_samples_own_frames():
 
 def test_draw_table_gives_each_draws_own_values():
     """A policy's host draws come from one table hashed per batch (the first draws of every op
-    slot): each draw must equal the draw hashed on its own (keyed_uniform_np), for draws in
+    slot): each draw must equal the draw hashed on its own (keyed_uniform_array), for draws in
     the table and past it (more values, later draws), and a whole policy's recorded
     parameters must equal those drawn without the table."""
     import numpy as np
 
     from specstream.augment.core import Context
     from specstream.augment.policy import Policy
-    from specstream.functional.random import DrawTable, keyed_prefix, keyed_uniform_np
+    from specstream.functional.cpu_kernels import keyed_uniform_array
+    from specstream.functional.random import DrawTable, keyed_prefix
 
     ids = torch.arange(9, dtype=torch.int64) * 7919 + 3
     flat = np.ascontiguousarray(keyed_prefix(5, 2, ids).numpy().reshape(-1))
@@ -1000,7 +1002,7 @@ def test_draw_table_gives_each_draws_own_values():
         for draw in (0, 1, 3, 4, 10):
             for n in (1, 2, 4, 5, 20):
                 op = slot * 64 + draw
-                assert np.array_equal(table.uniform(op, n), keyed_uniform_np(flat, op, n)), (slot, draw, n)
+                assert np.array_equal(table.uniform(op, n), keyed_uniform_array(flat, op, n)), (slot, draw, n)
     policy = Policy.from_dict({"ops": [{"op": "wave_gain"}, {"op": "noise", "colour": ["white", "pink"], "p": 0.5},
                                        {"op": "filter", "p": 0.5}, {"op": "freq_mask", "count": 3},
                                        {"op": "time_mask", "count": 6}]})

@@ -35,14 +35,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, FrozenSet, Optional, Type
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
 from ..functional.frames import move_frames, pad_to, zero_padding
-from ..functional.random import DrawTable, hash32, host_draws, keyed_prefix, keyed_uniform_np, uniform
+# the op contract's names, one import for the ops' files: draws (draws.py), setting checks (checks.py)
+from .checks import check, check_choice, check_number, check_range  # noqa: F401
+from .draws import Context, _host, lerp, randint  # noqa: F401
 
 Params = Dict[str, torch.Tensor]
 
@@ -181,88 +182,6 @@ class WaveBatch(_Rows):
     frame_targets: Optional[torch.Tensor] = None  # carried, not moved (Policy.featurize rescales them)
 
 
-# ----------------------------------------------------------------------------- randomness
-
-@dataclass
-class Context:
-    """What an op may draw from: per-sample counter-based uniforms keyed by sample id.
-
-    Parameter draws are small ([B, n]) and are hashed on the host, then copied to the batch's
-    device in one transfer: on a GPU the hash's integer steps would each be a kernel launch
-    (hundreds per op), and a gate known on the host needs no device sync. The values are
-    the same integers on every device (the hash is exact), so CPU and CUDA draw alike.
-    Element-wise fields too large to copy (noise) are hashed on the device from
-    :meth:`stream_keys`."""
-
-    ids: torch.Tensor  # [B] int64 key ids (on the host or the batch's device)
-    seed: int
-    epoch: Union[int, torch.Tensor]  # an int, or [B] per sample (rows from different passes)
-    slot: int  # the op's position in its policy
-    counter: int = 0
-    prefix: Optional[torch.Tensor] = None  # keyed_prefix(seed, epoch, ids) on the host, shared by a policy's ops
-    device: Optional[torch.device] = None  # where draws go (default: the ids' device)
-    flat: Optional[np.ndarray] = None  # the prefix as a flat int64 array (host draws), shared like it
-    table: Optional[DrawTable] = None  # the batch's first draws, hashed at once (host draws)
-
-    def __post_init__(self):
-        if self.device is None:
-            self.device = self.ids.device
-        if not isinstance(self.device, torch.device):
-            self.device = torch.device(self.device)
-        self._on_host = self.device.type == "cpu"  # asked per draw (a device's type builds a string)
-
-    def _prefix(self) -> torch.Tensor:
-        if self.prefix is None:
-            epoch = self.epoch.cpu() if isinstance(self.epoch, torch.Tensor) else self.epoch
-            self.prefix = keyed_prefix(self.seed, epoch, self.ids.cpu())
-        return self.prefix
-
-    def _next(self) -> int:
-        self.counter += 1
-        return self.slot * 64 + self.counter - 1
-
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        # non_blocking: a pageable host tensor is staged at once, with no wait on the stream
-        return t if self._on_host else t.to(self.device, non_blocking=True)
-
-    def uniform(self, n: int = 1) -> torch.Tensor:
-        """[B, n] uniforms in [0, 1); successive calls draw fresh streams."""
-        if self._on_host and host_draws():  # the kernel on the flat prefix (the same values, fewer calls)
-            return torch.from_numpy(self.uniform_np(n))
-        return self._to_device(uniform(self.seed, self.epoch, self.ids, self._next(), n, prefix=self._prefix()))
-
-    def uniform_np(self, n: int = 1) -> np.ndarray:
-        """:meth:`uniform` as a numpy array, for host draws (requires a host device and
-        :func:`~specstream.functional.random.host_draws`)."""
-        if self.table is not None:
-            return self.table.uniform(self._next(), n)
-        if self.flat is None:
-            self.flat = np.ascontiguousarray(self._prefix().numpy().reshape(-1), dtype=np.int64)
-        return keyed_uniform_np(self.flat, self._next(), n)
-
-    def normal(self, n: int = 1) -> torch.Tensor:
-        """[B, n] standard normals (Box-Muller on two uniform streams)."""
-        u1, u2 = 1.0 - self.uniform(n), self.uniform(n)
-        return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
-
-    def stream_keys(self) -> torch.Tensor:
-        """[B] int64: one 32-bit key per sample naming a stream of element draws, for
-        fields too large to record (noise, per-frame choices): the op records the key and
-        regenerates the field from it (:func:`~specstream.functional.random.stream_field`),
-        so the recorded parameters stay small and replay is exact."""
-        prefix = self._prefix()
-        return self._to_device(hash32([self._next()], state=prefix.reshape(-1)))
-
-
-def _host(u: torch.Tensor) -> bool:
-    """A draw that numpy can finish: a few float32 values on the host, no gradient. Each
-    torch operation on such a tensor costs several times its arithmetic in dispatch (more
-    after a batch's kernels have pushed the interpreter's and torch's code out of the
-    caches); numpy gives the same float32 values (scalars cast to float32 as torch casts
-    them)."""
-    return u.is_cpu and u.dtype == torch.float32 and not u.requires_grad
-
-
 _NUMPY_TYPES = (torch.float32, torch.float64, torch.int64, torch.int32, torch.bool)
 
 
@@ -274,91 +193,6 @@ def _pick(v, rows: torch.Tensor, r: Optional[np.ndarray]):
     if r is not None and v.is_cpu and v.dtype in _NUMPY_TYPES and not v.requires_grad:
         return torch.from_numpy(v.numpy()[r])
     return v.index_select(0, rows.to(v.device))
-
-
-def randint(u: torch.Tensor, low, high) -> torch.Tensor:
-    """Integers in [low, high] (inclusive, broadcast) from uniforms in [0, 1)."""
-    if isinstance(low, int) and isinstance(high, int) and high >= low:  # the same values, fewer operations
-        if _host(u):
-            v = np.floor(u.numpy() * np.float32(high - low + 1)).astype(np.int64)
-            return torch.from_numpy(np.minimum(v, high - low) + low)
-        return torch.floor(u * (high - low + 1)).to(torch.int64).clamp_(max=high - low).add_(low)
-    if _host(u) and all(not isinstance(b, torch.Tensor) or (b.is_cpu and not b.dtype.is_floating_point)
-                        for b in (low, high)):
-        lo, hi = (b.numpy() if isinstance(b, torch.Tensor) else np.int64(b) for b in (low, high))
-        span = np.maximum(hi - lo + 1, 1).astype(np.float32)  # int64 -> float32, as torch's product casts it
-        v = lo + np.floor(u.numpy() * span).astype(np.int64)
-        return torch.from_numpy(np.asarray(np.minimum(v, hi), dtype=np.int64))
-    low = torch.as_tensor(low, device=u.device)
-    high = torch.as_tensor(high, device=u.device)
-    span = (high - low + 1).clamp(min=1)
-    return (low + torch.floor(u * span).to(torch.int64)).minimum(high.to(torch.int64)).to(torch.int64)
-
-
-def lerp(r: Tuple[float, float], u: torch.Tensor) -> torch.Tensor:
-    """r[0] + (r[1] - r[0]) u, in u's dtype (float32 draws: the scalars cast to float32)."""
-    if _host(u):
-        return torch.from_numpy(np.float32(r[1] - r[0]) * u.numpy() + np.float32(r[0]))
-    return r[0] + (r[1] - r[0]) * u
-
-
-# ----------------------------------------------------------------------------- validation
-
-def check(op: str, key: str, value, ok: bool, allowed: str):
-    """``value`` if ``ok``, else a ConfigError naming op, key, value and what is allowed."""
-    if not ok:
-        raise ConfigError(f"{op}.{key}: {value!r} is not allowed; expected {allowed}")
-    return value
-
-
-def check_range(op: str, key: str, value, lo: float = -math.inf, hi: float = math.inf,
-                lo_open: bool = False, hi_open: bool = False) -> Tuple[float, float]:
-    """A [min, max] pair (a single number means [x, x]) within [lo, hi] (open ends where
-    asked), min <= max; else a ConfigError naming op, key, value and the allowed range."""
-    single = _num(value) if not isinstance(value, (list, tuple)) else None
-    pair = (single, single) if single is not None else value
-    good, a, b = False, 0.0, 0.0
-    if isinstance(pair, (list, tuple)) and len(pair) == 2:
-        na, nb = _num(pair[0]), _num(pair[1])
-        if na is not None and nb is not None:
-            good, a, b = True, float(na), float(nb)
-    inside = (a > lo if lo_open else a >= lo) and (b < hi if hi_open else b <= hi)
-    allowed = (f"a number or [min, max] with {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-               f" and min <= max")
-    check(op, key, list(value) if isinstance(value, tuple) else value, good and inside and a <= b, allowed)
-    return a, b
-
-
-def _num(value):
-    """A number, or a string YAML left unparsed ("1e-6": YAML 1.1 wants a dot), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def check_number(op: str, key: str, value, lo: float = -math.inf, hi: float = math.inf,
-                 lo_open: bool = False, hi_open: bool = False, integer: bool = False):
-    raw, value = value, _num(value)
-    ok = value is not None and math.isfinite(float(value))
-    ok = ok and (not integer or float(value) == int(value))
-    if ok:
-        v = float(value)
-        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    kind = "an integer" if integer else "a number"
-    allowed = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    check(op, key, raw, ok, allowed)
-    return int(value) if integer else float(value)
-
-
-def check_choice(op: str, key: str, value, choices: Sequence):
-    return check(op, key, value, value in choices, "one of " + ", ".join(map(str, choices)))
 
 
 def import_families(package: str, path) -> None:
@@ -436,7 +270,7 @@ class Op:
     # -- the contract
     def sample(self, ctx: Context, batch) -> Params:
         """Draw the gate (``active``: U < p) and the parameters; both are recorded."""
-        if ctx._on_host and host_draws():  # the gate in numpy (the same comparison in float32)
+        if ctx.host_draws():  # the gate in numpy (the same comparison in float32)
             active = torch.from_numpy(ctx.uniform_np(1)[:, 0] < np.float32(self.p))
         else:
             active = ctx.uniform(1)[:, 0] < self.p

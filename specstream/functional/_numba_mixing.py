@@ -127,7 +127,7 @@ def center_pad_rows(wave, lengths, pad, reflect, out):
 # ----------------------------------------------------------------------------- resampling
 
 _F32, _I64, _I32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
-PHASE_LANES = 16  # resample_rows: rate pairs with up to this many output phases take the lane path
+PHASE_LANES = 16  # resample_group_rows: rate pairs with up to this many output phases take the lane path
 _FRAME_BLOCK = 8  # frames whose sums run side by side (independent chains of fused multiply-adds)
 
 
@@ -204,7 +204,7 @@ def _tap(xp, k, o, nfr):
 
 @numba.njit(inline="always")
 def _resample_row(xr, orow, L, kern, kT, width, o, n, copy, lanes):
-    """Row xr over its first L samples resampled into orow (see :func:`resample_rows`; the
+    """Row xr over its first L samples resampled into orow (see :func:`resample_group_rows`; the
     caller's fast-math flags apply, the function being inlined)."""
     M = orow.shape[0]
     P, K = kern.shape
@@ -277,40 +277,24 @@ def _resample_row(xr, orow, L, kern, kT, width, o, n, copy, lanes):
 
 
 @_jit(parallel=True, fastmath={"contract"})
-def resample_rows(x, lengths, kern, width, o, n, sel, out):
-    """Row sel[r] of x resampled by n / o (torchaudio's polyphase sinc kernel ``kern`` [n,
-    taps] float32, ``width`` samples of left context) over its first lengths[r] samples
-    (zeros around them), into row sel[r] of out: output sample j = f n + p is
-    sum_k x[f o + k - width] kern[p, k] for j < ceil(lengths[r] n / o), 0 after.
-    The sums run over the taps in order, in float32 (fused multiply-adds), as torchaudio's
-    convolution runs them, on one of two layouts:
+def resample_group_rows(x, lengths, group, kerns, kTs, gp, sel, out):
+    """Row sel[r] of x resampled by n / o over its first lengths[r] samples (zeros around
+    them), into row sel[r] of out, with the rate pair of its group g = group[r]: gp[g] =
+    (o, n, width, P, K, copy, lanes), torchaudio's polyphase sinc kernel ``kern`` =
+    kerns[g, :P, :K] ([n, taps] float32, ``width`` samples of left context) and its columns
+    kTs[g, :K]. Output sample j = f n + p is sum_k x[f o + k - width] kern[p, k] for
+    j < ceil(lengths[r] n / o), 0 after. The sums run over the taps in order, in float32
+    (fused multiply-adds), as torchaudio's convolution runs them, on one of two layouts:
 
-    - up to 16 phases (the speed factors' 11 -> 10 and 9 -> 10): one frame's n outputs are
-      the lanes of a vector, each tap one multiply-add of the frame's sample with the
-      kernel's column (:func:`_phase_lanes`), written straight into the row;
+    - 4 to 16 phases (flag ``lanes``: the speed factors' 11 -> 10 and 9 -> 10): one frame's
+      n outputs are the lanes of a vector, each tap one multiply-add of the frame's sample
+      with the kernel's column (:func:`_phase_lanes`), written straight into the row;
     - otherwise vectorised over frames f: the row is split into its o polyphase components,
       so each tap of a phase is one contiguous multiply-add over all frames (eight taps per
       pass, so the partial sums are read and written an eighth as often).
 
-    The identity (o = n = 1, one tap of weight 1 at width 0) is a copy of the row's own
-    samples."""
-    N = x.shape[1]
-    P, K = kern.shape
-    copy = o == 1 and n == 1 and K == 1 and width == 0 and kern[0, 0] == 1.0
-    lanes = 4 <= P <= PHASE_LANES
-    kT = np.zeros((K if lanes else 0, PHASE_LANES), np.float32)  # the kernel's columns, one vector per tap
-    for p in range(P if lanes else 0):
-        for k in range(K):
-            kT[k, p] = kern[p, k]
-    for r in numba.prange(sel.shape[0]):
-        _resample_row(x[sel[r]], out[sel[r]], min(max(lengths[r], 0), N), kern, kT, width, o, n, copy, lanes)
-
-
-@_jit(parallel=True, fastmath={"contract"})
-def resample_group_rows(x, lengths, group, kerns, kTs, gp, sel, out):
-    """:func:`resample_rows` of rows of several rate pairs in one call: row sel[r] with group
-    group[r]'s pair, gp[g] = (o, n, width, taps' rows P, taps K, copy, lanes) (flags as
-    :func:`resample_rows` sets them), its kernel kerns[g, :P, :K] and columns kTs[g, :K]."""
+    The identity (flag ``copy``: o = n = 1, one tap of weight 1 at width 0) is a copy of the
+    row's own samples. One rate pair or several, in one parallel region."""
     N = x.shape[1]
     for r in numba.prange(sel.shape[0]):
         g = group[r]

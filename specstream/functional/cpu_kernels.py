@@ -63,15 +63,18 @@ if hasattr(os, "register_at_fork"):
 
 def _compile():
     """The kernels by short name (compiled on first call, or loaded from numba's cache)."""
+    from . import _numba_hash as h
+    from . import _numba_iir as i
     from . import _numba_kernels as k
     from . import _numba_mixing as m
 
-    return {"interp": k.interp_rows, "iir": k.iir_rows, "stream": k.stream_uniform_rows,
-            "keyed": k.keyed_uniform_rows, "keyed_block": k.keyed_block_rows, "prefix": k.prefix_rows, "bands": k.band_rows, "mean": k.mean_rows,
+    return {"interp": k.interp_rows, "iir": i.iir_rows, "stream": h.stream_uniform_rows,
+            "keyed": h.keyed_uniform_rows, "keyed_block": h.keyed_block_rows, "prefix": h.prefix_rows,
+            "bands": k.band_rows, "mean": k.mean_rows,
             "triangles": k.triangle_pair_rows, "mask": k.mask_rows, "mel": k.mel_rows,
             "mel_pairs": k.mel_pair_rows,
             "snr_mix": m.snr_mix_rows, "segment_mix": m.segment_mix_rows, "level": m.level_rows,
-            "center_pad": m.center_pad_rows, "resample": m.resample_rows, "resample_groups": m.resample_group_rows}
+            "center_pad": m.center_pad_rows, "resample_groups": m.resample_group_rows}
 
 
 def _use_omp_layer() -> None:
@@ -158,7 +161,7 @@ def warm_up() -> bool:
     from the cache instead of each compiling them. False when the kernels are off."""
     if not available():
         return False
-    from .cpu_mixing import center_pad, level, resample_groups, resample_rows, segment_mix, snr_mix
+    from .cpu_mixing import center_pad, level, resample_groups, segment_mix, snr_mix
 
     x, n = torch.randn(5, 40), torch.tensor([40, 3, 0, 9, 40])
     iir_rows(x, torch.tensor([1.0, 0.5]), torch.tensor([1.0, -0.5]), n)
@@ -182,7 +185,6 @@ def warm_up() -> bool:
     segment_mix(x, n, torch.randn(100), torch.zeros(5, 1, dtype=torch.int64), torch.ones(5, dtype=torch.int64),
                 torch.zeros(5))
     center_pad(x, n, 4, True)
-    resample_rows(x, n[:2], torch.rand(3, 8), 2, 2, 3, torch.tensor([0, 2]), torch.empty(5, 60))
     resample_groups(x, n[:3], torch.tensor([0, 2, 4]), torch.tensor([0, 1, 0]),
                     [(torch.rand(3, 8), 2, 2, 3), (torch.ones(1, 1), 0, 1, 1)], torch.empty(5, 60))
     return True

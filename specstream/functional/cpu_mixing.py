@@ -151,21 +151,8 @@ def resample_rows(x: torch.Tensor, lengths: torch.Tensor, kernel: torch.Tensor, 
     same taps summed in the same order: equal bit for bit on the rate pairs and lengths
     tested, except rows of a few samples, where torchaudio's convolution runs another
     way). Requires :func:`available`."""
-    if (x.dim() != 2 or out.dim() != 2 or out.shape[0] != x.shape[0] or not _rows_f32(x, out)
-            or not (x.is_contiguous() and out.is_contiguous())):
-        raise ValueError(f"resample_rows: contiguous float32 CPU rows in and out with as many rows, not "
-                         f"{tuple(x.shape)} {x.dtype} -> {tuple(out.shape)} {out.dtype}")
-    kern = np.ascontiguousarray(kernel.detach().to(torch.float32).numpy())
-    if kern.ndim != 2 or kern.shape[0] != new or orig < 1 or new < 1 or not 0 <= width < kern.shape[1]:
-        raise ValueError(f"resample_rows: a kernel [{new}, taps] with 0 <= width < taps, not {kern.shape}, "
-                         f"width {width}")
-    sel = _per_row(rows, torch.int64, rows.numel(), "rows")
-    if not _distinct_below(sel, x.shape[0]):
-        raise ValueError(f"resample_rows: rows must be distinct indices below {x.shape[0]}")
-    if sel.size and out.shape[1]:
-        _launch("resample", x.numpy(), _per_row(lengths, torch.int64, sel.size, "lengths"), kern, int(width),
-                int(orig), int(new), sel, out.numpy())
-    return out
+    return resample_groups(x, lengths, rows, torch.zeros(rows.numel(), dtype=torch.int64),
+                           [(kernel, width, orig, new)], out)
 
 
 PHASE_LANES = 16  # as the kernels' own constant: rate pairs with 4..16 output phases take vector lanes

@@ -167,19 +167,12 @@ def host_draws() -> bool:
     return _HOST and cpu_kernels.available()
 
 
-def keyed_uniform_np(prefix: np.ndarray, op: int, n: int) -> np.ndarray:
-    """:func:`uniform`'s values as a numpy array for the flat int64 hash states ``prefix`` [B]
-    at op slot ``op`` (host draws: the kernel, called with the array it reads; requires
-    :func:`host_draws`)."""
-    return cpu_kernels.keyed_uniform_array(prefix, op, n)
-
-
 class DrawTable:
     """The first uniforms of the first draws of every op slot of a policy for one batch,
     hashed in one kernel call when first asked for (host draws): a draw of at most
     ``VALUES`` values among an op's first ``DRAWS`` is a copy of its slice, the same values
-    as :func:`keyed_uniform_np` (the element t of a draw does not depend on how many are
-    drawn). Others are hashed on their own."""
+    as :func:`.cpu_kernels.keyed_uniform_array` (the element t of a draw does not depend on
+    how many are drawn). Others are hashed on their own."""
 
     DRAWS, VALUES = 4, 4
 
@@ -192,7 +185,7 @@ class DrawTable:
             if self._table is None:
                 self._table = cpu_kernels.keyed_block(self.prefix, self.slots, self.DRAWS, self.VALUES)
             return self._table[:, slot, draw, :n].copy()
-        return keyed_uniform_np(self.prefix, op, n)
+        return cpu_kernels.keyed_uniform_array(self.prefix, op, n)
 
 
 def unit_float(h: torch.Tensor) -> torch.Tensor:

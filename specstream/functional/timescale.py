@@ -62,6 +62,16 @@ def resample(x: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
     return y[:, :target]
 
 
+def _rate_kernel(o: int, n: int, x: torch.Tensor):
+    """(kernel [new, taps], width, orig, new) as the CPU kernel takes them for the rate pair
+    o -> n: torchaudio's sinc kernel of the reduced pair, or for o = n the copy (one tap of
+    weight 1)."""
+    if o == n:
+        return torch.ones(1, 1), 0, 1, 1
+    oo, nn, kernel, width = _sinc_kernel(o, n, x.device, x.dtype)
+    return kernel, width, oo, nn
+
+
 def resample_groups_into(x: torch.Tensor, lengths: torch.Tensor, groups, out: torch.Tensor) -> torch.Tensor:
     """:func:`resample_into` for several rate pairs at once: ``groups`` is a list of (rows,
     orig, new) (rows distinct across groups), ``lengths`` [B] the lengths of every row of x.
@@ -73,12 +83,7 @@ def resample_groups_into(x: torch.Tensor, lengths: torch.Tensor, groups, out: to
     if _get_sinc_resample_kernel is not None and _kernel_applies(x, out):
         kernels, rows, group = [], [], []
         for g, (r, o, n) in enumerate(groups):
-            o, n = int(o), int(n)
-            if o == n:  # a copy of each row's own samples: one tap of weight 1
-                kernels.append((torch.ones(1, 1), 0, 1, 1))
-            else:
-                oo, nn, kernel, width = _sinc_kernel(o, n, x.device, x.dtype)
-                kernels.append((kernel, width, oo, nn))
+            kernels.append(_rate_kernel(int(o), int(n), x))
             rows.append(r)
             group.append(torch.full((r.numel(),), g, dtype=torch.int64))
         rows, group = torch.cat(rows), torch.cat(group)
@@ -99,11 +104,7 @@ def resample_into(x: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, or
     call straight into out's rows (no gathered copy of the rows, no result to scatter)."""
     o, n = int(orig_freq), int(new_freq)
     if _get_sinc_resample_kernel is not None and _kernel_applies(x, out):
-        if o == n:  # a copy of each row's own samples: one tap of weight 1
-            o, n, kernel, width = 1, 1, torch.ones(1, 1), 0
-        else:
-            o, n, kernel, width = _sinc_kernel(o, n, x.device, x.dtype)
-        return cpu_mixing.resample_rows(x, lengths, kernel, width, o, n, rows, out)
+        return cpu_mixing.resample_rows(x, lengths, *_rate_kernel(o, n, x), rows, out)
     L = lengths.to(torch.int64)
     x = zero_padding(x.index_select(0, rows)[:, : int(L.max()) if L.numel() else 0], L, inplace=True)  # a copy
     y = resample(x, o, n)[:, : out.shape[1]]

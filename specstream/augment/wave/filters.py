@@ -72,21 +72,18 @@ class Filter(WaveOp):
         sr = batch.sample_rate
         nyq = sr / 2 * 0.999
         kind = params["kind"]
-        if kind.is_cpu and rows.is_cpu:  # the rows of each edge picked in numpy (the same rows and cutoffs)
-            k, r = kind.numpy(), rows.numpy()
-            for edge, use, f in (("highpass", k >= 1, params["low_hz"]), ("lowpass", (k == 0) | (k == 2),
-                                                                          params["high_hz"])):
-                w = np.flatnonzero(use)
-                if w.size:
-                    f0 = np.clip(f.numpy()[w], np.float32(1.0), np.float32(nyq)).astype(np.float64)
-                    b, a = biquad(edge, torch.from_numpy(f0), sr, self.q)
-                    filter_rows_(batch.audio, b, a, torch.from_numpy(r[w]), batch.lengths)
-            return batch
+        host = kind.is_cpu and rows.is_cpu  # the rows and cutoffs of each edge picked in numpy (the same values)
+        k = kind.numpy() if host else kind
         # high-pass edge (kinds highpass and bandpass), then low-pass edge (lowpass, bandpass)
-        for edge, use, f in (("highpass", kind >= 1, params["low_hz"]),
-                             ("lowpass", (kind == 0) | (kind == 2), params["high_hz"])):
-            which = use.nonzero()[:, 0]
-            if which.numel():
-                b, a = biquad(edge, f[which].clamp(1.0, nyq).to(torch.float64), sr, self.q)
-                filter_rows_(batch.audio, b, a, rows[which], batch.lengths)
+        for edge, use, f in (("highpass", k >= 1, params["low_hz"]), ("lowpass", (k == 0) | (k == 2),
+                                                                      params["high_hz"])):
+            if host:
+                w = np.flatnonzero(use)
+                f0 = torch.from_numpy(np.clip(f.numpy()[w], np.float32(1.0), np.float32(nyq)).astype(np.float64))
+                which = torch.from_numpy(rows.numpy()[w])
+            else:
+                w = use.nonzero()[:, 0]
+                f0, which = f[w].clamp(1.0, nyq).to(torch.float64), rows[w]
+            if len(w):
+                filter_rows_(batch.audio, *biquad(edge, f0, sr, self.q), which, batch.lengths)
         return batch
