@@ -15,6 +15,9 @@
    relative to torchaudio's MelSpectrogram + log on the same batch (a fixed reference:
    the first ratio grows whenever our own log-mel gets faster).
 4. kernels (CPU): each fused numba kernel against the torch path it replaces, same inputs.
+5. calls (CPU): what one small call costs right after a large torch operation (a pass over
+   megabytes, as every op of the stage makes) against the same call repeated: a torch
+   addition, a numpy addition and a serial numba kernel call on 64 values.
 
 Medians over bursts of 5 calls after warm-up (--reps calls in all), contenders' bursts interleaved;
 ratios printed against the baselines. By default glibc trims freed memory, so big buffers
@@ -188,6 +191,10 @@ def bench_stages(args, device) -> None:
     idle = build_policy({"ops": [dict(o, p=0.0) for o in realistic_ops]}, banks=loader)
     parts.append(("realistic policy, every op at p = 0", featurize(idle)))
     realistic = build_policy({"ops": realistic_ops}, banks=loader)
+    # the same batch replaying the parameters the policy records: the whole stage without its draws
+    recorded = realistic.featurize(wave, L, logmel, 16000, key_ids=ids, seed=0, epoch=0).params
+    parts.append(("realistic policy, replaying its params", lambda: realistic.featurize(
+        wave, L, logmel, 16000, key_ids=ids, seed=0, epoch=0, params=recorded)))
     parts.append(("realistic policy (whole stage)", featurize(realistic)))
     times = timed([fn for _, fn in parts], args.reps, device)
     base = times[0]
@@ -196,7 +203,9 @@ def bench_stages(args, device) -> None:
         alone = "" if t is base or name.startswith("torchaudio") else f"{(t - base) / audio_s * 1e3:8.2f}ms"
         print(f"{name:40s} {t * 1e3:9.2f} {t / audio_s * 1e3:10.3f} {audio_s / t:10.0f} {alone:>10s}")
     print(f"  whole stage with the realistic policy / log-mel alone: {times[-1] / base:.1f}x "
-          f"(every op at p = 0: {times[-2] / base:.1f}x)")
+          f"(every op at p = 0: {times[-3] / base:.1f}x)")
+    print(f"  the parameter draws in the stage: {(times[-1] - times[-2]) * 1e3:.2f} ms per batch "
+          f"(whole stage - the same stage replaying its recorded parameters)")
     print(f"  whole stage with the realistic policy / torchaudio's log-mel: {times[-1] / times[1]:.1f}x "
           f"(a denominator that does not move when our log-mel gets faster)")
     print("  ('op alone' = (op + log-mel) - log-mel, per audio-second; noisy on a shared machine)")
@@ -209,6 +218,36 @@ def bench_stages(args, device) -> None:
           f"(freed memory {'kept' if args.keep_freed_memory else 'returned to the OS'})")
 
 
+def bench_calls(args) -> None:
+    """A small call's cost right after a large torch operation (which pushes the
+    interpreter's and torch's code out of the caches, as each op's pass over the batch does
+    in the featurize stage) against the same call repeated back to back."""
+    import numpy as np
+
+    from specstream.functional import cpu_kernels
+
+    if not cpu_kernels.available():
+        print("calls: the numba kernels are off")
+        return
+    big = torch.randn(64, 40000)  # 10 MB, as a batch of waveforms
+    t64, a64 = torch.ones(64), np.ones(64)
+    prefix = np.arange(64, dtype=np.int64)
+    calls = [("torch addition [64]", lambda: t64 + 1), ("numpy addition [64]", lambda: a64 + 1),
+             ("numba kernel call (keyed draw [64, 2])", lambda: cpu_kernels.keyed_uniform_array(prefix, 3, 2))]
+    print(f"\nsmall calls, median of {max(args.reps, 50) * 4} (us): after a pass over 10 MB by torch vs back to back")
+    for name, fn in calls:
+        res = []
+        for before in (lambda: big.add_(1.0), lambda: None):
+            ts = []
+            for _ in range(max(args.reps, 50) * 4):
+                before()
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            res.append(statistics.median(ts) * 1e6)
+        print(f"  {name:40s} {res[0]:8.1f} after the pass {res[1]:8.1f} back to back ({res[0] / res[1]:.0f}x)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=20)
@@ -216,7 +255,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--peak-gbs", type=float, default=3350.0, help="GPU memory bandwidth (H100 SXM ~3350 GB/s)")
-    p.add_argument("--part", choices=["masks", "warp", "stages", "kernels", "all"], default="all")
+    p.add_argument("--part", choices=["masks", "warp", "stages", "kernels", "calls", "all"], default="all")
     p.add_argument("--corpus", help="reference corpus folder (its first shard feeds the stages part)")
     p.add_argument("--stage-batch", type=int, default=64)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
@@ -236,6 +275,9 @@ def main(argv=None) -> int:
         return 0
     if args.part == "kernels":
         bench_kernels(args)
+        return 0
+    if args.part == "calls":
+        bench_calls(args)
         return 0
     B, Fq, T = args.batch, 80, args.frames
     g = torch.Generator().manual_seed(0)
