@@ -714,9 +714,11 @@ def test_filtfilt_and_lfilter_keep_gradients():
 
 @pytest.mark.parametrize("path", ["kernel", "torch"])
 def test_resample_kernel_equals_torchaudio(path):
-    """resample() against torchaudio's on the speed factors' and the decoder's rate pairs:
-    the CPU kernel sums the same taps in the same order (equal bit for bit), the matrix
-    product (the torch path, which CUDA runs) to float roundoff."""
+    """resample() against torchaudio's on the speed factors' and the decoder's rate pairs,
+    to float roundoff: the CPU kernel sums the same taps in the same order, the matrix
+    product (the torch path, which CUDA runs) in another. Not bit for bit: torchaudio's own
+    convolution changes its last bit with the thread count and the batch's shape (a row
+    alone vs inside a batch, 2 threads, an AMD EPYC)."""
     import contextlib
 
     import torchaudio.functional as AF
@@ -730,7 +732,7 @@ def test_resample_kernel_equals_torchaudio(path):
                           (22050, 16000), (1, 7)):
             want = AF.resample(x, orig, new)
             got = resample(x, orig, new)
-            torch.testing.assert_close(got, want, rtol=0, atol=0 if path == "kernel" else 1e-6)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("path", ["kernel", "torch"])
@@ -761,8 +763,7 @@ def test_resample_into_rows_equals_torchaudio_on_each_row_alone(path):
                 want = AF.resample(x[r, :L], orig, new)[:W] if L else torch.zeros(0)
                 n = -(-L * new // orig)
                 assert want.shape[0] == min(n, W)
-                torch.testing.assert_close(out[r, : want.shape[0]], want, rtol=0,
-                                           atol=0 if path == "kernel" else 1e-6)
+                torch.testing.assert_close(out[r, : want.shape[0]], want, rtol=0, atol=1e-6)
                 assert bool((out[r, want.shape[0]:] == 0).all())
             assert bool((out[[1, 3]] == 7.0).all())  # rows not listed: left as they were
     if path == "kernel":
