@@ -42,11 +42,21 @@ class SmallCNN(torch.nn.Module):
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """The batch's mean loss over its labelled rows (``labels.required: false`` keeps
+    samples without a label: class -1, a multi-hot row of -1, or mixup's all-zero soft row;
+    they add nothing). Multi-label: binary cross-entropy; class indices: cross-entropy; soft
+    targets (mixup): soft cross-entropy."""
     if multi_label:
-        return F.binary_cross_entropy_with_logits(logits, target.float())
-    if target.dtype.is_floating_point:  # soft targets (mixup)
-        return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-    return F.cross_entropy(logits, target)
+        t = target.float()
+        has = ~(t < 0).any(-1)
+        per_row = F.binary_cross_entropy_with_logits(logits, t.clamp(min=0), reduction="none").mean(-1)
+    elif target.dtype.is_floating_point:  # soft targets (mixup)
+        has = target.sum(-1) > 0
+        per_row = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
+    else:
+        has = target >= 0
+        per_row = F.cross_entropy(logits, target.clamp(min=0), reduction="none")
+    return (per_row * has).sum() / has.sum().clamp(min=1)
 
 
 def report_checkpoint(model, history, stream_state, metrics, optimizer=None) -> None:

@@ -59,6 +59,46 @@ def test_defect01_mixup_with_unlabelled_rows():
     assert bool((j[has] != torch.arange(B)[has]).all())
 
 
+def test_defect01_mixup_with_unlabelled_multi_label_rows():
+    """Multi-label "no label" (a row with a negative entry, what ``labels.required: false``
+    gives) comes out as it went in, unmixed, never a partner; a row of zeros is a label
+    ("no class present") and mixes. The trainer's loss skips the unlabelled rows."""
+    from specstream.augment import Mixup, Policy
+    from specstream.trainer import loss_fn
+
+    torch.manual_seed(2)
+    B, C = 8, 3
+    x = torch.randn(B, 10, 30)
+    L = torch.tensor([30, 25, 30, 20, 30, 28, 30, 22])
+    x = x * _valid(L, 30)[:, None, :]
+    y = torch.tensor([[1.0, 0, 1], [-1, -1, -1], [0, 0, 0], [0, 1, 0], [-1, -1, -1], [1, 0, 0], [0, 0, 1],
+                      [1, 1, 1]])
+    has = ~(y < 0).any(-1)
+    out = Policy([Mixup(alpha=1.0)])(x, L, keys=[f"m{i}" for i in range(B)], targets=y)
+    j, lam = out.params[0]["partner"], out.params[0]["lam"]
+    mixed = 0
+    for i in range(B):
+        if not has[i]:
+            assert torch.equal(out.features[i], x[i]) and torch.equal(out.targets[i], y[i]), i
+            continue
+        assert has[j[i]] and j[i] != i, (i, int(j[i]))
+        w = (1 - lam[i]) * min(L[i], L[j[i]]) / L[i]
+        torch.testing.assert_close(out.targets[i], (1 - w) * y[i] + w * y[j[i]])
+        mixed += 1
+    assert mixed == 6 and bool(has[2])  # the zeros row (no class present) is a label
+    logits = torch.randn(B, C)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits[has], out.targets[has])
+    torch.testing.assert_close(loss_fn(logits, out.targets, True), want)
+    # class indices: -1 skipped by the hard and (after mixup) the soft cross-entropy
+    yc = torch.tensor([0, -1, 2, 1, -1, 0, 2, 1])
+    hc = yc >= 0
+    torch.testing.assert_close(loss_fn(logits, yc, False), torch.nn.functional.cross_entropy(logits[hc], yc[hc]))
+    soft = Policy([Mixup(alpha=1.0)], num_classes=C)(x, L, keys=[f"m{i}" for i in range(B)], targets=yc).targets
+    assert torch.equal(soft[~hc], torch.zeros(2, C))
+    want = -(soft[hc] * torch.log_softmax(logits[hc], -1)).sum(-1).mean()
+    torch.testing.assert_close(loss_fn(logits, soft, False), want)
+
+
 # ----------------------------------------------------------------------------- 2
 
 def test_defect02_tempo_and_filter_alone_equal_padded_batch(speech):

@@ -373,6 +373,49 @@ def test_gated_rows_in_a_batch_the_chain_owns(name, path, clips, banks, monkeypa
         assert b.data is given and not torch.equal(given, w)
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_inactive_rows_come_out_unchanged(name, clips, banks):
+    """The gate, wherever it is applied (the base class's gather of the active rows, or the
+    op itself when it takes every row, ``rows = "all"``: the masks' fused pass, mixing,
+    VTLP's filterbanks): rows whose recorded ``active`` is False come out as they went in
+    (features, lengths, targets, frame targets): exactly for spectrogram ops, and as the
+    plain log-mel of the same batch for waveform and filterbank ops. The active rows change."""
+    from specstream.augment.spec.mixing import soft_targets
+
+    op = build(name, {}, banks)
+    p = dict(augment(op, clips, ORDER, EXTRA).params[0])
+    on = torch.arange(len(ORDER)) % 2 == 0
+    p["active"] = on
+    got = augment(op, clips, ORDER, EXTRA, params=[p])
+    y = clips.targets[ORDER]
+    if op.domain == "spec":
+        x, L, ft = clips.spec_batch(ORDER, EXTRA)
+    else:
+        w, n, ft, _ = clips.wave_batch(ORDER, EXTRA)
+        if "cpu" not in _LOGMELS:
+            _LOGMELS["cpu"] = LogMel(CFG)
+        ref = Policy([]).featurize(w, n, _LOGMELS["cpu"], SR, frame_targets=ft, params=[])
+        x, L, ft = ref.features, ref.lengths, ref.frame_targets
+    if got.targets is not None and got.targets.dim() == 2 and y.dim() == 1:
+        y = soft_targets(y, NUM_CLASSES)  # mixup's soft rows: an inactive row's is its one-hot
+    changed = 0
+    for pos in range(len(ORDER)):
+        k = int(L[pos])
+        if bool(on[pos]):
+            changed += int(int(got.lengths[pos]) != k or not torch.equal(got.features[pos, :, :k], x[pos, :, :k]))
+            continue
+        what = f"{name}: inactive row {pos}"
+        assert int(got.lengths[pos]) == k, what
+        if op.domain == "spec":
+            assert torch.equal(got.features[pos, :, :k], x[pos, :, :k]), what
+        else:
+            assert_same_features(got.features[pos, :, :k], x[pos, :, :k], True, what)
+        assert torch.equal(got.frame_targets[pos, :k], ft[pos, :k]), what
+        if got.targets is not None:
+            assert torch.equal(got.targets[pos], y[pos].to(got.targets.dtype)), what
+    assert changed >= 3, f"{name}: only {changed} of the 5 active rows changed"
+
+
 # ----------------------------------------------------------------------------- 2. padding, lengths
 
 @pytest.mark.parametrize("name,kw", CASES)

@@ -79,6 +79,27 @@ def test_decode_quarantines_bad_audio_unknown_label_and_long_clips():
     assert all(e["stage"] == "decode" and e["shard"] == "s.tar" for e in sink)
 
 
+def test_labels_not_required_keep_samples_as_no_label():
+    """labels.required: false keeps a sample without a usable label (none, or not in the
+    vocabulary) as "no label": class -1, or in multi-label mode a row of -1 (not zeros, which
+    is the label "no class present": an empty list). The ops and the trainer's loss skip them."""
+    rows = [
+        {"key": "ok", "audio": flac_bytes(tone(1.0)), "cls": "dog cat"},
+        {"key": "unknown", "audio": flac_bytes(tone(1.0)), "cls": "horse"},
+        {"key": "nolabel", "audio": flac_bytes(tone(1.0))},
+        {"key": "none", "audio": flac_bytes(tone(1.0)), "json": json.dumps({"tags": []})},
+    ]
+    sink = Sink()
+    single = DecodeStage(cfg(labels={"required": False}), sink)(table(rows[1:3]))
+    assert sink == [] and single["target"].tolist() == [-1, -1]
+    multi = DecodeStage(cfg(labels={"required": False, "multi_label": True}), sink)(table(rows[:3]))
+    assert sink == [] and list(multi["key"]) == ["ok", "unknown", "nolabel"]
+    assert multi["target"].tolist() == [[1.0, 1.0, 0.0], [-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]]
+    empty = DecodeStage(cfg(labels={"required": False, "multi_label": True, "field": "json:tags"}), sink)(
+        table(rows[3:]))
+    assert empty["target"].tolist() == [[0.0, 0.0, 0.0]]  # a label: no class present
+
+
 def test_all_bad_batch_returns_empty_typed_columns():
     out = DecodeStage(cfg(), Sink())(table([{"key": "x", "audio": b"junk", "cls": "dog"}]))
     assert out["audio"].shape == (0, 16000) and out["target"].shape == (0,)

@@ -158,7 +158,8 @@ class DecodeStage:
                     if self.tokenizer is not None:
                         target = np.zeros(0, np.int64)  # no transcript: no tokens
                     else:
-                        target = np.zeros(len(self.vocab), np.float32) if lab.multi_label else -1
+                        # "no label": -1 (multi-label: a row of -1, not the zeros of "no class present")
+                        target = np.full(len(self.vocab), -1.0, np.float32) if lab.multi_label else -1
                 segs = (segments_of(lab.frame_field, jsn[i], self.vocab) if lab.frame_field is not None
                         else None)
                 crop_start = [0.0]

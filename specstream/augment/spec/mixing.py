@@ -80,9 +80,11 @@ class Mixup(Op):
     fraction of the sample's frames that actually hold it, w = (1 - lam) * min(L_i, L_j) / L_i
     (frames, not energy: a frame-level statement that does not depend on loudness), so
     y_i' = (1 - w) y_i + w y_j (one-hot for class indices, multi-hot as given, optional label
-    smoothing). Rows without a label are left alone; their soft target is an all-zero row
-    (contributes nothing to a soft cross-entropy); in multi-label mode a row of zeros is a
-    label ("no class present"), a row with a negative entry is "no label". ``params`` hold
+    smoothing). Rows without a label are left alone and are never partners: a class index
+    of -1 becomes an all-zero soft row (contributes nothing to a soft cross-entropy); a
+    multi-hot or soft row with a negative entry ("no label", what ``labels.required: false``
+    gives a multi-label sample without one) comes out as it went in. A multi-hot row of
+    zeros is a label ("no class present"). ``params`` hold
     (partner, lam) per sample for mixing sequence losses (CTC, seq2seq), and the partner's
     key id (``partner_id``): the partner index refers to the batch the op saw, so a logged
     row replays only together with its partner's row. Soft or multi-hot frame targets [B, T, C] mix
@@ -134,12 +136,14 @@ class Mixup(Op):
         y = batch.targets
         if y is not None:
             has = labelled(y, x.shape[0], x.device)
+            given = y
             y = soft_targets(y, self.num_classes)
             w = self.partner_weight(batch, params)[:, None]
             y = (1 - w) * y + w * y[j]
             if self.smoothing:
                 y = y * (1 - self.smoothing) + self.smoothing / y.shape[-1]
-            y = y * has[:, None].to(y.dtype)
+            # no label stays no label: class indices' soft row of zeros, a multi-hot row as given
+            y = torch.where(has[:, None], y, given.to(y.dtype) if given.dim() == 2 else torch.zeros_like(y))
         ft = batch.frame_targets
         if ft is not None and ft.dim() == 3 and ft.dtype.is_floating_point:
             both_t = lengths_mask(torch.minimum(L, L[j]), ft.shape[1])[:, :, None]
