@@ -471,6 +471,9 @@ def test_defect11_invalid_op_parameters_are_config_errors_at_construction():
         _check_message(str(e.value), op, key, value)
     msg = str(pytest.raises(ConfigError, Policy.from_dict, {"ops": [{"op": "time_stretch", "rates": [0, 1]}]}).value)
     assert "time_stretch.rates" in msg and "(0, 100]" in msg
+    # an unbounded range never offers inf (a non-finite value is refused)
+    msg = str(pytest.raises(ConfigError, Policy.from_dict, {"ops": [{"op": "band_limit", "width": "inf"}]}).value)
+    assert "band_limit.width" in msg and "(0, inf)" in msg, msg
 
     # registry-wide: p outside [0, 1] for every registered op
     from specstream.augment import REGISTRY
@@ -552,6 +555,64 @@ def test_defect12_logged_params_replay_a_sample(speech):
     rep = policy.apply(clean[2:3, :, : int(frames[2])], frames[2:3], one)
     n = int(out["length"][2])
     np.testing.assert_allclose(rep.features[0, :, :n].numpy(), out["features"][2, :, :n], rtol=0, atol=1e-6)
+
+
+def test_defect12_logged_rows_of_mixing_ops_replay_with_their_partners(speech):
+    """Mixing ops log their partner as a batch index and its key id: with the rows' keys,
+    any subset that holds each mixed row's partner replays (in any order) to the delivered
+    features; a row without its partner is a clear error, not an IndexError."""
+    from specstream.augment import FeatureDomain, Policy
+    from specstream.pipeline.stages import FeaturizeStage
+
+    wave, lengths = speech
+    B, N = 6, 16000
+    ns = np.array([16000, 11570, 9000, 5000, 14000, 7000], dtype=np.int64)
+    audio = np.zeros((B, N), np.float32)
+    for i in range(B):
+        audio[i, : ns[i]] = wave[i % wave.shape[0], : ns[i]]
+    ops = [{"op": "time_mask", "max_width": 20}, {"op": "mixup", "alpha": 1.0, "p": 0.7},
+           {"op": "overlay", "snr_db": [0, 10], "p": 0.7}, {"op": "freq_mask", "max_width": 10}]
+    cfg = {"source": {"shards": "unused"}, "labels": {"vocab": ["a", "b", "c"]}, "augment": {"ops": ops},
+           "log_params": True, "seed": 3}
+    keys = [f"k{i}" for i in range(B)]
+    from specstream.augment.random import key_ids
+
+    out = FeaturizeStage(cfg, device="cpu")({
+        "key": np.array(keys, dtype=object), "shard": np.array(["s"] * B, dtype=object),
+        "key_id": key_ids(keys), "num_samples": ns, "target": np.array([0, 1, 2, 0, 1, 2]), "audio": audio})
+    rows = [json.loads(r) for r in out["aug_params"]]
+    lm = LogMel(MelConfig())
+    clean, frames = lm(torch.from_numpy(audio), torch.from_numpy(ns))
+    policy = Policy(Policy.from_dict({"ops": ops}, num_classes=3).ops, num_classes=3,
+                    domain=FeatureDomain.from_mel(lm.cfg))
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    mixed = [i for i in range(B) if rows[i]["1:mixup"]["active"] and rows[i]["1:mixup"]["partner"] != i]
+    assert mixed
+    sizes = []
+    for i in mixed:
+        # the row and its partners (mixup's and overlay's), theirs, and so on (a partner's
+        # features at overlay are its mixup's output), newest first: another order
+        want, grow = set(), {i}
+        while grow:
+            want |= grow
+            grow = {rows[j][s]["partner"] for j in grow for s in ("1:mixup", "2:overlay")} - want
+        sub = sorted(want, reverse=True)
+        sizes.append(len(sub))
+        rep = policy.replay_rows([rows[j] for j in sub], clean[sub], frames[sub], keys=[keys[j] for j in sub],
+                                 targets=targets[sub])
+        n = int(out["length"][i])
+        k = sub.index(i)
+        np.testing.assert_allclose(rep.features[k, :, :n].numpy(), out["features"][i, :, :n], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(rep.targets[k].numpy(), out["target"][i], rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match="partner .*key id .* is not among the rows given"):
+            policy.replay_rows([rows[i]], clean[i:i + 1], frames[i:i + 1], keys=[keys[i]])
+        with pytest.raises(ValueError, match="pass the rows' keys"):
+            policy.replay_rows([rows[i]], clean[i:i + 1], frames[i:i + 1])
+    assert min(sizes) < B, sizes  # a subset of the batch replays
+    # the whole batch in order needs no keys
+    rep = policy.replay_rows(rows, clean, frames, targets=targets)
+    T = out["features"].shape[-1]
+    np.testing.assert_allclose(rep.features[..., :T].numpy(), out["features"], rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------- found in review of the rewrite

@@ -278,6 +278,38 @@ def test_every_registered_op_is_built_by_the_table(banks):
     assert {p.values[0] for p in CASES} == set(REGISTRY)
 
 
+def test_a_new_family_file_registers_its_ops_with_no_other_edit(tmp_path):
+    """Adding an op is one class in a family file: in a copy of the package, a new file
+    under augment/spec/ makes its op buildable by name from a config, importable by class
+    name from specstream.augment, and a member of REGISTRY; nothing else is edited."""
+    import subprocess
+    import sys
+
+    import specstream
+
+    pkg = os.path.dirname(specstream.__file__)
+    shutil.copytree(pkg, tmp_path / "specstream", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "specstream" / "augment" / "spec" / "zz_probe.py").write_text(
+        "from ..core import Batch, Op\n\n\n"
+        "class ZzProbe(Op):\n"
+        "    name = 'zz_probe'\n\n"
+        "    def draw(self, ctx, batch):\n"
+        "        return {}\n\n"
+        "    def transform(self, batch: Batch, params):\n"
+        "        return batch.replace(features=batch.features + 1.0)\n")
+    code = ("import torch, specstream.augment as A\n"
+            "assert A.REGISTRY['zz_probe'] is A.ZzProbe and 'ZzProbe' in A.__all__\n"
+            "p = A.Policy.from_dict({'ops': [{'op': 'zz_probe', 'p': 1.0}]})\n"
+            "out = p(torch.zeros(2, 4, 5), torch.tensor([5, 3]), keys=['a', 'b'])\n"
+            "assert out.features[0].eq(1).all() and out.features[1, :, :3].eq(1).all()\n"
+            "assert out.features[1, :, 3:].eq(0).all()\n"
+            "print('ok', len(A.REGISTRY))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
+    assert int(r.stdout.split()[1]) == len(REGISTRY) + 1
+
+
 # ----------------------------------------------------------------------------- 1. batch invariance
 
 @pytest.mark.parametrize("name,kw", CASES)

@@ -29,6 +29,14 @@ __all__ = ["Policy", "preset", "specaugment", "AugmentResult", "build_policy", "
            "BackgroundNoise", "Babble", "Reverb", "Speed", "Tempo", "Distortion", "Filter",
            "RIRBank", "BankError", "ConfigError", "FeatureDomain", "REGISTRY"]
 
+# every registered op's class is importable from here by its name with no edit: a new
+# family file's ops too (the spec and wave packages import every family file)
+for _cls in REGISTRY.values():
+    globals().setdefault(_cls.__name__, _cls)
+    if _cls.__name__ not in __all__:
+        __all__.append(_cls.__name__)
+del _cls
+
 
 def build_policy(spec, num_classes: Optional[int] = None, banks=None,
                  domain: Optional[FeatureDomain] = None) -> Policy:

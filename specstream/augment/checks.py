@@ -57,7 +57,9 @@ def check_number(op: str, key: str, value, lo: float = -math.inf, hi: float = ma
         v = float(value)
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     kind = "an integer" if integer else "a number"
-    allowed = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    # a non-finite value is never allowed: an infinite bound is an open one
+    allowed = f"{kind} in {'(' if lo_open or math.isinf(lo) else '['}{lo:g}, {hi:g}" \
+        f"{')' if hi_open or math.isinf(hi) else ']'}"
     check(op, key, raw, ok, allowed)
     return int(value) if integer else float(value)
 

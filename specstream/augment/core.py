@@ -13,8 +13,13 @@ per-sample gate (``p``) is drawn and recorded with the parameters; with ``rows =
 never re-implements gating, and costs nothing on rows it does not touch); padding is set
 back to 0 at the output lengths; frame targets are moved by the op's declared frame map
 (``frame_source``). An op declares what it changes (``changes``: features, lengths,
-targets, frames); the contract checks that it changed nothing else. Mixing ops (a partner
-from the batch) set ``rows = "all"`` and gate themselves. An op whose transform writes the
+targets, frames); the contract checks that it changed nothing else. Three kinds of op set
+``rows = "all"`` and apply the recorded gate themselves, where gathering the active rows
+would cost more than it saves or cannot work: mixing ops (a partner from the whole batch),
+the masks (one fused pass over the batch: an inactive row's masks are empty) and VTLP (an
+inactive row's filterbank is the plain one). The gate itself (``active``) is still drawn
+and recorded here; that every op leaves its inactive rows as they came, whoever applies the
+gate, is a registry-wide test. An op whose transform writes the
 zero padding itself sets ``zero_padded`` (the zeroing pass is then skipped when every row is
 active); one whose output is 0 past its lengths when its input was (a gain, a mix, a
 filter from rest) sets ``keeps_zero_padding``, and the pass is skipped when the caller

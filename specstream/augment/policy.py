@@ -276,13 +276,25 @@ class Policy:
         return {"ops": [{"op": op.name, **copy.deepcopy(op.config())} for op in self.ops]}
 
     @staticmethod
-    def params_from_rows(rows: Sequence[Dict[str, Dict[str, Any]]], device=None) -> List[Dict[str, torch.Tensor]]:
+    def params_from_rows(rows: Sequence[Dict[str, Dict[str, Any]]], device=None, keys=None,
+                         key_ids=None) -> List[Dict[str, torch.Tensor]]:
         """Recorded parameters of a batch from per-row records (``AugmentResult.params_for``,
-        or the ``aug_params`` JSON of delivered rows, in batch order): the inverse of
-        ``params_for``. Mixing ops record their partner as a batch index: replay them with the
-        rows of the same batch, in the same order."""
+        or the ``aug_params`` JSON of delivered rows): the inverse of ``params_for``.
+
+        Mixing ops (mixup, overlay) record their partner as an index into the batch they
+        saw, and its key id (``partner_id``). Without ``keys`` the rows must be that whole
+        batch, in order. With the rows' sample ``keys`` (or ``key_ids``) any subset in any
+        order replays, as long as each mixed row's partner is among them: its index is
+        found by key id (a ValueError names a missing one)."""
         if not rows:
             raise ValueError("params_from_rows: no rows")
+        ids = None
+        if keys is not None or key_ids is not None:
+            from .random import key_ids as _key_ids
+
+            ids = [int(i) for i in (_key_ids(list(keys)) if key_ids is None else key_ids)]
+            if len(ids) != len(rows):
+                raise ValueError(f"params_from_rows: {len(rows)} rows, {len(ids)} keys")
         slots = list(rows[0])
         out = []
         for slot in slots:
@@ -301,12 +313,17 @@ class Policy:
                     t = t.to(torch.float32)
                 p[k] = t
             p["__name__"] = slot.split(":", 1)[1]
+            if "partner" in p:
+                p["partner"] = _partner_rows(slot, p, ids, device)
             out.append(p)
         return out
 
-    def replay_rows(self, rows, features: torch.Tensor, lengths: torch.Tensor, **kw) -> "AugmentResult":
-        """Replay logged per-row parameters on a spectrogram batch (:meth:`apply`)."""
-        return self.apply(features, lengths, self.params_from_rows(rows, features.device), **kw)
+    def replay_rows(self, rows, features: torch.Tensor, lengths: torch.Tensor, keys=None, key_ids=None,
+                    **kw) -> "AugmentResult":
+        """Replay logged per-row parameters on a spectrogram batch (:meth:`apply`); ``keys``
+        as in :meth:`params_from_rows` (a subset of a batch with mixing ops)."""
+        params = self.params_from_rows(rows, features.device, keys=keys, key_ids=key_ids)
+        return self.apply(features, lengths, params, **kw)
 
     @classmethod
     def from_dict(cls, spec: Union[Dict[str, Any], Sequence[Dict[str, Any]]],
@@ -339,6 +356,35 @@ class Policy:
             except ValueError as e:  # ConfigError from the op's own checks: say where it is
                 raise type(e)(f"augment.ops[{n}]: {e}") from None
         return cls(ops, num_classes=num_classes)
+
+
+def _partner_rows(slot: str, p: Dict[str, torch.Tensor], ids: Optional[List[int]], device) -> torch.Tensor:
+    """A mixing op's logged partners as indices into the rows being replayed: found by key
+    id among ``ids`` (the rows' own), or, without ids, the logged batch indices, checked."""
+    B = len(p["partner"])
+    active = p["active"].tolist() if "active" in p else [True] * B
+    if ids is None:
+        bad = [i for i, j in enumerate(p["partner"].tolist()) if not 0 <= j < B]
+        if bad:
+            i = bad[0]
+            raise ValueError(f"params_from_rows: row {i}'s {slot} partner is row {int(p['partner'][i])} of the "
+                             f"batch it was logged in, and {B} rows were given: pass the rows' keys (keys=) to "
+                             f"replay a subset that holds each partner")
+        return p["partner"]
+    where: Dict[int, int] = {}
+    for i, k in enumerate(ids):
+        if where.setdefault(k, i) != i:
+            raise ValueError(f"params_from_rows: rows {where[k]} and {i} have the same key id {k}")
+    out = []
+    for i, pid in enumerate(p["partner_id"].tolist()):
+        if pid in where:
+            out.append(where[pid])
+        elif not active[i]:
+            out.append(i)  # not mixed: its partner is never read
+        else:
+            raise ValueError(f"params_from_rows: row {i}'s {slot} partner (key id {pid}) is not among the rows "
+                             f"given: replay it together with its partner's row")
+    return torch.tensor(out, dtype=torch.int64, device=device)
 
 
 def _storage(t: torch.Tensor) -> int:
