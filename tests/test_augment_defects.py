@@ -378,9 +378,12 @@ def test_defect08_asymmetric_distortion_leaves_no_dc():
 
 @pytest.mark.parametrize("power", [2.0, 1.0])
 def test_defect09_feature_noise_colours_are_acoustic(power):
-    """White / pink feature noise has the mel-bin shape that white / pink noise (PSD f ** 0,
-    f ** -1) shows through the mel filterbank in use: the op's shape matches the mean mel
-    power of real coloured noise within 1.5 dB (lowest two bins left out)."""
+    """White / pink / brown feature noise has the mel-bin shape that white / pink / brown
+    noise (PSD f ** 0, f ** -1, f ** -2) shows through the mel filterbank in use: the op's
+    shape matches the mean mel power of real coloured noise within 1.5 dB (lowest two bins
+    left out). White and pink: the waveform generator's noise. Brown: white noise shaped
+    by 1 / f in the frequency domain (the generator's brown is a leaky integrator, which
+    departs from f ** -2 by ~4 dB near Nyquist)."""
     from specstream.augment import FeatureDomain, FeatureNoise
     from specstream.functional.dsp import coloured_noise
 
@@ -397,6 +400,14 @@ def test_defect09_feature_noise_colours_are_acoustic(power):
         k = 2
         rel = 10 * torch.log10(measured[k:] / measured[k:].mean()) - 10 * torch.log10(shape[k:] / shape[k:].mean())
         assert float(rel.abs().max()) < 1.5, f"{colour}: {[round(v, 2) for v in rel.tolist()]}"
+    white = coloured_noise(torch.arange(B, dtype=torch.int64) + 200, N, torch.zeros(B, dtype=torch.int64))
+    f = torch.fft.rfftfreq(N, 1.0 / cfg.sample_rate)
+    brown = torch.fft.irfft(torch.fft.rfft(white.double()) / f.clamp(min=f[1]), N).float()
+    x, _ = lm(brown / brown.std(), torch.full((B,), N))
+    measured = _domain_power(x[:, :, 5:-5], power, cfg.log_offset, cfg.log_floor, "natural").mean((0, 2))
+    shape = FeatureNoise(colour="brown").mel_shape(dom, cfg.n_mels, "cpu").double()
+    rel = 10 * torch.log10(measured[2:] / measured[2:].mean()) - 10 * torch.log10(shape[2:] / shape[2:].mean())
+    assert float(rel.abs().max()) < 1.5, f"brown: {[round(v, 2) for v in rel.tolist()]}"
 
 
 # ----------------------------------------------------------------------------- 10
