@@ -56,7 +56,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     else:
         has = target >= 0
         per_row = F.cross_entropy(logits, target.clamp(min=0), reduction="none")
-    return (per_row * has).sum() / has.sum().clamp(min=1)
+    return torch.where(has, per_row, torch.zeros_like(per_row)).sum() / has.sum().clamp(min=1)
 
 
 def report_checkpoint(model, history, stream_state, metrics, optimizer=None) -> None:
@@ -112,7 +112,7 @@ def train_loop(config: Dict[str, Any]) -> None:
         keys_log = open(os.path.join(config["keys_dir"], f"keys-rank{ctx.get_world_rank()}.txt"), "a",
                         encoding="utf-8")
     for epoch in range(config.get("epochs", 1)):
-        t0, seen, losses, correct = time.perf_counter(), 0, [], 0
+        t0, seen, losses, correct, labelled = time.perf_counter(), 0, [], 0, 0
         every = config.get("checkpoint_every")
         for step, batch in enumerate(stream, 1):
             logits = model(batch["features"], batch["length"])
@@ -125,8 +125,10 @@ def train_loop(config: Dict[str, Any]) -> None:
             if keys_log is not None:
                 keys_log.write("".join(f"{stream.base_epoch + epoch} {step} {k}\n" for k in batch["key"]))
                 keys_log.flush()
-            if not batch["target"].dtype.is_floating_point:
-                correct += (logits.argmax(-1) == batch["target"]).sum().item()
+            if not batch["target"].dtype.is_floating_point:  # class indices: over the labelled rows
+                has = batch["target"] >= 0
+                correct += (logits.argmax(-1) == batch["target"])[has].sum().item()
+                labelled += int(has.sum())
             if every and step % every == 0:  # mid-epoch: every rank takes the state (a collective)
                 report_checkpoint(model, history, stream.state_dict(),
                                   {"epoch": epoch, "step": step, "rank": ctx.get_world_rank(), "samples": seen,
@@ -137,7 +139,7 @@ def train_loop(config: Dict[str, Any]) -> None:
             "epoch": epoch, "samples": seen, "seconds": round(dt, 3),
             "loss_first_quarter": sum(losses[:quarter]) / quarter if losses else float("nan"),
             "loss_last_quarter": sum(losses[-quarter:]) / quarter if losses else float("nan"),
-            "accuracy": correct / max(seen, 1),
+            "accuracy": correct / max(labelled, 1),
             "data_wait_fraction": stream.last_epoch["data_wait_s"] / dt if dt else 0.0,  # time the step waited for data
             "first_batch_s": stream.last_epoch.get("first_batch_s"),
             "audio_hours": stream.last_epoch.get("audio_s", 0.0) / 3600,

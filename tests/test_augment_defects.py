@@ -89,6 +89,12 @@ def test_defect01_mixup_with_unlabelled_multi_label_rows():
     logits = torch.randn(B, C)
     want = torch.nn.functional.binary_cross_entropy_with_logits(logits[has], out.targets[has])
     torch.testing.assert_close(loss_fn(logits, out.targets, True), want)
+    # the raw targets: the zeros row (no class present) counts, the -1 rows do not
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits[has], y[has])
+    torch.testing.assert_close(loss_fn(logits, y, True), want)
+    masked = logits.clone()
+    masked[1] = -math.inf  # an unlabelled row's non-finite logits (a masked class, fp16) stay out
+    assert torch.isfinite(loss_fn(masked, y, True)) and torch.isfinite(loss_fn(masked, torch.zeros(B, C), False))
     # class indices: -1 skipped by the hard and (after mixup) the soft cross-entropy
     yc = torch.tensor([0, -1, 2, 1, -1, 0, 2, 1])
     hc = yc >= 0
@@ -97,6 +103,12 @@ def test_defect01_mixup_with_unlabelled_multi_label_rows():
     assert torch.equal(soft[~hc], torch.zeros(2, C))
     want = -(soft[hc] * torch.log_softmax(logits[hc], -1)).sum(-1).mean()
     torch.testing.assert_close(loss_fn(logits, soft, False), want)
+    # two mixups: the second still knows the first's all-zero soft rows as "no label"
+    two = Policy([Mixup(alpha=1.0), Mixup(alpha=1.0)], num_classes=C)(x, L, keys=[f"m{i}" for i in range(B)],
+                                                                     targets=yc)
+    assert torch.equal(two.targets[~hc], torch.zeros(2, C)) and torch.equal(two.features[~hc], x[~hc])
+    for p in two.params:
+        assert all(bool(hc[p["partner"][i]]) for i in range(B) if hc[i]), p["partner"]
 
 
 # ----------------------------------------------------------------------------- 2
@@ -569,10 +581,13 @@ def test_defect12_logged_params_replay_a_sample(speech):
 
 
 def test_defect12_logged_rows_of_mixing_ops_replay_with_their_partners(speech):
-    """Mixing ops log their partner as a batch index and its key id: with the rows' keys,
-    any subset that holds each mixed row's partner replays (in any order) to the delivered
-    features; a row without its partner is a clear error, not an IndexError."""
+    """Mixing ops log their partner as a batch index, its key id and the row's own: any
+    subset that holds each mixed row's partner (Policy.replay_set) replays, in any order,
+    to the delivered features; a row without its partner is a clear error, not a wrong
+    result. Records without the own key id (older logs) replay with the rows' keys, or as
+    the whole batch; a subset of them without keys is refused when it can be told."""
     from specstream.augment import FeatureDomain, Policy
+    from specstream.augment.random import key_ids
     from specstream.pipeline.stages import FeaturizeStage
 
     wave, lengths = speech
@@ -586,8 +601,6 @@ def test_defect12_logged_rows_of_mixing_ops_replay_with_their_partners(speech):
     cfg = {"source": {"shards": "unused"}, "labels": {"vocab": ["a", "b", "c"]}, "augment": {"ops": ops},
            "log_params": True, "seed": 3}
     keys = [f"k{i}" for i in range(B)]
-    from specstream.augment.random import key_ids
-
     out = FeaturizeStage(cfg, device="cpu")({
         "key": np.array(keys, dtype=object), "shard": np.array(["s"] * B, dtype=object),
         "key_id": key_ids(keys), "num_samples": ns, "target": np.array([0, 1, 2, 0, 1, 2]), "audio": audio})
@@ -597,31 +610,50 @@ def test_defect12_logged_rows_of_mixing_ops_replay_with_their_partners(speech):
     policy = Policy(Policy.from_dict({"ops": ops}, num_classes=3).ops, num_classes=3,
                     domain=FeatureDomain.from_mel(lm.cfg))
     targets = torch.tensor([0, 1, 2, 0, 1, 2])
-    mixed = [i for i in range(B) if rows[i]["1:mixup"]["active"] and rows[i]["1:mixup"]["partner"] != i]
-    assert mixed
+    slots = ("1:mixup", "2:overlay")
+
+    def mixed_by(i):
+        return [s for s in slots if rows[i][s]["active"] and rows[i][s]["partner"] != i]
+
+    def check(sub, i):
+        rep = policy.replay_rows([rows[j] for j in sub], clean[sub], frames[sub], targets=targets[sub])
+        n, k = int(out["length"][i]), sub.index(i)
+        np.testing.assert_allclose(rep.features[k, :, :n].numpy(), out["features"][i, :, :n], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(rep.targets[k].numpy(), out["target"][i], rtol=0, atol=1e-6)
+
     sizes = []
-    for i in mixed:
-        # the row and its partners (mixup's and overlay's), theirs, and so on (a partner's
-        # features at overlay are its mixup's output), newest first: another order
+    for i in range(B):
+        need = Policy.replay_set(rows, i)
+        # the closure by hand: a row, the partners of the rows in the set that were mixed, ...
         want, grow = set(), {i}
         while grow:
             want |= grow
-            grow = {rows[j][s]["partner"] for j in grow for s in ("1:mixup", "2:overlay")} - want
-        sub = sorted(want, reverse=True)
-        sizes.append(len(sub))
-        rep = policy.replay_rows([rows[j] for j in sub], clean[sub], frames[sub], keys=[keys[j] for j in sub],
-                                 targets=targets[sub])
-        n = int(out["length"][i])
-        k = sub.index(i)
-        np.testing.assert_allclose(rep.features[k, :, :n].numpy(), out["features"][i, :, :n], rtol=0, atol=1e-6)
-        np.testing.assert_allclose(rep.targets[k].numpy(), out["target"][i], rtol=0, atol=1e-6)
-        with pytest.raises(ValueError, match="partner .*key id .* is not among the rows given"):
-            policy.replay_rows([rows[i]], clean[i:i + 1], frames[i:i + 1], keys=[keys[i]])
-        with pytest.raises(ValueError, match="pass the rows' keys"):
-            policy.replay_rows([rows[i]], clean[i:i + 1], frames[i:i + 1])
-    assert min(sizes) < B, sizes  # a subset of the batch replays
-    # the whole batch in order needs no keys
-    rep = policy.replay_rows(rows, clean, frames, targets=targets)
+            grow = {rows[j][s]["partner"] for j in grow for s in mixed_by(j)} - want
+        assert need == sorted(want), (i, need, want)
+        sizes.append(len(need))
+        check(sorted(need, reverse=True), i)  # another order than the batch's
+        if mixed_by(i):
+            with pytest.raises(ValueError, match="partner .*key id .* is not among the rows given"):
+                policy.replay_rows([rows[i]], clean[i:i + 1], frames[i:i + 1])
+    assert min(sizes) < B and max(sizes) > 1, sizes  # subsets of the batch, some with partners
+    # a row whose ops left it alone replays alone even when its logged partner is missing
+    alone = [i for i in range(B) if not mixed_by(i)]
+    assert alone
+    check([alone[0]], alone[0])
+
+    # older records (no own key id): with the rows' keys, or the whole batch in order
+    old = [{s: {k: v for k, v in p.items() if k != "key_id"} for s, p in r.items()} for r in rows]
+    i = next(i for i in range(B) if mixed_by(i) and rows[i][mixed_by(i)[0]]["partner"] > 0)
+    sub = Policy.replay_set(rows, i)[::-1]
+    rep = policy.replay_rows([old[j] for j in sub], clean[sub], frames[sub], keys=[keys[j] for j in sub],
+                             targets=targets[sub])
+    np.testing.assert_allclose(rep.features[sub.index(i), :, :int(out["length"][i])].numpy(),
+                               out["features"][i, :, :int(out["length"][i])], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="pass the rows' keys"):
+        policy.replay_rows([old[i]], clean[i:i + 1], frames[i:i + 1])
+    with pytest.raises(ValueError, match="not both"):
+        Policy.params_from_rows(old, keys=keys, key_ids=key_ids(keys))
+    rep = policy.replay_rows(old, clean, frames, targets=targets)
     T = out["features"].shape[-1]
     np.testing.assert_allclose(rep.features[..., :T].numpy(), out["features"], rtol=0, atol=1e-6)
 

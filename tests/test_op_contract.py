@@ -308,6 +308,12 @@ def test_a_new_family_file_registers_its_ops_with_no_other_edit(tmp_path):
                        env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
     assert int(r.stdout.split()[1]) == len(REGISTRY) + 1
+    # a class name already exported (another op's, here the waveform Noise) is refused loudly
+    (tmp_path / "specstream" / "augment" / "spec" / "zz_clash.py").write_text(
+        "from ..core import Op\n\n\nclass Noise(Op):\n    name = 'zz_clash'\n")
+    r = subprocess.run([sys.executable, "-c", "import specstream.augment"], cwd=tmp_path, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
+    assert r.returncode != 0 and "class name Noise is taken" in r.stderr, r.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- 1. batch invariance

@@ -32,7 +32,9 @@ __all__ = ["Policy", "preset", "specaugment", "AugmentResult", "build_policy", "
 # every registered op's class is importable from here by its name with no edit: a new
 # family file's ops too (the spec and wave packages import every family file)
 for _cls in REGISTRY.values():
-    globals().setdefault(_cls.__name__, _cls)
+    if globals().setdefault(_cls.__name__, _cls) is not _cls:
+        raise ImportError(f"op {_cls.name!r}: its class name {_cls.__name__} is taken in specstream.augment "
+                          f"by {globals()[_cls.__name__]!r}; rename the class")
     if _cls.__name__ not in __all__:
         __all__.append(_cls.__name__)
 del _cls

@@ -173,6 +173,9 @@ class Batch(_Rows):
     targets: Optional[torch.Tensor] = None
     frame_targets: Optional[torch.Tensor] = None
     domain: FeatureDomain = field(default_factory=FeatureDomain)
+    # [B] bool: the rows that have a label, as the targets said when they entered the chain
+    # (a mixup's soft output cannot tell "no label" from a label); None: read the targets
+    labelled: Optional[torch.Tensor] = None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from ..functional.random import DrawTable, host_draws, key_ids as _key_ids, keye
 from ..errors import ConfigError
 from .core import DOMAINS, REGISTRY, Batch, Context, FeatureDomain, Op, WaveBatch
 from .spec import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, Vtlp, apply_masks
+from .spec.mixing import labelled
 from .wave import BankLoader, BankOp
 
 OPS = REGISTRY  # name -> op class, filled by subclassing
@@ -146,6 +147,11 @@ class Policy:
         masked write, the fill taken from the features as they enter the run. ``caller``:
         the caller's features, never written (every later tensor is the chain's own)."""
         keep = set() if caller is None else {_storage(caller)}
+        if batch.targets is not None and batch.labelled is None and \
+                any("targets" in op.changes for op in self.ops[start:]):
+            # which rows have a label is fixed here: an op that mixes targets (mixup's soft
+            # rows) may leave a row that no later op can tell apart from "no label"
+            batch = batch.replace(labelled=labelled(batch.targets, batch.features.shape[0], batch.features.device))
 
         def owned(b: Batch) -> bool:  # the features are the chain's own, not the caller's
             return _storage(b.features) not in keep
@@ -282,16 +288,18 @@ class Policy:
         or the ``aug_params`` JSON of delivered rows): the inverse of ``params_for``.
 
         Mixing ops (mixup, overlay) record their partner as an index into the batch they
-        saw, and its key id (``partner_id``). Without ``keys`` the rows must be that whole
-        batch, in order. With the rows' sample ``keys`` (or ``key_ids``) any subset in any
-        order replays, as long as each mixed row's partner is among them: its index is
-        found by key id (a ValueError names a missing one)."""
+        saw, its key id (``partner_id``) and the row's own (``key_id``): each partner is
+        found among the given rows by key id, so any subset in any order replays as long as
+        every row in it that a mixing op mixed has its partner in it too (a ValueError names
+        a missing one; :meth:`replay_set` lists what a row needs). ``keys`` (or ``key_ids``):
+        the rows' sample keys, for records without ``key_id`` (logged before it was
+        recorded: without either, the rows must be the whole batch, in order)."""
         if not rows:
             raise ValueError("params_from_rows: no rows")
         ids = None
+        if keys is not None and key_ids is not None:
+            raise ValueError("params_from_rows: give keys or key_ids, not both")
         if keys is not None or key_ids is not None:
-            from .random import key_ids as _key_ids
-
             ids = [int(i) for i in (_key_ids(list(keys)) if key_ids is None else key_ids)]
             if len(ids) != len(rows):
                 raise ValueError(f"params_from_rows: {len(rows)} rows, {len(ids)} keys")
@@ -317,6 +325,33 @@ class Policy:
                 p["partner"] = _partner_rows(slot, p, ids, device)
             out.append(p)
         return out
+
+    @staticmethod
+    def replay_set(rows: Sequence[Dict[str, Dict[str, Any]]], i: int) -> List[int]:
+        """The positions among ``rows`` (one logged batch's per-row records, each mixing op
+        with its ``key_id``) that replaying row i needs: i, and for every row of the set a
+        mixing op mixed (active, partner not itself), that partner, and so on. Replay
+        ``[rows[k] for k in replay_set(rows, i)]`` (in any order) to get row i back."""
+        where: Dict[int, int] = {}
+        for k, r in enumerate(rows):
+            for p in r.values():
+                if "partner_id" in p:
+                    if "key_id" not in p:
+                        raise ValueError("replay_set: records without key_id (logged before it was recorded)")
+                    where.setdefault(int(p["key_id"]), k)
+        need, grow = set(), {i}
+        while grow:
+            need |= grow
+            nxt = set()
+            for k in grow:
+                for p in rows[k].values():
+                    if "partner_id" in p and p.get("active", True) and int(p["partner_id"]) != int(p["key_id"]):
+                        if int(p["partner_id"]) not in where:
+                            raise ValueError(f"replay_set: row {k}'s partner (key id {p['partner_id']}) is not "
+                                             f"among the rows")
+                        nxt.add(where[int(p["partner_id"])])
+            grow = nxt - need
+        return sorted(need)
 
     def replay_rows(self, rows, features: torch.Tensor, lengths: torch.Tensor, keys=None, key_ids=None,
                     **kw) -> "AugmentResult":
@@ -358,12 +393,32 @@ class Policy:
         return cls(ops, num_classes=num_classes)
 
 
+def _row_ids(p: Dict[str, torch.Tensor], ids: Optional[List[int]]) -> Optional[Dict[int, int]]:
+    """key id -> row position, from the caller's ids or the mixing op's logged ``key_id``;
+    None when neither is there, or when logged ids repeat (a batch holding a key twice:
+    its partners are batch indices)."""
+    explicit = ids is not None
+    if ids is None and "key_id" in p:
+        ids = [int(k) for k in p["key_id"].tolist()]
+    if ids is None:
+        return None
+    where: Dict[int, int] = {}
+    for i, k in enumerate(ids):
+        if where.setdefault(k, i) != i:
+            if explicit:
+                raise ValueError(f"params_from_rows: rows {where[k]} and {i} have the same key id {k}")
+            return None
+    return where
+
+
 def _partner_rows(slot: str, p: Dict[str, torch.Tensor], ids: Optional[List[int]], device) -> torch.Tensor:
     """A mixing op's logged partners as indices into the rows being replayed: found by key
-    id among ``ids`` (the rows' own), or, without ids, the logged batch indices, checked."""
+    id (the caller's ``ids`` or the logged own ids), or else the logged batch indices,
+    checked."""
     B = len(p["partner"])
     active = p["active"].tolist() if "active" in p else [True] * B
-    if ids is None:
+    where = _row_ids(p, ids)
+    if where is None:
         bad = [i for i, j in enumerate(p["partner"].tolist()) if not 0 <= j < B]
         if bad:
             i = bad[0]
@@ -371,10 +426,6 @@ def _partner_rows(slot: str, p: Dict[str, torch.Tensor], ids: Optional[List[int]
                              f"batch it was logged in, and {B} rows were given: pass the rows' keys (keys=) to "
                              f"replay a subset that holds each partner")
         return p["partner"]
-    where: Dict[int, int] = {}
-    for i, k in enumerate(ids):
-        if where.setdefault(k, i) != i:
-            raise ValueError(f"params_from_rows: rows {where[k]} and {i} have the same key id {k}")
     out = []
     for i, pid in enumerate(p["partner_id"].tolist()):
         if pid in where:

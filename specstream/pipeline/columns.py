@@ -31,7 +31,7 @@ assert set(SCHEMA.names) == {KEY, SHARD, AUDIO, AUDIO_FORMAT, CLS, TXT, JSON, IN
 # --- decoded: waveforms at the pipeline's rate, labels encoded
 KEY_ID = "key_id"  # the key's 63-bit hash: every random draw of the sample is keyed by it (int64)
 NUM_SAMPLES = "num_samples"  # samples of signal before padding (int64)
-TARGET = "target"  # class index (int64; -1 without a label) or [C] multi-hot (float32)
+TARGET = "target"  # class index (int64; -1 without a label) or [C] multi-hot (float32; a row of -1 without one)
 TOKENS = "tokens"  # with labels.tokenizer: one int64 array per row, instead of TARGET
 SEGMENTS = "segments"  # with labels.frame_field: JSON [[start_s, end_s, class], ...] per row
 

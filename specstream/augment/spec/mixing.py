@@ -42,6 +42,14 @@ def labelled(targets: Optional[torch.Tensor], B: int, device) -> torch.Tensor:
     return ~(targets < 0).any(-1)
 
 
+def labelled_rows(batch: Batch) -> torch.Tensor:
+    """[B] bool: the batch's rows with a label, as fixed when the targets entered the chain
+    (``batch.labelled``), else read from the targets (:func:`labelled`)."""
+    if batch.labelled is not None:
+        return batch.labelled
+    return labelled(batch.targets, batch.features.shape[0], batch.features.device)
+
+
 def partners(ctx: Context, eligible: torch.Tensor) -> torch.Tensor:
     """A partner index per sample among the ``eligible`` rows, never itself (an eligible row
     alone, or an ineligible row, gets itself: nothing to mix with)."""
@@ -85,9 +93,10 @@ class Mixup(Op):
     multi-hot or soft row with a negative entry ("no label", what ``labels.required: false``
     gives a multi-label sample without one) comes out as it went in. A multi-hot row of
     zeros is a label ("no class present"). ``params`` hold
-    (partner, lam) per sample for mixing sequence losses (CTC, seq2seq), and the partner's
-    key id (``partner_id``): the partner index refers to the batch the op saw, so a logged
-    row replays only together with its partner's row. Soft or multi-hot frame targets [B, T, C] mix
+    (partner, lam) per sample for mixing sequence losses (CTC, seq2seq), the partner's key
+    id (``partner_id``) and the row's own (``key_id``): the partner index refers to the batch
+    the op saw, so a logged row replays together with its partner's row, found by key id
+    (:meth:`~specstream.augment.Policy.params_from_rows`). Soft or multi-hot frame targets [B, T, C] mix
     like the features; integer frame targets are left (mix their losses)."""
 
     name = "mixup"
@@ -107,14 +116,14 @@ class Mixup(Op):
         a = torch.full((B,), self.alpha, device=ctx.device)
         g1, g2 = _gamma(ctx, a), _gamma(ctx, a)
         lam = g1 / (g1 + g2).clamp(min=1e-12)
-        j = partners(ctx, labelled(batch.targets, B, ctx.device))
-        return {"lam": lam, "partner": j, "partner_id": ctx.ids[j]}
+        j = partners(ctx, labelled_rows(batch).to(ctx.device))
+        return {"lam": lam, "partner": j, "partner_id": ctx.ids[j], "key_id": ctx.ids}
 
     def _mixing(self, batch: Batch, params: Params) -> torch.Tensor:
         """[B] bool: rows that are mixed (active, labelled, with a partner other than itself)."""
         B = batch.features.shape[0]
         j = params["partner"]
-        return params["active"] & labelled(batch.targets, B, j.device) & (j != torch.arange(B, device=j.device))
+        return params["active"] & labelled_rows(batch) & (j != torch.arange(B, device=j.device))
 
     def effective_lambda(self, params: Params, batch: Optional[Batch] = None) -> torch.Tensor:
         on = params["active"] if batch is None else self._mixing(batch, params)
@@ -135,7 +144,7 @@ class Mixup(Op):
         out = torch.where(both, mixed, x)
         y = batch.targets
         if y is not None:
-            has = labelled(y, x.shape[0], x.device)
+            has = labelled_rows(batch)
             given = y
             y = soft_targets(y, self.num_classes)
             w = self.partner_weight(batch, params)[:, None]
@@ -179,10 +188,10 @@ class Overlay(Op):
         lo, hi = self.snr_db
         B = batch.features.shape[0]
         snr = lo + (hi - lo) * ctx.uniform(1)[:, 0]
-        eligible = labelled(batch.targets, B, ctx.device) if self.multi_label else \
+        eligible = labelled_rows(batch).to(ctx.device) if self.multi_label else \
             torch.ones(B, dtype=torch.bool, device=ctx.device)
         j = partners(ctx, eligible)
-        return {"snr_db": snr, "partner": j, "partner_id": ctx.ids[j]}
+        return {"snr_db": snr, "partner": j, "partner_id": ctx.ids[j], "key_id": ctx.ids}
 
     def transform(self, batch: Batch, params: Params) -> Batch:
         x, L, dom = batch.features, batch.lengths, batch.domain
@@ -194,7 +203,7 @@ class Overlay(Op):
         if self.multi_label and y is not None:
             if y.dim() != 2:
                 raise ValueError("overlay.multi_label: needs [B, C] multi-hot targets, got class indices")
-            active = active & labelled(y, x.shape[0], x.device)  # unlabelled rows are neither mixed nor partners
+            active = active & labelled_rows(batch)  # unlabelled rows are neither mixed nor partners
         both = lengths_mask(torch.minimum(L, L[j]), x.shape[-1])[:, None, :]
         p_own = dom.to_power(x)
         p_par = p_own[j]
