@@ -306,9 +306,8 @@ class Policy:
         slots = list(rows[0])
         out = []
         for slot in slots:
-            keys = list(rows[0][slot])
             p = {}
-            for k in keys:
+            for k in list(rows[0][slot]):
                 missing = [i for i, r in enumerate(rows) if k not in r.get(slot, {})]
                 if missing:
                     raise ValueError(f"params_from_rows: row {missing[0]} has no {slot} {k!r} (logged with "
