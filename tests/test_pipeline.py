@@ -406,8 +406,10 @@ def test_train_script_loss_falls(ray_session, tmp_path, capsys):
 
 def test_logged_params_replay_each_row_through_the_pipeline(ray_session, clean_shards):
     """log_params: every delivered row's aug_params JSON (per-element noise and frame choices
-    are recorded as stream keys, nothing is dropped) replays, on that sample alone, to the
-    features the pipeline delivered."""
+    are recorded as stream keys, nothing is dropped) replays to the features the pipeline
+    delivered: on that sample alone, or, when mixup or overlay mixed it, together with the
+    rows it needs (Policy.replay_set: its partners, theirs, ... found by key id among every
+    delivered row), in another order than the featurize batch's."""
     from specstream.augment import Policy, build_policy
     from specstream.features import LogMel, finalize
     from specstream.io.samples import read_shard
@@ -416,6 +418,7 @@ def test_logged_params_replay_each_row_through_the_pipeline(ray_session, clean_s
     d, all_keys = clean_shards
     augment = {"ops": [{"op": "wave_gain", "p": 0.7}, {"op": "noise", "colour": ["pink", "white"], "p": 0.5},
                        {"op": "vtlp"}, {"op": "time_warp", "W": 5}, {"op": "frame_drop_dup", "p": 0.5},
+                       {"op": "mixup", "alpha": 1.0, "p": 0.4}, {"op": "overlay", "snr_db": [0, 10], "p": 0.3},
                        {"op": "feature_noise", "colour": "pink", "p": 0.5}, {"op": "gain"},
                        {"op": "freq_mask", "max_width": 8}, {"op": "time_mask", "max_width": 10}]}
     cfg = base_config(d)
@@ -430,17 +433,32 @@ def test_logged_params_replay_each_row_through_the_pipeline(ray_session, clean_s
     decode = DecodeStage(pipe.config.to_dict())
     logmel = LogMel(pipe.config.features)
     policy = build_policy(augment, num_classes=len(VOCAB))
-    checked = 0
-    for t, _, _ in read_shard(os.path.join(d, "shard-000001.tar")):
-        dec = decode(t)
-        for i, k in enumerate(dec["key"]):
-            wave = torch.from_numpy(dec["audio"][i])[None, :]
-            n = torch.tensor([int(dec["num_samples"][i])])
-            params = Policy.params_from_rows([got[k][1]])
-            out = policy.featurize(wave, n, logmel, 16000, params=params)
-            feats = finalize(out.features, out.lengths, pipe.config.features)[0, :, : int(out.lengths[0])]
-            torch.testing.assert_close(feats, got[k][0], rtol=0, atol=1e-4)
-            checked += 1
-    assert checked == 25
+    clips = {}  # key -> (waveform, samples, class): every shard, for the partners
+    for s in range(4):
+        for t, _, _ in read_shard(os.path.join(d, f"shard-{s:06d}.tar")):
+            dec = decode(t)
+            for i, k in enumerate(dec["key"]):
+                n = int(dec["num_samples"][i])
+                clips[k] = (torch.from_numpy(dec["audio"][i][:n]), n, int(dec["target"][i]))
+    keys = sorted(got)
+    records = [got[k][1] for k in keys]
+    checked, with_partners = 0, 0
+    for k in keys:
+        if not k.startswith("s1_"):
+            continue
+        need = [keys[j] for j in Policy.replay_set(records, keys.index(k))][::-1]
+        with_partners += len(need) > 1
+        n = torch.tensor([clips[j][1] for j in need])
+        wave = torch.zeros(len(need), int(n.max()))
+        for r, j in enumerate(need):
+            wave[r, : clips[j][1]] = clips[j][0]
+        params = Policy.params_from_rows([got[j][1] for j in need])
+        out = policy.featurize(wave, n, logmel, 16000, params=params,
+                               targets=torch.tensor([clips[j][2] for j in need]))
+        r = need.index(k)
+        feats = finalize(out.features, out.lengths, pipe.config.features)[r, :, : int(out.lengths[r])]
+        torch.testing.assert_close(feats, got[k][0], rtol=0, atol=1e-4)
+        checked += 1
+    assert checked == 25 and with_partners >= 3, (checked, with_partners)
     acted = {name for k in all_keys for name, p in got[k][1].items() if p["active"]}
     assert acted == set(got[all_keys[0]][1])  # every op acted on some row
