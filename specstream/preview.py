@@ -81,7 +81,10 @@ def preview(config, out: str, n: int = 4, epoch: Optional[int] = None) -> List[d
     for i in range(k):
         params = json.loads(after["aug_params"][i])
         target = after["target"][i]
-        label = (f"soft {np.round(target, 2).tolist()}" if np.ndim(target) else f"class {int(target)}")
+        if (np.asarray(target) < 0).any():  # labels.required: false kept a sample without one
+            label = "no label"
+        else:
+            label = (f"soft {np.round(target, 2).tolist()}" if np.ndim(target) else f"class {int(target)}")
         for j, (res, title) in enumerate(((before, "before"), (after, "after"))):
             f = res["features"][i]
             f = f[:, : int(res["length"][i])] if f.ndim == 2 else f
