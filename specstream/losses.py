@@ -77,8 +77,10 @@ def _check_lambda(lam: torch.Tensor, batch_size: int, fn: str) -> torch.Tensor:
 
 
 def _reduce(own: torch.Tensor, other: Optional[torch.Tensor], lam: Optional[torch.Tensor],
-            own_len: torch.Tensor, other_len: Optional[torch.Tensor], reduction: str) -> torch.Tensor:
-    """own/other: per-sample summed losses [B]; other is 0 where lam == 1."""
+            own_len: torch.Tensor, other_len: Optional[torch.Tensor], reduction: str,
+            counted: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """own/other: per-sample summed losses [B]; other is 0 where lam == 1. ``counted``: the
+    rows "mean" averages over (the labelled ones; default every row), 0 in the others."""
     if reduction == "mean":
         own = own / own_len.clamp(min=1).to(own.dtype)
         if other is not None:
@@ -90,7 +92,9 @@ def _reduce(own: torch.Tensor, other: Optional[torch.Tensor], lam: Optional[torc
         per = lam * own + (1 - lam) * other
     if reduction == "none":
         return per
-    return per.sum() if reduction == "sum" else per.mean()
+    if reduction == "sum":
+        return per.sum()
+    return per.mean() if counted is None else per.sum() / counted.sum().clamp(min=1).to(per.dtype)
 
 
 def mixed_ctc_loss(log_probs: torch.Tensor, input_lengths: torch.Tensor, tokens=None,
@@ -163,7 +167,9 @@ def mixed_cross_entropy(logits: torch.Tensor, targets=None, mix_lambda: Optional
                         reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy with mixup: ``lam * CE(own) + (1 - lam) * CE(partner)`` per sample.
 
-    Classification: logits [B, V], targets [B] class ids, mix_targets [B].
+    Classification: logits [B, V], targets [B] class ids, mix_targets [B]. A class id of -1
+      is "no label" (``labels.required: false``): the row costs 0 and the mean is over the
+      labelled rows, as ``trainer.loss_fn``; it must not be mixed (mix_lambda 1).
     Sequences (seq2seq, teacher forcing): logits [B, U, V] scored against targets [B, U]
       (padding = ``pad_id``, or positions past ``target_length``). The partner term scores
       ``mix_logits`` [B, U2, V] against mix_targets [B, U2]: an autoregressive decoder
@@ -187,10 +193,11 @@ def mixed_cross_entropy(logits: torch.Tensor, targets=None, mix_lambda: Optional
         if lg.dim() == 2:  # classification: one class per sample
             if t.shape != (B,):
                 raise ValueError(f"{fn}: {what} must be [B={B}] class ids for [B, V] logits, got {tuple(t.shape)}")
-            if bool(((t < 0) | (t >= V)).any()):
-                raise ValueError(f"{fn}: {what} hold class ids outside [0, {V})")
-            loss = F.cross_entropy(lg, t, reduction="none", label_smoothing=label_smoothing)
-            return loss, torch.ones(B, dtype=torch.long, device=lg.device)
+            if bool(((t < -1) | (t >= V)).any()):
+                raise ValueError(f"{fn}: {what} hold class ids outside [0, {V}) (-1: no label)")
+            has = t >= 0
+            loss = F.cross_entropy(lg, t.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
+            return torch.where(has, loss, torch.zeros_like(loss)), has.long()
         if lg.dim() != 3:
             raise ValueError(f"{fn}: logits must be [B, V] or [B, U, V], got shape {tuple(lg.shape)}")
         if t.dim() != 2 or t.shape[0] != B:
@@ -209,12 +216,16 @@ def mixed_cross_entropy(logits: torch.Tensor, targets=None, mix_lambda: Optional
         return (tok * valid.to(tok.dtype)).sum(1), valid.sum(1)
 
     own, own_len = score(logits, targets, target_length, "targets")
+    counted = own_len > 0 if logits.dim() == 2 else None  # classification: the labelled rows
     if mix_lambda is None:
-        return _reduce(own, None, None, own_len, None, reduction)
+        return _reduce(own, None, None, own_len, None, reduction, counted)
     lam = _check_lambda(mix_lambda, B, fn).to(logits.device)
     other_logits = logits if mix_logits is None else mix_logits
     if other_logits.shape[0] != B or other_logits.shape[-1] != V or other_logits.dim() != logits.dim():
         raise ValueError(f"{fn}: mix_logits has shape {tuple(other_logits.shape)}, expected [B={B}, U2, V={V}]")
     other, other_len = score(other_logits, mix_targets, mix_target_length, "mix_targets")
+    if counted is not None and bool(((lam < 1) & ~(counted & (other_len > 0))).any()):
+        raise ValueError(f"{fn}: a row without a label (class -1), or with an unlabelled partner, has "
+                         f"mix_lambda < 1: mixup never mixes those")
     other = torch.where(lam < 1, other, torch.zeros_like(other))
-    return _reduce(own, other, lam, own_len, other_len, reduction)
+    return _reduce(own, other, lam, own_len, other_len, reduction, counted)

@@ -135,6 +135,37 @@ def test_cross_entropy_classification():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
+def test_cross_entropy_classification_skips_rows_without_a_label():
+    """Class -1 ("no label", labels.required: false) costs 0 and the mean is over the
+    labelled rows, as trainer.loss_fn; mixing such a row (or with such a partner) is an
+    error, since mixup never does."""
+    from specstream.trainer import loss_fn
+
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(6, 4, generator=g, requires_grad=True)
+    y = torch.tensor([0, -1, 2, 3, -1, 1])
+    has = y >= 0
+    got = mixed_cross_entropy(logits, y)
+    torch.testing.assert_close(got, F.cross_entropy(logits[has], y[has]))
+    torch.testing.assert_close(got, loss_fn(logits, y, False))
+    lam = torch.tensor([0.3, 1.0, 0.5, 1.0, 1.0, 0.7])
+    y2 = torch.tensor([2, -1, 0, 1, -1, 3])  # an unlabelled row's partner is itself
+    got = mixed_cross_entropy(logits, y, mix_lambda=lam, mix_targets=y2)
+    per = lam * F.cross_entropy(logits, y.clamp(min=0), reduction="none") \
+        + (1 - lam) * F.cross_entropy(logits, y2.clamp(min=0), reduction="none")
+    torch.testing.assert_close(got, per[has].mean())
+    none = mixed_cross_entropy(logits, y, mix_lambda=lam, mix_targets=y2, reduction="none")
+    assert torch.equal(none[~has], torch.zeros(2)) and torch.allclose(none[has], per[has])
+    got.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[~has].abs().sum() == 0
+    for bad_lam, bad_y2 in ((torch.tensor([0.3, 0.5, 0.5, 1.0, 1.0, 0.7]), y2),
+                            (lam, torch.tensor([-1, -1, 0, 1, -1, 3]))):
+        with pytest.raises(ValueError, match="mix_lambda < 1"):
+            mixed_cross_entropy(logits, y, mix_lambda=bad_lam, mix_targets=bad_y2)
+    with pytest.raises(ValueError, match="outside"):
+        mixed_cross_entropy(logits, torch.tensor([0, -2, 2, 3, 0, 1]))
+
+
 def test_cross_entropy_sequences():
     g = torch.Generator().manual_seed(6)
     B, U, U2, V = 4, 7, 5, 9
