@@ -196,6 +196,7 @@ def mixed_cross_entropy(logits: torch.Tensor, targets=None, mix_lambda: Optional
             if bool(((t < -1) | (t >= V)).any()):
                 raise ValueError(f"{fn}: {what} hold class ids outside [0, {V}) (-1: no label)")
             has = t >= 0
+            lg = torch.where(has[:, None], lg, torch.zeros_like(lg))  # nor its gradient, were it non-finite
             loss = F.cross_entropy(lg, t.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
             return torch.where(has, loss, torch.zeros_like(loss)), has.long()
         if lg.dim() != 3:

@@ -52,6 +52,15 @@ def _short(params: dict, width: int = 70) -> str:
     return "\n".join(text + [line]) if line or text else "(no op active)"
 
 
+def caption(decoded, augmented) -> str:
+    """A sample's label as the preview prints it: "no label" when the decoded target says so
+    (labels.required: false; a mixup turns it into an all-zero soft row), else the
+    augmented target (a class, or soft / multi-hot values)."""
+    if (np.asarray(decoded) < 0).any():
+        return "no label"
+    return f"soft {np.round(augmented, 2).tolist()}" if np.ndim(augmented) else f"class {int(augmented)}"
+
+
 def preview(config, out: str, n: int = 4, epoch: Optional[int] = None) -> List[dict]:
     """Write the figure to ``out``; returns per sample {key, label, params}."""
     try:
@@ -80,11 +89,8 @@ def preview(config, out: str, n: int = 4, epoch: Optional[int] = None) -> List[d
     info = []
     for i in range(k):
         params = json.loads(after["aug_params"][i])
-        target = after["target"][i]
-        if (np.asarray(target) < 0).any():  # labels.required: false kept a sample without one
-            label = "no label"
-        else:
-            label = (f"soft {np.round(target, 2).tolist()}" if np.ndim(target) else f"class {int(target)}")
+        label = (caption(decoded["target"][i], after["target"][i]) if "target" in decoded
+                 else f"{len(decoded['tokens'][i])} tokens")
         for j, (res, title) in enumerate(((before, "before"), (after, "after"))):
             f = res["features"][i]
             f = f[:, : int(res["length"][i])] if f.ndim == 2 else f

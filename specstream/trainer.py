@@ -49,12 +49,17 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     if multi_label:
         t = target.float()
         has = ~(t < 0).any(-1)
-        per_row = F.binary_cross_entropy_with_logits(logits, t.clamp(min=0), reduction="none").mean(-1)
     elif target.dtype.is_floating_point:  # soft targets (mixup)
         has = target.sum(-1) > 0
-        per_row = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
     else:
         has = target >= 0
+    # an unlabelled row's logits never reach the loss (nor, non-finite, its gradient)
+    logits = torch.where(has[:, None], logits, torch.zeros_like(logits))
+    if multi_label:
+        per_row = F.binary_cross_entropy_with_logits(logits, t.clamp(min=0), reduction="none").mean(-1)
+    elif target.dtype.is_floating_point:
+        per_row = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
+    else:
         per_row = F.cross_entropy(logits, target.clamp(min=0), reduction="none")
     return torch.where(has, per_row, torch.zeros_like(per_row)).sum() / has.sum().clamp(min=1)
 

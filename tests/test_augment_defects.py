@@ -92,9 +92,14 @@ def test_defect01_mixup_with_unlabelled_multi_label_rows():
     # the raw targets: the zeros row (no class present) counts, the -1 rows do not
     want = torch.nn.functional.binary_cross_entropy_with_logits(logits[has], y[has])
     torch.testing.assert_close(loss_fn(logits, y, True), want)
-    masked = logits.clone()
-    masked[1] = -math.inf  # an unlabelled row's non-finite logits (a masked class, fp16) stay out
-    assert torch.isfinite(loss_fn(masked, y, True)) and torch.isfinite(loss_fn(masked, torch.zeros(B, C), False))
+    # an unlabelled row's non-finite logits (a masked class, fp16) stay out of loss and gradient
+    for tgt, multi in ((y, True), (torch.zeros(B, C), False), (torch.tensor([0, -1, 2, 1, 0, 1, 2, 0]), False)):
+        masked = logits.clone().requires_grad_(True)
+        with torch.no_grad():
+            masked[1] = -math.inf
+        loss = loss_fn(masked, tgt, multi)
+        loss.backward()
+        assert torch.isfinite(loss) and bool(torch.isfinite(masked.grad).all()), (multi, tgt)
     # class indices: -1 skipped by the hard and (after mixup) the soft cross-entropy
     yc = torch.tensor([0, -1, 2, 1, -1, 0, 2, 1])
     hc = yc >= 0
@@ -656,6 +661,23 @@ def test_defect12_logged_rows_of_mixing_ops_replay_with_their_partners(speech):
     rep = policy.replay_rows(old, clean, frames, targets=targets)
     T = out["features"].shape[-1]
     np.testing.assert_allclose(rep.features[..., :T].numpy(), out["features"], rtol=0, atol=1e-6)
+
+    # a key twice in one batch (two passes' copies of a sample): partners cannot be found by
+    # key, so the whole batch replays in its logged order, and anything else is refused
+    twice = ["k0", "k1", "k2", "k0", "k4", "k5"]
+    out = FeaturizeStage(cfg, device="cpu")({
+        "key": np.array(twice, dtype=object), "shard": np.array(["s"] * B, dtype=object),
+        "key_id": key_ids(twice), "num_samples": ns, "target": np.array([0, 1, 2, 0, 1, 2]), "audio": audio})
+    rows = [json.loads(r) for r in out["aug_params"]]
+    rep = policy.replay_rows(rows, clean, frames, targets=targets)
+    np.testing.assert_allclose(rep.features[..., :T].numpy(), out["features"], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="same key"):
+        Policy.replay_set(rows, 2)
+    back = list(range(B))[::-1]
+    moved = [i for i in range(B) for s in slots if rows[i][s]["active"] and rows[i][s]["partner"] != i]
+    assert moved  # some row is mixed, so the reversed order is wrong for it
+    with pytest.raises(ValueError, match="hold a key twice"):
+        policy.replay_rows([rows[j] for j in back], clean[back], frames[back], targets=targets[back])
 
 
 # ----------------------------------------------------------------- found in review of the rewrite

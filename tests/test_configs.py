@@ -166,6 +166,20 @@ def test_inspect_counts_durations_labels_and_problems(labelled_shards, tmp_path,
     assert "36 samples" in text and "speech: 12" in text and "problems: 0" in text
 
 
+def test_preview_captions_a_sample_without_a_label_as_such():
+    """labels.required: false keeps a sample as "no label" (class -1 or a row of -1); the
+    preview says so even after a mixup made its target an all-zero soft row."""
+    import numpy as np
+
+    from specstream.preview import caption
+
+    assert caption(-1, np.zeros(3, np.float32)) == "no label"
+    assert caption(np.full(3, -1.0), np.full(3, -1.0)) == "no label"
+    assert caption(2, 2) == "class 2"
+    assert caption(1, np.array([0.25, 0.75, 0.0])) == "soft [0.25, 0.75, 0.0]"
+    assert caption(np.zeros(3), np.zeros(3)) == "soft [0.0, 0.0, 0.0]"  # multi-label: no class present
+
+
 def test_preview_writes_before_after_with_params(labelled_shards, tmp_path, capsys):
     d, _ = labelled_shards
     cfg = tmp_path / "p.yaml"

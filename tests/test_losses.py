@@ -1,4 +1,6 @@
 """specstream.losses: mixup-aware CTC and cross-entropy (pure torch)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -164,6 +166,12 @@ def test_cross_entropy_classification_skips_rows_without_a_label():
             mixed_cross_entropy(logits, y, mix_lambda=bad_lam, mix_targets=bad_y2)
     with pytest.raises(ValueError, match="outside"):
         mixed_cross_entropy(logits, torch.tensor([0, -2, 2, 3, 0, 1]))
+    masked = logits.detach().clone()
+    masked[1] = -math.inf  # an unlabelled row's non-finite logits: out of loss and gradient
+    masked.requires_grad_(True)
+    loss = mixed_cross_entropy(masked, y, mix_lambda=lam, mix_targets=y2)
+    loss.backward()
+    assert torch.isfinite(loss) and bool(torch.isfinite(masked.grad).all())
 
 
 def test_cross_entropy_sequences():

@@ -337,7 +337,10 @@ class Policy:
                 if "partner_id" in p:
                     if "key_id" not in p:
                         raise ValueError("replay_set: records without key_id (logged before it was recorded)")
-                    where.setdefault(int(p["key_id"]), k)
+                    if where.setdefault(int(p["key_id"]), k) != k:
+                        raise ValueError(f"replay_set: rows {where[int(p['key_id'])]} and {k} hold the same key "
+                                         f"(key id {p['key_id']}): partners cannot be told apart by key; replay "
+                                         f"the whole batch in its logged order")
         need, grow = set(), {i}
         while grow:
             need |= grow
@@ -418,12 +421,20 @@ def _partner_rows(slot: str, p: Dict[str, torch.Tensor], ids: Optional[List[int]
     active = p["active"].tolist() if "active" in p else [True] * B
     where = _row_ids(p, ids)
     if where is None:
-        bad = [i for i, j in enumerate(p["partner"].tolist()) if not 0 <= j < B]
+        partner = p["partner"].tolist()
+        bad = [i for i, j in enumerate(partner) if not 0 <= j < B]
         if bad:
             i = bad[0]
-            raise ValueError(f"params_from_rows: row {i}'s {slot} partner is row {int(p['partner'][i])} of the "
+            raise ValueError(f"params_from_rows: row {i}'s {slot} partner is row {partner[i]} of the "
                              f"batch it was logged in, and {B} rows were given: pass the rows' keys (keys=) to "
                              f"replay a subset that holds each partner")
+        if "key_id" in p:  # logged ids that repeat (a key twice in the batch): batch indices, checked
+            own, pid = p["key_id"].tolist(), p["partner_id"].tolist()
+            wrong = [i for i in range(B) if active[i] and own[partner[i]] != pid[i]]
+            if wrong:
+                raise ValueError(f"params_from_rows: row {wrong[0]}'s {slot} partner is row {partner[wrong[0]]} "
+                                 f"of the batch it was logged in, which holds another key here: these rows hold "
+                                 f"a key twice, so give the whole batch in its logged order")
         return p["partner"]
     out = []
     for i, pid in enumerate(p["partner_id"].tolist()):
