@@ -16,7 +16,9 @@ from typing import Optional
 
 from ..errors import BankError, ConfigError
 from .core import REGISTRY, Batch, Context, FeatureDomain, Op
-from .policy import OPS, SPECAUGMENT, AugmentResult, Policy, preset, specaugment, tta_aggregate, tta_views
+from .policy import OPS, AugmentResult, Policy
+from .presets import SPECAUGMENT, preset, specaugment
+from .tta import tta_aggregate, tta_views
 from .spec import (BandLimit, CutOut, FeatureNoise, FrameDropDup, FreqMask, FreqShift, FreqWarp, Gain, Mixup,
                    Overlay, RandomEQ, TimeMask, TimeStretch, TimeWarp, Vtlp)
 from .wave import (Babble, BackgroundNoise, Distortion, Filter, Noise, Reverb, RIRBank, Speed, Tempo, WaveBatch,

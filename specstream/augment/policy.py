@@ -1,4 +1,5 @@
-"""Policies: ordered chains of ops with per-op probabilities, named presets, replay, TTA."""
+"""Policies: ordered chains of ops with per-op probabilities (presets: :mod:`.presets`, logged
+parameters: :mod:`.replay`, test-time augmentation: :mod:`.tta`)."""
 from __future__ import annotations
 
 import copy
@@ -13,19 +14,13 @@ from ..functional.frames import move_frames, zero_padded
 from ..functional.random import DrawTable, host_draws, key_ids as _key_ids, keyed_prefix
 from ..errors import ConfigError
 from .core import DOMAINS, REGISTRY, Batch, Context, FeatureDomain, Op, WaveBatch
-from .spec import FreqMask, MaskOp, Mixup, TimeMask, TimeWarp, Vtlp, apply_masks
+from .spec import MaskOp, Mixup, Vtlp, apply_masks
 from .spec.mixing import labelled
 from .wave import BankLoader, BankOp
+from . import replay
 
 OPS = REGISTRY  # name -> op class, filled by subclassing
 
-# SpecAugment policies, Park et al. 2019, Table 1: W, F, mF, T, p, mT
-SPECAUGMENT = {
-    "LB": dict(W=80, F=27, mF=1, T=100, p=1.0, mT=1),
-    "LD": dict(W=80, F=27, mF=2, T=100, p=1.0, mT=2),
-    "SM": dict(W=40, F=15, mF=2, T=70, p=0.2, mT=2),
-    "SS": dict(W=40, F=27, mF=2, T=70, p=0.2, mT=2),
-}
 
 
 @dataclass
@@ -281,79 +276,9 @@ class Policy:
     def to_dict(self) -> Dict[str, Any]:
         return {"ops": [{"op": op.name, **copy.deepcopy(op.config())} for op in self.ops]}
 
-    @staticmethod
-    def params_from_rows(rows: Sequence[Dict[str, Dict[str, Any]]], device=None, keys=None,
-                         key_ids=None) -> List[Dict[str, torch.Tensor]]:
-        """Recorded parameters of a batch from per-row records (``AugmentResult.params_for``,
-        or the ``aug_params`` JSON of delivered rows): the inverse of ``params_for``.
-
-        Mixing ops (mixup, overlay) record their partner as an index into the batch they
-        saw, its key id (``partner_id``) and the row's own (``key_id``): each partner is
-        found among the given rows by key id, so any subset in any order replays as long as
-        every row in it that a mixing op mixed has its partner in it too (a ValueError names
-        a missing one; :meth:`replay_set` lists what a row needs). ``keys`` (or ``key_ids``):
-        the rows' sample keys, for records without ``key_id`` (logged before it was
-        recorded: without either, the rows must be the whole batch, in order)."""
-        if not rows:
-            raise ValueError("params_from_rows: no rows")
-        ids = None
-        if keys is not None and key_ids is not None:
-            raise ValueError("params_from_rows: give keys or key_ids, not both")
-        if keys is not None or key_ids is not None:
-            ids = [int(i) for i in (_key_ids(list(keys)) if key_ids is None else key_ids)]
-            if len(ids) != len(rows):
-                raise ValueError(f"params_from_rows: {len(rows)} rows, {len(ids)} keys")
-        slots = list(rows[0])
-        out = []
-        for slot in slots:
-            p = {}
-            for k in list(rows[0][slot]):
-                missing = [i for i, r in enumerate(rows) if k not in r.get(slot, {})]
-                if missing:
-                    raise ValueError(f"params_from_rows: row {missing[0]} has no {slot} {k!r} (logged with "
-                                     f"max_values? replay needs every field)")
-                vals = [r[slot][k] for r in rows]
-                dtype = torch.bool if isinstance(vals[0], bool) or (isinstance(vals[0], list) and vals[0]
-                                                                  and isinstance(vals[0][0], bool)) else None
-                t = torch.tensor(vals, dtype=dtype, device=device)
-                if t.dtype == torch.float64:
-                    t = t.to(torch.float32)
-                p[k] = t
-            p["__name__"] = slot.split(":", 1)[1]
-            if "partner" in p:
-                p["partner"] = _partner_rows(slot, p, ids, device)
-            out.append(p)
-        return out
-
-    @staticmethod
-    def replay_set(rows: Sequence[Dict[str, Dict[str, Any]]], i: int) -> List[int]:
-        """The positions among ``rows`` (one logged batch's per-row records, each mixing op
-        with its ``key_id``) that replaying row i needs: i, and for every row of the set a
-        mixing op mixed (active, partner not itself), that partner, and so on. Replay
-        ``[rows[k] for k in replay_set(rows, i)]`` (in any order) to get row i back."""
-        where: Dict[int, int] = {}
-        for k, r in enumerate(rows):
-            for p in r.values():
-                if "partner_id" in p:
-                    if "key_id" not in p:
-                        raise ValueError("replay_set: records without key_id (logged before it was recorded)")
-                    if where.setdefault(int(p["key_id"]), k) != k:
-                        raise ValueError(f"replay_set: rows {where[int(p['key_id'])]} and {k} hold the same key "
-                                         f"(key id {p['key_id']}): partners cannot be told apart by key; replay "
-                                         f"the whole batch in its logged order")
-        need, grow = set(), {i}
-        while grow:
-            need |= grow
-            nxt = set()
-            for k in grow:
-                for p in rows[k].values():
-                    if "partner_id" in p and p.get("active", True) and int(p["partner_id"]) != int(p["key_id"]):
-                        if int(p["partner_id"]) not in where:
-                            raise ValueError(f"replay_set: row {k}'s partner (key id {p['partner_id']}) is not "
-                                             f"among the rows")
-                        nxt.add(where[int(p["partner_id"])])
-            grow = nxt - need
-        return sorted(need)
+    # logged per-row records -> params (specstream.augment.replay)
+    params_from_rows = staticmethod(replay.params_from_rows)
+    replay_set = staticmethod(replay.replay_set)
 
     def replay_rows(self, rows, features: torch.Tensor, lengths: torch.Tensor, keys=None, key_ids=None,
                     **kw) -> "AugmentResult":
@@ -372,6 +297,8 @@ class Policy:
             unknown = set(spec) - {"ops", "preset"}
             if unknown:
                 raise ConfigError(f"augment: unknown key {sorted(unknown)[0]!r} (use 'preset' and/or 'ops')")
+            from .presets import preset
+
             ops: List[Op] = list(preset(spec["preset"]).ops) if spec.get("preset") else []
             items = spec.get("ops") or []
         else:
@@ -395,59 +322,6 @@ class Policy:
         return cls(ops, num_classes=num_classes)
 
 
-def _row_ids(p: Dict[str, torch.Tensor], ids: Optional[List[int]]) -> Optional[Dict[int, int]]:
-    """key id -> row position, from the caller's ids or the mixing op's logged ``key_id``;
-    None when neither is there, or when logged ids repeat (a batch holding a key twice:
-    its partners are batch indices)."""
-    explicit = ids is not None
-    if ids is None and "key_id" in p:
-        ids = [int(k) for k in p["key_id"].tolist()]
-    if ids is None:
-        return None
-    where: Dict[int, int] = {}
-    for i, k in enumerate(ids):
-        if where.setdefault(k, i) != i:
-            if explicit:
-                raise ValueError(f"params_from_rows: rows {where[k]} and {i} have the same key id {k}")
-            return None
-    return where
-
-
-def _partner_rows(slot: str, p: Dict[str, torch.Tensor], ids: Optional[List[int]], device) -> torch.Tensor:
-    """A mixing op's logged partners as indices into the rows being replayed: found by key
-    id (the caller's ``ids`` or the logged own ids), or else the logged batch indices,
-    checked."""
-    B = len(p["partner"])
-    active = p["active"].tolist() if "active" in p else [True] * B
-    where = _row_ids(p, ids)
-    if where is None:
-        partner = p["partner"].tolist()
-        bad = [i for i, j in enumerate(partner) if not 0 <= j < B]
-        if bad:
-            i = bad[0]
-            raise ValueError(f"params_from_rows: row {i}'s {slot} partner is row {partner[i]} of the "
-                             f"batch it was logged in, and {B} rows were given: pass the rows' keys (keys=) to "
-                             f"replay a subset that holds each partner")
-        if "key_id" in p:  # logged ids that repeat (a key twice in the batch): batch indices, checked
-            own, pid = p["key_id"].tolist(), p["partner_id"].tolist()
-            wrong = [i for i in range(B) if active[i] and own[partner[i]] != pid[i]]
-            if wrong:
-                raise ValueError(f"params_from_rows: row {wrong[0]}'s {slot} partner is row {partner[wrong[0]]} "
-                                 f"of the batch it was logged in, which holds another key here: these rows hold "
-                                 f"a key twice, so give the whole batch in its logged order")
-        return p["partner"]
-    out = []
-    for i, pid in enumerate(p["partner_id"].tolist()):
-        if pid in where:
-            out.append(where[pid])
-        elif not active[i]:
-            out.append(i)  # not mixed: its partner is never read
-        else:
-            raise ValueError(f"params_from_rows: row {i}'s {slot} partner (key id {pid}) is not among the rows "
-                             f"given: replay it together with its partner's row")
-    return torch.tensor(out, dtype=torch.int64, device=device)
-
-
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -461,68 +335,3 @@ def _rescale_frames(ft: torch.Tensor, scale: torch.Tensor, frames: torch.Tensor,
     src = torch.round(j * scale[:, None]).to(torch.int64)
     src = torch.minimum(src, (clean_frames - 1).clamp(min=0)[:, None])
     return move_frames(ft, src, frames)
-
-
-def specaugment(W: int, F: int, mF: int, T: int, p: float, mT: int, fill="mean") -> Policy:
-    """Time warp, then mF frequency masks of width <= F, then mT time masks of width
-    <= min(T, p * length). Masks fill with each sample's own mean (SpecAugment's zero is
-    the mean of normalised features; here normalisation comes after augmentation)."""
-    ops: List[Op] = []
-    if W > 0:
-        ops.append(TimeWarp(W=W))
-    ops.append(FreqMask(max_width=F, count=mF, fill=fill))
-    ops.append(TimeMask(max_width=T, count=mT, max_fraction=p, fill=fill))
-    return Policy(ops)
-
-
-def preset(name: str) -> Policy:
-    """Named policies: SpecAugment ``LB``, ``LD``, ``SM``, ``SS`` (Park et al. 2019, Table 1),
-    and ``adaptive`` (Park et al. 2020 large-scale: two frequency masks F=27, time masks
-    of width <= 0.05 * length, count = min(20, floor(0.04 * length)); no time warp)."""
-    key = name.upper() if name.upper() in SPECAUGMENT else name.lower()
-    if key in SPECAUGMENT:
-        return specaugment(**SPECAUGMENT[key])
-    if key == "adaptive":
-        return Policy([FreqMask(max_width=27, count=2),
-                       TimeMask(width_fraction=0.05, count_fraction=0.04, max_count=20)])
-    if key in ("none", "identity"):
-        return Policy([])
-    raise ConfigError(f"unknown preset {name!r} (known: {', '.join(list(SPECAUGMENT) + ['adaptive', 'none'])})")
-
-
-def tta_views(policy: Policy, features: torch.Tensor, lengths: torch.Tensor, views: int, keys=None,
-              key_ids=None, seed: int = 0, logmel=None, sample_rate: Optional[int] = None) -> List[AugmentResult]:
-    """Test-time augmentation: ``views`` augmented copies of the batch, view v drawn with
-    epoch = -(v + 1) so views differ from each other and from any training epoch, and are
-    reproducible per key. View 0 is *not* the clean input: add it yourself if wanted.
-
-    A policy with waveform (or VTLP) ops draws its views from the waveform: pass the
-    waveforms [B, N] as ``features``, their lengths in samples, the featurizer ``logmel``
-    (:class:`~specstream.features.LogMel`) and ``sample_rate``; each view goes through
-    :meth:`Policy.featurize`."""
-    if policy.has_wave_ops or logmel is not None:
-        if logmel is None or sample_rate is None:
-            raise ValueError("tta_views: this policy has waveform ops: pass the waveforms and their lengths in "
-                             "samples, with logmel= (a LogMel) and sample_rate=")
-        return [policy.featurize(features, lengths, logmel, sample_rate, keys=keys, key_ids=key_ids, seed=seed,
-                                 epoch=-(v + 1)) for v in range(views)]
-    return [policy(features, lengths, keys=keys, key_ids=key_ids, seed=seed, epoch=-(v + 1))
-            for v in range(views)]
-
-
-def tta_aggregate(predictions: Union[torch.Tensor, Sequence[torch.Tensor]], method: str = "mean",
-                  logits: bool = True) -> torch.Tensor:
-    """Aggregate per-view predictions [V, B, C] (logits or probabilities) into [B, C]:
-    ``mean`` of probabilities, ``geometric`` mean (mean of log-probabilities), ``max``,
-    or ``vote`` (fraction of views whose argmax is each class)."""
-    p = torch.stack(list(predictions)) if not isinstance(predictions, torch.Tensor) else predictions
-    probs = p.softmax(-1) if logits else p
-    if method == "mean":
-        return probs.mean(0)
-    if method == "geometric":
-        return torch.log(probs.clamp(min=1e-12)).mean(0).softmax(-1)
-    if method == "max":
-        return probs.max(0).values
-    if method == "vote":
-        return torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).float().mean(0)
-    raise ValueError(f"unknown TTA aggregation {method!r}")
