@@ -64,6 +64,16 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     return torch.where(has, per_row, torch.zeros_like(per_row)).sum() / has.sum().clamp(min=1)
 
 
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple:
+    """(correct, counted) of a batch for the epoch's accuracy: class-index targets over the
+    labelled rows (class -1, ``labels.required: false``, is not counted); soft or multi-hot
+    targets are not scored (0, 0)."""
+    if target.dtype.is_floating_point:
+        return 0, 0
+    has = target >= 0
+    return int((logits.argmax(-1) == target)[has].sum()), int(has.sum())
+
+
 def report_checkpoint(model, history, stream_state, metrics, optimizer=None) -> None:
     """Report ``metrics`` with a checkpoint from rank 0: model weights (``model.pt``), the
     optimizer's state (``optimizer.pt``, when given), history and the stream state
@@ -130,10 +140,8 @@ def train_loop(config: Dict[str, Any]) -> None:
             if keys_log is not None:
                 keys_log.write("".join(f"{stream.base_epoch + epoch} {step} {k}\n" for k in batch["key"]))
                 keys_log.flush()
-            if not batch["target"].dtype.is_floating_point:  # class indices: over the labelled rows
-                has = batch["target"] >= 0
-                correct += (logits.argmax(-1) == batch["target"])[has].sum().item()
-                labelled += int(has.sum())
+            right, counted = accuracy_counts(logits, batch["target"])
+            correct, labelled = correct + right, labelled + counted
             if every and step % every == 0:  # mid-epoch: every rank takes the state (a collective)
                 report_checkpoint(model, history, stream.state_dict(),
                                   {"epoch": epoch, "step": step, "rank": ctx.get_world_rank(), "samples": seen,

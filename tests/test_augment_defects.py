@@ -100,6 +100,12 @@ def test_defect01_mixup_with_unlabelled_multi_label_rows():
         loss = loss_fn(masked, tgt, multi)
         loss.backward()
         assert torch.isfinite(loss) and bool(torch.isfinite(masked.grad).all()), (multi, tgt)
+    # the trainer's accuracy: over the labelled rows only
+    from specstream.trainer import accuracy_counts
+
+    yc = torch.tensor([0, -1, 2, 1, -1, 0, 2, 1])
+    assert accuracy_counts(torch.nn.functional.one_hot(yc.clamp(min=0), C).float(), yc) == (6, 6)
+    assert accuracy_counts(logits, out.targets) == (0, 0)  # soft / multi-hot: not scored
     # class indices: -1 skipped by the hard and (after mixup) the soft cross-entropy
     yc = torch.tensor([0, -1, 2, 1, -1, 0, 2, 1])
     hc = yc >= 0
