@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from .augment.spec.mixing import labelled
 from .features import utterance_mvn
 
 
@@ -48,11 +49,11 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     targets (mixup): soft cross-entropy."""
     if multi_label:
         t = target.float()
-        has = ~(t < 0).any(-1)
-    elif target.dtype.is_floating_point:  # soft targets (mixup)
+        has = labelled(t, t.shape[0], t.device)
+    elif target.dtype.is_floating_point:  # soft targets (mixup): an all-zero row has no label
         has = target.sum(-1) > 0
     else:
-        has = target >= 0
+        has = labelled(target, target.shape[0], target.device)
     # an unlabelled row's logits never reach the loss (nor, non-finite, its gradient)
     logits = torch.where(has[:, None], logits, torch.zeros_like(logits))
     if multi_label:
@@ -70,7 +71,7 @@ def accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple:
     targets are not scored (0, 0)."""
     if target.dtype.is_floating_point:
         return 0, 0
-    has = target >= 0
+    has = labelled(target, target.shape[0], target.device)
     return int((logits.argmax(-1) == target)[has].sum()), int(has.sum())
 
 

@@ -941,8 +941,15 @@ def test_host_draw_helpers_give_torchs_values():
         want = r[0] + (r[1] - r[0]) * u
         got = lerp(r, u)
         assert got.dtype == torch.float32 and torch.equal(got, want), r
+    # the gate Op.sample draws (numpy on the host) is torch's comparison of the same uniform
+    from specstream.augment import Context, Gain
+
+    ids = torch.arange(len(u))
+    batch = Batch(torch.zeros(len(u), 2, 3), torch.full((len(u),), 3))
     for p in (0.0, 0.1, 0.3, 1 / 3, 0.5, 0.8, 1.0):
-        assert torch.equal(torch.from_numpy(u.numpy() < np.float32(p)), u < p), p
+        gate = Context(ids, 0, 0, 3).uniform(1)[:, 0]  # the op's first draw: its gate
+        got = Gain(p=p).sample(Context(ids, 0, 0, 3), batch)["active"]
+        assert torch.equal(got, gate < p), p
     assert not _host(u.double()) and not _host(u.clone().requires_grad_(True))
     assert torch.equal(lerp((2.0, 3.0), u.double()), 2.0 + 1.0 * u.double())
 

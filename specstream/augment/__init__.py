@@ -31,7 +31,8 @@ __all__ = ["Policy", "preset", "specaugment", "AugmentResult", "build_policy", "
            "BackgroundNoise", "Babble", "Reverb", "Speed", "Tempo", "Distortion", "Filter",
            "RIRBank", "BankError", "ConfigError", "FeatureDomain", "REGISTRY"]
 
-# every registered op's class is importable from here by its name with no edit: a new
+# The explicit imports above are for readers and static tools; the loop below is what
+# guarantees it: every registered op's class is importable from here by its name with no edit: a new
 # family file's ops too (the spec and wave packages import every family file)
 for _cls in REGISTRY.values():
     if globals().setdefault(_cls.__name__, _cls) is not _cls:

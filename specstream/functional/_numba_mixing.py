@@ -8,6 +8,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from ._numba_consts import PHASE_LANES
 from ._numba_kernels import _jit
 
 
@@ -127,7 +128,6 @@ def center_pad_rows(wave, lengths, pad, reflect, out):
 # ----------------------------------------------------------------------------- resampling
 
 _F32, _I64, _I32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
-PHASE_LANES = 16  # resample_group_rows: rate pairs with up to this many output phases take the lane path
 _FRAME_BLOCK = 8  # frames whose sums run side by side (independent chains of fused multiply-adds)
 
 

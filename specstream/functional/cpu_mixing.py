@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ._numba_consts import PHASE_LANES  # rate pairs with 4..PHASE_LANES output phases take vector lanes
 from .cpu_kernels import _distinct_below, _launch, _per_row, available
 
 
@@ -153,9 +154,6 @@ def resample_rows(x: torch.Tensor, lengths: torch.Tensor, kernel: torch.Tensor, 
     way). Requires :func:`available`."""
     return resample_groups(x, lengths, rows, torch.zeros(rows.numel(), dtype=torch.int64),
                            [(kernel, width, orig, new)], out)
-
-
-PHASE_LANES = 16  # as the kernels' own constant: rate pairs with 4..16 output phases take vector lanes
 
 
 def resample_groups(x: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, group: torch.Tensor, kernels,

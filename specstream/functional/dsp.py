@@ -351,7 +351,7 @@ NOISE_COLOURS = ("white", "pink", "brown")
 
 def gaussian_stream(keys: torch.Tensor, n: int) -> torch.Tensor:
     """[B, n] standard normals of streams ``keys`` (inverse CDF of keyed uniforms)."""
-    if keys.is_cpu and _random._HOST and cpu_kernels.available():
+    if keys.is_cpu and _random.host_draws():
         z = cpu_kernels.stream_uniform(keys.reshape(-1).to(torch.int64), n, signed=True)  # 2u - 1, clamped
     else:
         z = stream_uniform(keys, n).mul_(2).sub_(1).clamp_(-1 + 1e-6, 1 - 1e-6)

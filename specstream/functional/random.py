@@ -154,7 +154,7 @@ def keyed_prefix(seed: int, epoch, ids: torch.Tensor, trailing: int = 1) -> torc
     """The hash state after the words every draw of a sample starts with (seed, epoch, the
     key id's halves), [B, 1, ...] (``trailing`` axes): computed once per batch and shared by
     every op and draw, which then mix in only their own words (op slot, draw index)."""
-    if trailing == 1 and _HOST and ids.is_cpu and ids.dim() == 1 and cpu_kernels.available():
+    if trailing == 1 and ids.is_cpu and ids.dim() == 1 and host_draws():
         ep = per_sample(epoch, ids, 0)
         if isinstance(ep, int) or ep.is_cpu:
             epochs = torch.full_like(ids, ep) if isinstance(ep, int) else ep.reshape(-1).expand_as(ids)
@@ -202,8 +202,7 @@ def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1,
     :class:`~specstream.augment.core.Context` draws)."""
     if prefix is None:
         prefix = keyed_prefix(seed, epoch, ids)
-    if (prefix.is_cpu and prefix.dim() == 2 and prefix.shape[1] == 1 and _HOST
-            and cpu_kernels.available()):
+    if prefix.is_cpu and prefix.dim() == 2 and prefix.shape[1] == 1 and host_draws():
         return cpu_kernels.keyed_uniform(prefix.reshape(-1), op, n)  # the same values, one call
     draw = torch.arange(n, device=prefix.device, dtype=torch.int64)
     return unit_float(hash32([op, draw], device=prefix.device, state=prefix))
@@ -212,7 +211,7 @@ def uniform(seed: int, epoch, ids: torch.Tensor, op: int, n: int = 1,
 def stream_uniform(keys: torch.Tensor, n: int) -> torch.Tensor:
     """[B, n] uniforms in [0, 1) of streams ``keys`` [B]: element t depends only on the key
     and t, not on n (a sample's field is the same whatever length its batch is padded to)."""
-    if keys.is_cpu and _HOST and cpu_kernels.available():
+    if keys.is_cpu and host_draws():
         return cpu_kernels.stream_uniform(keys.reshape(-1).to(torch.int64), n)  # the same values, one pass
     t = torch.arange(n, device=keys.device, dtype=torch.int64)[None, :]
     return unit_float(hash32([keys.reshape(-1, 1), t], device=keys.device))
