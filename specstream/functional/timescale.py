@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
@@ -81,15 +82,23 @@ def resample_groups_into(x: torch.Tensor, lengths: torch.Tensor, groups, out: to
     if not groups:
         return out
     if _get_sinc_resample_kernel is not None and _kernel_applies(x, out):
-        kernels, rows, group = [], [], []
-        for g, (r, o, n) in enumerate(groups):
-            kernels.append(_rate_kernel(int(o), int(n), x))
-            rows.append(r)
-            group.append(torch.full((r.numel(),), g, dtype=torch.int64))
-        rows, group = torch.cat(rows), torch.cat(group)
-        order = torch.argsort(rows)  # the batch's own row order: neighbouring rows, shared out evenly
-        rows, group = rows[order], group[order]
-        return cpu_mixing.resample_groups(x, lengths[rows], rows, group, kernels, out)
+        kernels = [_rate_kernel(int(o), int(n), x) for _, o, n in groups]
+        # each row's group, in numpy (host rows: no torch call per group); the rows then come
+        # in the batch's own order (neighbouring rows, shared out evenly over the threads)
+        grp = np.full(x.shape[0], -1, np.int64)
+        listed = 0
+        for g, (r, _, _) in enumerate(groups):
+            r = r.numpy() if r.is_cpu else r.cpu().numpy()
+            if r.size and (r.min() < 0 or r.max() >= x.shape[0]):
+                raise ValueError(f"resample_groups_into: rows must be distinct indices below {x.shape[0]}")
+            grp[r] = g
+            listed += r.size
+        rows = np.flatnonzero(grp >= 0)
+        if rows.size != listed:
+            raise ValueError(f"resample_groups_into: rows must be distinct indices below {x.shape[0]}")
+        L = lengths.numpy() if lengths.is_cpu else lengths.cpu().numpy()
+        return cpu_mixing.resample_groups(x, torch.from_numpy(np.ascontiguousarray(L[rows])), torch.from_numpy(rows),
+                                          torch.from_numpy(grp[rows]), kernels, out)
     for r, o, n in groups:
         resample_into(x, lengths[r], r, o, n, out)
     return out
